@@ -1,0 +1,40 @@
+# One entry point for a fresh machine:
+#   make test    set everything up (virtualenv, pinned deps, extension build) and run the tests
+#   make bench   the benchmarks (results land in benchmarks/results/)
+# The virtualenv is reused while requirements.txt is unchanged (its hash is stamped inside it).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
+STAMP := $(VENV)/.req-$(REQ_HASH)
+# ccache's compiler wrappers, when installed, make rebuilds of unchanged sources instant.
+CCACHE_PATH := $(if $(wildcard /usr/lib/ccache/g++),/usr/lib/ccache:,)
+BUILD_ENV := PATH="$(CCACHE_PATH)$(abspath $(VENV))/bin:$$PATH"
+
+.PHONY: venv build build-cpu test bench clean
+
+venv: $(STAMP)
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	@rm -f $(VENV)/.req-* && touch $@
+
+# C++ kernels always; CUDA kernels too when nvcc and a CUDA build of torch are present.
+build: venv
+	$(BUILD_ENV) $(PY) -m pip install -q --no-build-isolation -e .
+	$(PY) -c "import hald_ext; print('hald_ext build:', hald_ext.build_info())"
+
+# CPU-only build, for fast iteration.
+build-cpu: venv
+	$(BUILD_ENV) HALD_CPU_ONLY=1 $(PY) -m pip install -q --no-build-isolation -e .
+
+test: build
+	$(PY) -m pytest python_tests -q -p no:cacheprovider
+
+bench: build
+	$(PY) benchmarks/bench_loss.py
+
+clean:
+	rm -rf build *.egg-info hald_ext/_C*.so

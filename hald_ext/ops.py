@@ -1,0 +1,127 @@
+"""Python entry points of the `torch.ops.hald` operators: fake (meta) kernels, autograd, wrappers."""
+from __future__ import annotations
+
+import torch
+
+from hald_ext import _ext
+
+_DECODES = ("marginal", "renorm", "truncate")
+_REDUCTIONS = ("batchmean", "mean", "sum", "none")
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------------------------------
+# Registration (only when the compiled library loaded: a fake kernel for an op that does not exist
+# would turn a build problem into a confusing "operator does not exist" at import).
+if _ext.loaded():
+
+    @torch.library.register_fake("hald::soft_hard_loss")
+    def _soft_hard_loss_fake(logits, topk_ids, topk_values, hard_target, target_b, mix_lambda, codebook,
+                             temperature, soft_weight, hard_weight, label_smoothing, decode, soft_loss, hinton,
+                             reduction, ignore_index, compute_grad):
+        torch._check(logits.dim() == 2, lambda: "soft_hard_loss: logits must be 2-D")
+        B, C = logits.shape
+        if topk_ids is not None:
+            torch._check(topk_ids.shape[0] == B, lambda: "soft_hard_loss: topk_ids batch mismatch")
+        if hard_target is not None:
+            torch._check(hard_target.shape[0] == B, lambda: "soft_hard_loss: hard_target batch mismatch")
+        rows = logits.new_empty((B,), dtype=_acc_dtype(logits.dtype))
+        grad = logits.new_empty((B, C)) if compute_grad else logits.new_empty((0,))
+        return rows, grad
+
+    @torch.library.register_fake("hald::soft_hard_loss_")
+    def _soft_hard_loss_inplace_fake(logits, *args):
+        return logits.new_empty((logits.shape[0],), dtype=_acc_dtype(logits.dtype))
+
+    def _setup_context(ctx, inputs, output):
+        _, grad = output
+        ctx.save_for_backward(grad)
+
+    def _backward(ctx, grad_rows, _grad_grad):
+        (grad,) = ctx.saved_tensors
+        # Out of place, so retain_graph / gradcheck / double use stay correct; `inplace=True` is the
+        # mode that keeps no second logits-sized buffer.
+        # The product is formed in fp32 and rounded once into the logits dtype.
+        out = torch.mul(grad, grad_rows.unsqueeze(1), out=torch.empty_like(grad))
+        return (out,) + (None,) * 16
+
+    torch.library.register_autograd("hald::soft_hard_loss", _backward, setup_context=_setup_context)
+
+
+class _InplaceSoftHard(torch.autograd.Function):
+    """Writes the gradient into the logits buffer (their values are gone afterwards)."""
+
+    @staticmethod
+    def forward(ctx, logits, *args):
+        buf = logits.detach()
+        rows = torch.ops.hald.soft_hard_loss_.default(buf, *args)
+        ctx.buf = buf
+        return rows
+
+    @staticmethod
+    def backward(ctx, grad_rows):
+        buf, ctx.buf = ctx.buf, None
+        if buf is None:
+            raise RuntimeError("soft_hard_loss(inplace=True): backward can run only once")
+        return (buf.mul_(grad_rows.unsqueeze(1)),) + (None,) * 15
+
+
+def soft_hard_loss(logits: torch.Tensor, topk_ids: torch.Tensor | None = None,
+                   topk_values: torch.Tensor | None = None, hard_target: torch.Tensor | None = None, *,
+                   codebook: torch.Tensor | None = None, temperature: float = 1.0, soft_weight: float = 1.0,
+                   hard_weight: float = 0.0, label_smoothing: float = 0.0, decode: str = "marginal",
+                   reduction: str = "batchmean", target_b: torch.Tensor | None = None,
+                   mix_lambda: torch.Tensor | float | None = None, ignore_index: int = -100,
+                   soft_loss: str = "kl", hinton: bool = False, inplace: bool = False) -> torch.Tensor:
+    """Fused soft-KL / hard-CE loss on stored top-k soft labels; loss and gradient in one pass.
+
+    Args:
+        logits: [B, C] float32 / bfloat16 / float16 (float64 for gradcheck); rows may be strided.
+        topk_ids: [B, k] class ids (int64 / int32 / int16 / uint16) of the stored soft label, distinct
+            per row; None for no soft term.
+        topk_values: [B, k] probabilities (float16 / bfloat16 / float32) or integer codes (uint8 with
+            a 256-entry `codebook`, int16 / uint16 with a 65536-entry one).
+        hard_target: [B] class ids for the hard term (rows equal to `ignore_index` are skipped).
+        codebook: fp32 table mapping codes to probabilities (the label store provides it).
+        temperature: T of the soft term; the target is a distribution at temperature T and the
+            student is `softmax(logits / T)`.
+        soft_weight, hard_weight: weights of the two terms (the hard term is off at weight 0).
+        label_smoothing: eps of the hard target `(1 - eps) * onehot + eps / C`.
+        decode: how a stored top-k label becomes a distribution: "marginal" (the rest mass spread
+            over the other classes), "renorm" (top-k renormalised), "truncate" (top-k as stored).
+        reduction: "batchmean" (sum / B), "mean" (soft: sum / B; hard: mean over rows not ignored,
+            0 when every row is ignored), "sum", or "none" (per-row float32 losses).
+        target_b, mix_lambda: CutMix pair: the hard target is `lam * y_a + (1 - lam) * y_b`
+            (`mix_lambda` a float or a [B] tensor).
+        soft_loss: "kl" (KL divergence, the default) or "ce" (soft cross-entropy; same gradient).
+        hinton: multiply the soft term by T^2.
+        inplace: write the gradient into `logits`' buffer instead of a new one (saves one logits-sized
+            buffer; the logits values are lost, and backward can run once).
+
+    Returns:
+        The reduced loss (float32; float64 for float64 logits), or per-row losses for "none".
+        Its backward scales the gradient computed in the forward pass.
+
+    On CPU, out-of-range ids / targets and negative or NaN stored values raise. On CUDA such rows get
+    a NaN loss instead (raising would need a host sync); validate ids once when loading labels.
+    """
+    _ext.require()
+    if decode not in _DECODES:
+        raise ValueError(f"soft_hard_loss: decode must be one of {_DECODES}, got {decode!r}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"soft_hard_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if mix_lambda is not None and not torch.is_tensor(mix_lambda):
+        mix_lambda = torch.full((logits.shape[0],), float(mix_lambda), device=logits.device,
+                                dtype=_acc_dtype(logits.dtype))
+    args = (topk_ids, topk_values, hard_target, target_b, mix_lambda, codebook, float(temperature),
+            float(soft_weight), float(hard_weight), float(label_smoothing), decode, soft_loss, bool(hinton),
+            reduction, int(ignore_index))
+    if inplace:
+        rows = _InplaceSoftHard.apply(logits, *args)
+    else:
+        compute_grad = logits.requires_grad and torch.is_grad_enabled()
+        rows, _ = torch.ops.hald.soft_hard_loss.default(logits, *args, compute_grad)
+    return rows if reduction == "none" else rows.sum()

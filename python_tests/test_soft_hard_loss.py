@@ -1,0 +1,361 @@
+"""Fused soft-KL / hard-CE loss against the plain-PyTorch reference (hald_ext.reference)."""
+import itertools
+
+import pytest
+import torch
+
+import hald_ext
+from hald_ext.ops import soft_hard_loss
+from hald_ext.reference import soft_hard_loss_reference
+from conftest import CUDA, requires_cuda
+
+DECODES = ["marginal", "renorm", "truncate"]
+REDUCTIONS = ["batchmean", "mean", "sum", "none"]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+GRAD_ATOL = {torch.float64: 1e-10, torch.float32: 2e-6, torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10}
+
+
+def make_case(B, C, k, *, seed=0, value_kind="fp32", device="cpu", pair=False, ignore=False):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, C, generator=g, dtype=torch.float64) * 4
+    teacher = torch.softmax(torch.randn(B, C, generator=g) * 3, dim=1)
+    top = teacher.topk(k, dim=1)
+    ids, probs = top.indices, top.values
+    # Shuffle the k entries: the kernel must not assume sorted ids or values.
+    perm = torch.argsort(torch.rand(B, k, generator=g), dim=1)
+    ids, probs = ids.gather(1, perm), probs.gather(1, perm)
+    codebook = None
+    if value_kind == "fp32":
+        values = probs
+    elif value_kind == "fp16":
+        values = probs.half()
+    elif value_kind == "code8":
+        codebook = torch.linspace(0, 1, 256) ** 2
+        values = (probs.sqrt() * 255).round().to(torch.uint8)
+    elif value_kind == "code16":
+        codebook = torch.linspace(0, 1, 65536)
+        values = (probs * 65535).round().to(torch.int32).to(torch.uint16)
+    ids = ids.to(torch.int32) if C > 65535 else ids.to(torch.int16 if seed % 2 else torch.int64)
+    target = torch.randint(0, C, (B,), generator=g)
+    if ignore:
+        target[::3] = -100
+    extra = {}
+    if pair:
+        extra = dict(target_b=torch.randint(0, C, (B,), generator=g), mix_lambda=torch.rand(B, generator=g))
+    move = lambda t: t.to(device) if torch.is_tensor(t) else t  # noqa: E731
+    return (move(logits), move(ids), move(values), move(target), move(codebook),
+            {k_: move(v) for k_, v in extra.items()})
+
+
+def run_both(logits, ids, values, target, codebook, extra, dtype, upstream_seed=1, **kw):
+    """(loss, grad) of the fused op and of the float64 reference on the same (dtype-rounded) logits."""
+    x = logits.to(dtype)
+    a = x.clone().requires_grad_()
+    b = x.double().clone().requires_grad_()
+    la = soft_hard_loss(a, ids, values, target, codebook=codebook, **extra, **kw)
+    lb = soft_hard_loss_reference(b, ids, values, target, codebook=codebook, **extra, **kw)
+    # A random upstream gradient: the loss is not the last node of the graph.
+    up = torch.rand(la.shape, generator=torch.Generator().manual_seed(upstream_seed), dtype=torch.float64) + 0.5
+    (la * up.to(la.device, la.dtype)).sum().backward()
+    (lb * up.to(lb.device)).sum().backward()
+    return la, lb, a.grad, b.grad
+
+
+def assert_close_case(la, lb, ga, gb, dtype):
+    # fp32 accumulation over up to 21843 classes: a few 1e-5 relative on the loss.
+    torch.testing.assert_close(la.double(), lb.double(), rtol=5e-5 if dtype != torch.float64 else 1e-10,
+                               atol=1e-5 if dtype != torch.float64 else 1e-10)
+    scale = max(gb.abs().max().item(), 1e-3)
+    torch.testing.assert_close(ga.double(), gb.double(), rtol=0, atol=GRAD_ATOL[dtype] * scale * 2)
+
+
+# The grid: every (C, k, decode) cell, cycling through temperatures, reductions, dtypes, value
+# encodings and hard-term options so each value of each axis appears many times.
+CS = [10, 1000, 1001, 21843]
+GRID = []
+for i, (C, kk, decode) in enumerate(itertools.product(CS, ["1", "5", "C"], DECODES)):
+    k = {"1": 1, "5": 5, "C": C}[kk]
+    GRID.append(dict(
+        C=C, k=k, decode=decode, T=[1.0, 4.0, 20.0][i % 3], reduction=REDUCTIONS[i % 4], dtype=DTYPES[i % 3],
+        values=["fp32", "fp16", "code8", "code16"][(i // 3) % 4], hard=[0.0, 1.0, 0.5][(i // 2) % 3],
+        smoothing=[0.0, 0.1, 0.8][i % 3], pair=i % 2 == 1, hinton=i % 5 == 0, soft_loss="ce" if i % 7 == 3 else "kl",
+    ))
+
+
+@pytest.mark.parametrize("case", GRID, ids=lambda c: "C{C}-k{k}-{decode}-T{T}-{reduction}-{values}".format(**c))
+def test_matches_reference_grid(case):
+    B = 5 if case["C"] > 5000 else 33
+    logits, ids, values, target, codebook, extra = make_case(
+        B, case["C"], case["k"], seed=case["C"] + case["k"], value_kind=case["values"], pair=case["pair"],
+        ignore=case["hard"] > 0)
+    la, lb, ga, gb = run_both(logits, ids, values, target, codebook, extra, case["dtype"],
+                              temperature=case["T"], decode=case["decode"], reduction=case["reduction"],
+                              hard_weight=case["hard"], label_smoothing=case["smoothing"], hinton=case["hinton"],
+                              soft_loss=case["soft_loss"])
+    assert la.dtype == torch.float32
+    assert ga.dtype == case["dtype"]
+    assert_close_case(la, lb, ga, gb, case["dtype"])
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+def test_every_reduction_and_dtype(reduction, dtype):
+    logits, ids, values, target, codebook, extra = make_case(17, 1000, 5, pair=True, ignore=True)
+    la, lb, ga, gb = run_both(logits, ids, values, target, codebook, extra, dtype, temperature=4.0,
+                              reduction=reduction, hard_weight=0.7, label_smoothing=0.1)
+    assert_close_case(la, lb, ga, gb, dtype)
+
+
+@pytest.mark.parametrize("decode", DECODES)
+def test_soft_only_and_hard_only(decode):
+    logits, ids, values, target, codebook, extra = make_case(9, 100, 5)
+    for kw in [dict(soft_weight=1.0, hard_weight=0.0), dict(soft_weight=0.0, hard_weight=1.0)]:
+        la, lb, ga, gb = run_both(logits, ids, values, target, codebook, extra, torch.float64, decode=decode,
+                                  temperature=20.0, **kw)
+        assert_close_case(la, lb, ga, gb, torch.float64)
+    # Hard term alone, without any soft label.
+    x = logits.clone().requires_grad_()
+    loss = soft_hard_loss(x, hard_target=target, soft_weight=0.0, hard_weight=1.0, label_smoothing=0.1)
+    ref = torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1)
+    torch.testing.assert_close(loss, ref)
+
+
+def test_matches_torch_cross_entropy_and_kl_div():
+    """Anchor the reference itself to torch's own losses."""
+    logits, ids, values, target, codebook, extra = make_case(8, 50, 50)  # k = C: the full distribution
+    T = 4.0
+    q = torch.zeros(8, 50, dtype=torch.float64).scatter(1, ids.long(), values.double())
+    kl = torch.nn.functional.kl_div(torch.log_softmax(logits / T, 1), q, reduction="batchmean")
+    torch.testing.assert_close(soft_hard_loss(logits, ids, values, temperature=T), kl)
+    ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=3, label_smoothing=0.2)
+    target = target.clone()
+    target[0] = 3
+    ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=3, label_smoothing=0.2)
+    ours = soft_hard_loss(logits, hard_target=target, soft_weight=0, hard_weight=1, label_smoothing=0.2,
+                          ignore_index=3, reduction="mean")
+    torch.testing.assert_close(ours, ce)
+
+
+def test_all_rows_ignored_gives_zero_hard_term():
+    logits = torch.randn(4, 10, dtype=torch.float64, requires_grad=True)
+    target = torch.full((4,), -100)
+    for reduction in REDUCTIONS:
+        loss = soft_hard_loss(logits, hard_target=target, soft_weight=0, hard_weight=1, reduction=reduction)
+        assert torch.all(loss == 0)
+        loss.sum().backward()
+        assert torch.all(logits.grad == 0)
+        logits.grad = None
+
+
+def test_gradcheck_float64():
+    logits, ids, values, target, codebook, extra = make_case(4, 13, 3, pair=True, ignore=True)
+    for decode in DECODES:
+        fn = lambda x: soft_hard_loss(x, ids, values, target, temperature=3.0, decode=decode,  # noqa: E731
+                                      hard_weight=0.5, label_smoothing=0.1, reduction="none", **extra)
+        assert torch.autograd.gradcheck(fn, (logits.clone().requires_grad_(),), eps=1e-6, atol=1e-7)
+
+
+def _opcheck_samples():
+    logits, ids, values, target, codebook, extra = make_case(6, 40, 5, value_kind="code8", pair=True)
+    base = (ids, values, target, extra["target_b"], extra["mix_lambda"], codebook, 4.0, 1.0, 0.5, 0.1,
+            "marginal", "kl", False, "batchmean", -100)
+    for dtype, rg in [(torch.float32, True), (torch.float32, False), (torch.bfloat16, True), (torch.float64, True)]:
+        yield (logits.to(dtype).requires_grad_(rg),) + base + (rg,)
+
+
+def test_opcheck():
+    for args in _opcheck_samples():
+        torch.library.opcheck(torch.ops.hald.soft_hard_loss.default, args)
+        inplace_args = (args[0].detach().clone(),) + args[1:-1]
+        torch.library.opcheck(torch.ops.hald.soft_hard_loss_.default, inplace_args,
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    _, ids, values, target, codebook, _ = make_case(8, 10, 3, value_kind="code8")
+    x = torch.randn(8, 16)
+
+    def step(x):
+        return soft_hard_loss(model(x), ids, values, target, codebook=codebook, temperature=4.0, hard_weight=0.3)
+
+    eager = step(x)
+    eager.backward()
+    g_eager = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(x)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager)
+    for p, g in zip(model.parameters(), g_eager):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_inplace_matches_out_of_place_and_reuses_buffer():
+    logits, ids, values, target, codebook, extra = make_case(16, 1000, 5, pair=True)
+    for dtype in DTYPES:
+        x = logits.to(dtype)
+        a = x.clone().requires_grad_()
+        la = soft_hard_loss(a, ids, values, target, temperature=4.0, hard_weight=0.5, **extra)
+        la.backward()
+        leaf = x.clone().requires_grad_()
+        b = leaf * 1.0  # a non-leaf whose buffer the loss may overwrite
+        lb = soft_hard_loss(b, ids, values, target, temperature=4.0, hard_weight=0.5, inplace=True, **extra)
+        lb.backward()
+        torch.testing.assert_close(la, lb)
+        torch.testing.assert_close(leaf.grad, a.grad, rtol=0, atol=0)
+        assert torch.equal(b.detach(), a.grad)  # the buffer now holds the gradient
+
+
+def test_row_strided_logits():
+    logits, ids, values, target, codebook, extra = make_case(8, 100, 5)
+    wide = torch.randn(8, 160, dtype=torch.float64)
+    wide[:, :100] = logits
+    view = wide[:, :100].float().clone()  # contiguous reference input
+    strided = wide.float()[:, :100]
+    assert strided.stride(0) == 160
+    a = strided.detach().requires_grad_()
+    b = view.requires_grad_()
+    soft_hard_loss(a, ids, values, target, hard_weight=1.0).backward()
+    soft_hard_loss(b, ids, values, target, hard_weight=1.0).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+
+
+def test_deterministic_and_no_grad_path():
+    logits, ids, values, target, codebook, extra = make_case(64, 1000, 5)
+    x = logits.float()
+    runs = []
+    for _ in range(2):
+        a = x.clone().requires_grad_()
+        loss = soft_hard_loss(a, ids, values, target, temperature=20.0, hard_weight=1.0)
+        loss.backward()
+        runs.append((loss, a.grad))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    with torch.no_grad():
+        assert torch.equal(soft_hard_loss(x, ids, values, target, temperature=20.0, hard_weight=1.0), runs[0][0])
+
+
+def test_module_uses_its_codebook():
+    logits, ids, values, target, codebook, extra = make_case(8, 100, 5, value_kind="code8")
+    crit = hald_ext.SoftHardLoss(temperature=4.0, codebook=codebook, hard_weight=0.5)
+    torch.testing.assert_close(
+        crit(logits, ids, values, target),
+        soft_hard_loss_reference(logits, ids, values, target, codebook=codebook, temperature=4.0, hard_weight=0.5))
+    assert "temperature=4.0" in repr(crit)
+
+
+def test_retain_graph_backward_twice():
+    logits, ids, values, target, codebook, extra = make_case(4, 10, 3)
+    x = logits.clone().requires_grad_()
+    loss = soft_hard_loss(x, ids, values)
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(x.grad, 2 * first)
+    # The in-place mode consumes its buffer: a second backward is refused, not silently wrong.
+    y = logits.clone().requires_grad_() * 1.0
+    loss = soft_hard_loss(y, ids, values, inplace=True)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward can run only once"):
+        loss.backward()
+
+
+# ---- bad input: each gets a clear error naming the problem -------------------------------------
+def _bad_cases():
+    logits, ids, values, target, codebook, extra = make_case(4, 10, 3)
+    ids64 = ids.long()
+    big = ids64.clone()
+    big[1, 2] = 10
+    neg = ids64.clone()
+    neg[0, 0] = -1
+    dup = ids64.clone()
+    dup[2, 1] = dup[2, 0]
+    badp = values.clone()
+    badp[0, 0] = -0.1
+    nanp = values.clone()
+    nanp[1, 1] = float("nan")
+    bad_t = target.clone()
+    bad_t[3] = 10
+    codes = (values * 255).to(torch.uint8)
+    return [
+        ("outside \\[0, 10\\)", (logits, big, values), {}),
+        ("outside \\[0, 10\\)", (logits, neg, values), {}),
+        ("repeats class", (logits, dup, values), {}),
+        ("k \\(topk_ids.size\\(1\\) = 11\\)", (logits, torch.zeros(4, 11, dtype=torch.long), torch.zeros(4, 11)), {}),
+        ("topk_ids must have shape \\[4, k\\]", (logits, ids[:3], values[:3]), {}),
+        ("hard_target must have shape \\[4\\]", (logits, ids, values, target[:2]), dict(hard_weight=1.0)),
+        ("hard_target\\[3\\] = 10 is outside", (logits, ids, values, bad_t), dict(hard_weight=1.0)),
+        ("logits must be float32", (logits.long(), ids, values), {}),
+        ("logits must be 2-D", (logits[0], ids, values), {}),
+        ("topk_values must be probabilities", (logits, ids, values.to(torch.int64)), {}),
+        ("topk_ids must be int64", (logits, ids.float(), values), {}),
+        ("temperature must be finite and > 0", (logits, ids, values), dict(temperature=0.0)),
+        ("temperature must be finite and > 0", (logits, ids, values), dict(temperature=float("inf"))),
+        ("temperature must be finite and > 0", (logits, ids, values), dict(temperature=-2.0)),
+        ("codebook of 256 float entries is required", (logits, ids, codes), {}),
+        ("must have shape \\[256\\]", (logits, ids, codes), dict(codebook=torch.zeros(255))),
+        ("a codebook was given but topk_values are probabilities", (logits, ids, values),
+         dict(codebook=torch.zeros(256))),
+        ("not a finite non-negative probability", (logits, ids, badp), {}),
+        ("not a finite non-negative probability", (logits, ids, nanp), {}),
+        ("must be given together", (logits, ids, None), {}),
+        ("mix_lambda\\[0\\] = 1.5 is outside", (logits, ids, values, target),
+         dict(hard_weight=1.0, target_b=target, mix_lambda=torch.full((4,), 1.5))),
+        ("decode must be one of", (logits, ids, values), dict(decode="soft")),
+        ("reduction must be one of", (logits, ids, values), dict(reduction="avg")),
+        ("soft_loss must be 'kl' or 'ce'", (logits, ids, values), dict(soft_loss="js")),
+        ("give a soft label", (logits,), {}),
+        ("label_smoothing must be in \\[0, 1\\]", (logits, ids, values), dict(label_smoothing=1.5)),
+    ]
+
+
+@pytest.mark.parametrize("match,args,kw", _bad_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_bad_input_errors(match, args, kw):
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        soft_hard_loss(*args, **kw)
+
+
+# ---- CUDA: the CUDA kernel against the CPU kernel and the reference -----------------------------
+@requires_cuda
+@pytest.mark.parametrize("case", GRID[::2], ids=lambda c: "C{C}-k{k}-{decode}-{values}".format(**c))
+def test_cuda_matches_cpu_and_reference(case):
+    B = 5 if case["C"] > 5000 else 70
+    cpu = make_case(B, case["C"], case["k"], seed=3, value_kind=case["values"], pair=case["pair"], ignore=True)
+    gpu = make_case(B, case["C"], case["k"], seed=3, value_kind=case["values"], pair=case["pair"], ignore=True,
+                    device="cuda")
+    kw = dict(temperature=case["T"], decode=case["decode"], reduction=case["reduction"], hard_weight=case["hard"],
+              label_smoothing=case["smoothing"], hinton=case["hinton"])
+    for dtype in DTYPES:
+        la, lb, ga, gb = run_both(*gpu, dtype, **kw)
+        assert_close_case(la.cpu(), lb.cpu(), ga.cpu(), gb.cpu(), dtype)
+        lc, _, gc, _ = run_both(*cpu, dtype, **kw)
+        torch.testing.assert_close(la.cpu(), lc, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ga.cpu().double(), gc.double(), rtol=0,
+                                   atol=GRAD_ATOL[dtype] * max(gc.abs().max().item(), 1e-3) * 2)
+
+
+@requires_cuda
+def test_cuda_invalid_ids_poison_the_row_instead_of_reading_out_of_bounds():
+    logits, ids, values, target, codebook, extra = make_case(4, 10, 3, device="cuda")
+    ids = ids.long().clone()
+    ids[1, 0] = 12
+    rows = soft_hard_loss(logits, ids, values, reduction="none")
+    assert torch.isnan(rows[1]) and torch.isfinite(rows[[0, 2, 3]]).all()
+
+
+@requires_cuda
+def test_cuda_mixed_devices_error():
+    logits, ids, values, target, codebook, extra = make_case(4, 10, 3)
+    with pytest.raises(RuntimeError, match="is on cpu but logits are on cuda"):
+        soft_hard_loss(logits.cuda(), ids, values)
+
+
+@requires_cuda
+def test_cuda_inplace_and_compile():
+    logits, ids, values, target, codebook, extra = make_case(32, 21843, 5, device="cuda", pair=True)
+    x = logits.to(torch.bfloat16)
+    a = x.clone().requires_grad_()
+    soft_hard_loss(a, ids, values, target, hard_weight=1.0, **extra).backward()
+    b = x.clone()
+    soft_hard_loss(b, ids, values, target, hard_weight=1.0, inplace=True, **extra)
+    assert torch.equal(a.grad, b)
