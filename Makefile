@@ -12,7 +12,7 @@ STAMP := $(VENV)/.req-$(REQ_HASH)
 CCACHE_PATH := $(if $(wildcard /usr/lib/ccache/g++),/usr/lib/ccache:,)
 BUILD_ENV := PATH="$(CCACHE_PATH)$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: venv build build-cpu test bench clean
+.PHONY: venv build build-cpu test bench data clean
 
 venv: $(STAMP)
 $(STAMP): requirements.txt
@@ -35,6 +35,13 @@ test: build
 
 bench: build
 	$(PY) benchmarks/bench_loss.py
+
+# Debian's Fashion-MNIST (the embedded default data set), installed when missing.
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+data: $(FMNIST)
+$(FMNIST):
+	$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist
 
 clean:
 	rm -rf build *.egg-info hald_ext/_C*.so

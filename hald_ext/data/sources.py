@@ -1,0 +1,176 @@
+"""Reading small image sets: IDX (Fashion-MNIST), NPY/NPZ arrays and image folders.
+
+Everything returns an `ImageSet`: uint8 images (a list of HWC arrays, 3 channels) plus int64 labels,
+the class names and a fingerprint that label stores record so a store is never replayed on other images.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import struct
+
+import numpy as np
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle_boot"]
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+@dataclasses.dataclass
+class ImageSet:
+    images: list  # uint8 HWC numpy arrays (C = 3)
+    labels: np.ndarray  # int64 [N]
+    classes: list
+    names: list  # one stable name per image (file path relative to the root, or "array:<i>")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def fingerprint(self) -> dict:
+        return fingerprint(self)
+
+    def stacked(self) -> np.ndarray:
+        """[N, H, W, 3] uint8 when every image has the same size."""
+        shapes = {im.shape for im in self.images}
+        if len(shapes) != 1:
+            raise ValueError(f"images have {len(shapes)} different shapes; use a padded batch instead")
+        return np.stack(self.images)
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (optionally gzipped) as a numpy array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated IDX header")
+    dims = struct.unpack(">" + "I" * ndim, data[4:header])
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    count = int(np.prod(dims)) if dims else 1
+    if len(data) - header != count * dtype.itemsize:
+        raise ValueError(f"{path}: IDX payload has {len(data) - header} bytes, header says {count * dtype.itemsize}")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _to_rgb(img: np.ndarray) -> np.ndarray:
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    if img.shape[2] == 4:
+        img = img[:, :, :3]
+    return np.ascontiguousarray(img, dtype=np.uint8)
+
+
+def load_fashion_mnist(split: str = "train", root: str = FASHION_MNIST_ROOT) -> ImageSet:
+    """Fashion-MNIST from Debian's `dataset-fashion-mnist` (IDX files, gzipped), as 28x28 RGB."""
+    prefix = {"train": "train", "test": "t10k"}.get(split)
+    if prefix is None:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    img_path = os.path.join(root, f"{prefix}-images-idx3-ubyte.gz")
+    lab_path = os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz")
+    if not os.path.exists(img_path):
+        raise FileNotFoundError(f"Fashion-MNIST not found at {root}: install Debian's package "
+                                "`dataset-fashion-mnist` (`make data` does it)")
+    images = read_idx(img_path)
+    labels = read_idx(lab_path).astype(np.int64)
+    if images.ndim != 3 or len(images) != len(labels):
+        raise ValueError(f"{root}: images {images.shape} and labels {labels.shape} disagree")
+    return ImageSet([_to_rgb(im) for im in images], labels, list(FASHION_MNIST_CLASSES),
+                    [f"fashion-mnist/{split}/{i}" for i in range(len(images))])
+
+
+def _load_arrays(path: str) -> ImageSet:
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            images, labels = z["images"], z["labels"]
+            classes = [str(c) for c in z["classes"]] if "classes" in z else None
+    else:
+        images = np.load(path, allow_pickle=False)
+        lab = path[: -len(".npy")] + "_labels.npy" if path.endswith(".npy") else None
+        if lab is None or not os.path.exists(lab):
+            raise FileNotFoundError(f"{path}: expected labels beside it in {lab}")
+        labels = np.load(lab, allow_pickle=False)
+        classes = None
+    if images.dtype != np.uint8:
+        raise ValueError(f"{path}: images must be uint8, got {images.dtype}")
+    labels = labels.astype(np.int64)
+    if len(images) != len(labels):
+        raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
+    if classes is None:
+        classes = [str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0)]
+    return ImageSet([_to_rgb(im) for im in images], labels, classes, [f"array:{i}" for i in range(len(images))])
+
+
+def _load_folder(root: str) -> ImageSet:
+    from PIL import Image
+
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise ValueError(f"{root}: no class sub-folders (expected one folder per class)")
+    images, labels, names = [], [], []
+    for ci, cname in enumerate(classes):
+        for fname in sorted(os.listdir(os.path.join(root, cname))):
+            if not fname.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            rel = f"{cname}/{fname}"
+            with Image.open(os.path.join(root, rel)) as im:
+                images.append(_to_rgb(np.asarray(im.convert("RGB"))))
+            labels.append(ci)
+            names.append(rel)
+    if not images:
+        raise ValueError(f"{root}: no images with extensions {IMAGE_EXTENSIONS}")
+    return ImageSet(images, np.asarray(labels, dtype=np.int64), classes, names)
+
+
+def load_image_set(source: str, split: str = "train") -> ImageSet:
+    """`fashion-mnist` (Debian's copy), a folder of class sub-folders, an IDX images file (labels
+    beside it as *labels-idx1-ubyte*), or NPZ / NPY arrays."""
+    if source in ("fashion-mnist", "fashion_mnist"):
+        return load_fashion_mnist(split)
+    if os.path.isdir(source):
+        return _load_folder(source)
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"image source {source!r} does not exist")
+    if "idx3-ubyte" in source:
+        images = read_idx(source)
+        labels = read_idx(source.replace("images-idx3", "labels-idx1")).astype(np.int64)
+        return ImageSet([_to_rgb(im) for im in images], labels, [str(c) for c in range(int(labels.max()) + 1)],
+                        [f"array:{i}" for i in range(len(images))])
+    return _load_arrays(source)
+
+
+def write_image_folder(images: ImageSet, root: str, fmt: str = "png") -> list:
+    """Write an ImageSet as root/<class>/<index>.<fmt>; returns the written paths."""
+    from PIL import Image
+
+    paths = []
+    for i, (im, lab) in enumerate(zip(images.images, images.labels)):
+        d = os.path.join(root, images.classes[int(lab)])
+        os.makedirs(d, exist_ok=True)
+        p = os.path.join(d, f"{i:06d}.{fmt}")
+        Image.fromarray(im).save(p)
+        paths.append(p)
+    return paths
+
+
+def fingerprint(images: ImageSet) -> dict:
+    """Count + sha256 over names, shapes and pixel bytes: a store records it and checks it on replay."""
+    h = hashlib.sha256()
+    for name, im in zip(images.names, images.images):
+        h.update(name.encode())
+        h.update(repr(im.shape).encode())
+        h.update(np.ascontiguousarray(im).tobytes())
+    return {"count": len(images), "sha256": h.hexdigest()}
