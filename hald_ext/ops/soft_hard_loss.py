@@ -1,4 +1,4 @@
-"""Python entry points of the `torch.ops.hald` operators: fake (meta) kernels, autograd, wrappers."""
+"""`hald::soft_hard_loss`: fake kernels, autograd and the wrapper."""
 from __future__ import annotations
 
 import torch

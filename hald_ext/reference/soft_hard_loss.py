@@ -1,8 +1,4 @@
-"""Plain-PyTorch references of the fused kernels.
-
-One implementation of each computation, dense and obvious, used by the tests (as the ground truth)
-and by the benchmarks (as the eager and torch.compile baselines). Keep them simple, not fast.
-"""
+"""Reference of the fused soft-KL / hard-CE loss (dense decode, log_softmax, KL / cross-entropy)."""
 from __future__ import annotations
 
 import torch

@@ -1,0 +1,8 @@
+"""Plain-PyTorch references of the fused kernels.
+
+One implementation of each computation, dense and obvious, used by the tests (as the ground truth)
+and by the benchmarks (as the eager and torch.compile baselines). Keep them simple, not fast.
+"""
+from hald_ext.reference.soft_hard_loss import decode_dense, dequantize, soft_hard_loss_reference
+
+__all__ = ["decode_dense", "dequantize", "soft_hard_loss_reference"]
