@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from hald_ext import _ext
 
@@ -36,6 +37,11 @@ if _ext.loaded():
     def _soft_hard_loss_inplace_fake(logits, *args):
         return logits.new_empty((logits.shape[0],), dtype=_acc_dtype(logits.dtype))
 
+    def _is_plain_cpu(t) -> bool:
+        """A real CPU tensor, not one being traced (compile, fake or functional tensors, dispatch modes)."""
+        return (type(t) is torch.Tensor and t.device.type == "cpu" and not torch.compiler.is_compiling()
+                and _get_current_dispatch_mode() is None)
+
     def _setup_context(ctx, inputs, output):
         _, grad = output
         ctx.save_for_backward(grad)
@@ -44,6 +50,11 @@ if _ext.loaded():
         (grad,) = ctx.saved_tensors
         # Out of place, so retain_graph / gradcheck / double use stay correct; `inplace=True` is the
         # mode that keeps no second logits-sized buffer.
+        if _is_plain_cpu(grad_rows) and bool((grad_rows == 1).all()):
+            # The usual case (a reduced loss at the end of the graph): the forward's gradient is the
+            # answer. Checking costs nothing on CPU (no device to sync with); autograd copies it if
+            # the graph is retained, so the saved buffer is never changed.
+            return (grad,) + (None,) * 16
         # The product is formed in fp32 and rounded once into the logits dtype.
         out = torch.mul(grad, grad_rows.unsqueeze(1), out=torch.empty_like(grad))
         return (out,) + (None,) * 16

@@ -54,7 +54,7 @@ def soft_hard_loss_reference(logits, topk_ids=None, topk_values=None, hard_targe
         if soft_loss == "kl":
             soft_rows = soft_rows + torch.special.xlogy(q, q).sum(1)
         soft_rows = soft_rows * (soft_weight * (temperature**2 if hinton else 1.0))
-    count = B
+    count = torch.tensor(B)
     if hard_target is not None and hard_weight != 0:
         valid = hard_target != ignore_index
         ya = torch.where(valid, hard_target, torch.zeros_like(hard_target)).long()
@@ -65,7 +65,7 @@ def soft_hard_loss_reference(logits, topk_ids=None, topk_values=None, hard_targe
             t = lam * t + (1 - lam) * F.one_hot(target_b.long(), C).to(acc)
         t = (1 - label_smoothing) * t + label_smoothing / C
         hard_rows = -(t * F.log_softmax(z, dim=1)).sum(1) * valid.to(acc) * hard_weight
-        count = int(valid.sum())
+        count = valid.sum()
     if reduction == "none":
         return soft_rows + hard_rows
     if reduction == "sum":
@@ -73,5 +73,5 @@ def soft_hard_loss_reference(logits, topk_ids=None, topk_values=None, hard_targe
     if reduction == "batchmean":
         return (soft_rows + hard_rows).sum() / B
     if reduction == "mean":  # hard term: mean over rows that are not ignored (0 if all are)
-        return soft_rows.sum() / B + hard_rows.sum() / max(count, 1)
+        return soft_rows.sum() / B + hard_rows.sum() / count.clamp_min(1)
     raise ValueError(f"unknown reduction {reduction!r}")
