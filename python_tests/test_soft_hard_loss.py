@@ -184,7 +184,7 @@ def test_torch_compile_fullgraph():
     eager.backward()
     g_eager = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(x)
+    compiled = torch.compile(step, fullgraph=True)(x)
     compiled.backward()
     torch.testing.assert_close(compiled, eager)
     for p, g in zip(model.parameters(), g_eager):

@@ -166,11 +166,13 @@ __global__ void __launch_bounds__(kBlock) soft_hard_kernel(KernelArgs ka) {
       m = cm;
     }
 #pragma unroll
+    for (int t = 0; t < VEC; ++t) sumz += v[t];
+    if (m == -std::numeric_limits<acc_t>::infinity()) continue;  // masked (-inf) logits add nothing
+#pragma unroll
     for (int t = 0; t < VEC; ++t) {
       const acc_t d = v[t] - m;
       if (use1) s1 += dexp(d);
       if (useT) sT += dexp(d * invT);
-      sumz += v[t];
     }
   }
   RowStats<acc_t> st;
