@@ -28,6 +28,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
