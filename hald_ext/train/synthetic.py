@@ -21,11 +21,11 @@ def color_blobs(per_class: int, num_classes: int = 4, size: int = 16, seed: int 
     images, labels = [], []
     for c in range(num_classes):
         for _ in range(per_class):
-            img = rng.normal(110, 35, (size, size, 3))
+            img = rng.normal(110, 50, (size, size, 3))
             cy, cx = rng.uniform(0.3, 0.7, 2) * size
-            r = rng.uniform(0.3, 0.5) * size
+            r = rng.uniform(0.2, 0.4) * size
             mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-            img[mask] = CLASS_COLORS[c] + rng.normal(0, 30, (mask.sum(), 3))
+            img[mask] = CLASS_COLORS[c] + rng.normal(0, 50, (mask.sum(), 3))
             images.append(np.clip(img, 0, 255).astype(np.uint8))
             labels.append(c)
     order = rng.permutation(len(images))
@@ -47,3 +47,13 @@ class ColorTeacher(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = x.mean(dim=(2, 3))
         return -self.sharpness * torch.cdist(feat, self.colors)
+
+
+def color_blob_labels(images: ImageSet, sli: int = 2, k: int = 3, temperature: float = 1.0, seed: int = 0):
+    """Test-double label store for `images`: ColorTeacher's top-k labels of `sli` seeded crops each."""
+    from hald_ext.train.batches import IMAGENET_MEAN, IMAGENET_STD, InMemoryLabels, images_to_tensor
+
+    x = images_to_tensor(images.images)
+    teacher = ColorTeacher(images.num_classes, IMAGENET_MEAN, IMAGENET_STD)
+    return InMemoryLabels.from_teacher(teacher, x, sli=sli, k=k, out_size=x.shape[-1], temperature=temperature,
+                                       seed=seed, fingerprint=images.fingerprint())
