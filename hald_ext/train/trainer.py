@@ -195,6 +195,7 @@ class Trainer:
             self.lr_schedule.set_position(epoch)
             row = {"epoch": epoch + 1, "lr": self.lr_schedule.last_lr()}
             row.update(self.train_epoch(epoch))
+            row.update(eval_top1=None, eval_top5=None, eval_loss=None)  # the same keys in every row
             if self.eval_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == E):
                 row.update(evaluate(self.model, self.eval_set, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp))
             row["epoch_time"] = round(time.perf_counter() - t0, 3)
