@@ -64,6 +64,7 @@ class TrainConfig:
     output: str = _f("runs", "parent folder of run folders")
     experiment: Optional[str] = _f(None, "run folder name (default: <schedule>-<model>-<time>)")
     resume: Optional[str] = _f(None, "checkpoint (or run folder) to continue exactly")
+    log_every: int = _f(1, "print a line every N epochs (evaluations and phase changes always print)")
     checkpoint_every: int = _f(1, "write last.pth every N epochs (and at the end)")
     progress: bool = _f(True, "progress bar")
 
@@ -163,7 +164,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--decode must be marginal, renorm or truncate, got {cfg.decode!r}")
     if cfg.soft_loss not in ("kl", "ce"):
         raise ConfigError(f"--soft-loss must be kl or ce, got {cfg.soft_loss!r}")
-    for name in ("batch_size", "eval_every", "eval_batch_size", "checkpoint_every"):
+    for name in ("batch_size", "eval_every", "eval_batch_size", "checkpoint_every", "log_every"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     if not 0.0 <= cfg.label_smoothing < 1.0:

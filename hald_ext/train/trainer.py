@@ -208,7 +208,10 @@ class Trainer:
         return self.history
 
     def _report(self, row: dict) -> None:
-        if not self.info.is_main:
+        epoch = row["epoch"] - 1
+        starts_phase = epoch == 0 or self.schedule.kind_at(epoch - 1) != row["phase"]
+        due = row["epoch"] % self.cfg.log_every == 0 or row.get("eval_top1") is not None or starts_phase
+        if not self.info.is_main or not due:
             return
         msg = f"epoch {row['epoch']:>4} {row['phase']:<4} lr {row['lr']:.2e} train {row['train_loss']:.4f}"
         if row.get("eval_top1") is not None:
