@@ -83,6 +83,16 @@ def test_store_of_other_images_and_unknown_yaml_keys(files, capsys):
     rc = main(["train", "-c", str(files / "tiny.yaml"), "--labels", str(files / ("held" + InMemoryLabels.SUFFIX)),
                "--experiment", "bad"])
     assert rc == 2 and "labels 40 images but --data has 24" in capsys.readouterr().err
+    # YAML 1.1 reads 1e-3 as a string: it must still be a number, and a non-number a clear error.
+    from hald_ext.train.config import parse_config
+
+    numbers = files / "numbers.yaml"
+    numbers.write_text("lr: 1e-3\nepochs: 12\nmean: [0.5, 0.5, 0.5]\nhinton: true\n")
+    cfg = parse_config(["-c", str(numbers)])
+    assert cfg.lr == 0.001 and cfg.epochs == 12 and cfg.mean == (0.5, 0.5, 0.5) and cfg.hinton is True
+    numbers.write_text("epochs: ten\n")
+    assert main(["train", "-c", str(numbers)]) == 2
+    assert "option epochs: cannot read 'ten'" in capsys.readouterr().err
     bad_yaml = files / "typo.yaml"
     bad_yaml.write_text("data: x\nlearning_rate: 0.1\n")
     assert main(["train", "-c", str(bad_yaml)]) == 2
@@ -138,3 +148,13 @@ def test_teacher_then_lvsd(files, tmp_path, capsys):
     assert len(res["trace_sigma"]) == len(res["cosine"]) == 24
     assert all(t >= 0 for t in res["trace_sigma"]) and all(-1e-6 <= c <= 1 + 1e-6 for c in res["cosine"])
     assert 0 <= res["js_mean"] <= np.log(2)
+
+
+@pytest.mark.parametrize("path", sorted(__import__("glob").glob(
+    os.path.join(os.path.dirname(__file__), "..", "examples", "configs", "*.yaml"))))
+def test_example_configs_are_valid(path):
+    from hald_ext.train.config import parse_config
+    from hald_ext.train.schedule import build_schedule
+
+    cfg = parse_config(["-c", path])
+    build_schedule(cfg.schedule, cfg.epochs, cfg.soft_epochs, cfg.period)

@@ -117,13 +117,44 @@ def read_yaml(path: str) -> dict:
     return data
 
 
+def _coerce(name: str, value):
+    """A YAML value as the field's type. YAML 1.1 reads `1e-3` (no dot) as a string, and a typo'd
+    type would otherwise fail deep inside training."""
+    f = FIELDS[name]
+    if value is None:
+        if f.type.startswith("Optional"):
+            return None
+        raise ConfigError(f"option {name} cannot be empty")
+    try:
+        if f.type == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+                return str(value).lower() in ("true", "yes", "on", "1")
+            raise ValueError
+        if f.type == "tuple":
+            items = tuple(float(v) for v in value)
+            if len(items) != f.metadata["nargs"]:
+                raise ValueError
+            return items
+        if f.type in ("int", "Optional[int]"):
+            if float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if f.type in ("float", "Optional[float]"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {name}: cannot read {value!r} as {f.type}") from None
+
+
 def resolve(args: argparse.Namespace) -> TrainConfig:
     """Dataclass defaults, then the YAML file named by --config, then the flags that were given."""
     values = {}
     if getattr(args, "config", None):
         values.update(read_yaml(args.config))
     values.update({k: v for k, v in vars(args).items() if k in FIELDS})
-    return TrainConfig(**values)
+    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
 
 
 def parse_config(argv: list) -> TrainConfig:
