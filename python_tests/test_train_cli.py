@@ -1,4 +1,5 @@
 """`hald train / select / teacher / lvsd` end to end on tiny synthetic data, and their error messages."""
+import glob
 import json
 import os
 
@@ -150,7 +151,7 @@ def test_teacher_then_lvsd(files, tmp_path, capsys):
     assert 0 <= res["js_mean"] <= np.log(2)
 
 
-@pytest.mark.parametrize("path", sorted(__import__("glob").glob(
+@pytest.mark.parametrize("path", sorted(glob.glob(
     os.path.join(os.path.dirname(__file__), "..", "examples", "configs", "*.yaml"))))
 def test_example_configs_are_valid(path):
     from hald_ext.train.config import parse_config

@@ -52,7 +52,7 @@ class TrainConfig:
     weight_decay: float = _f(0.01, "AdamW weight decay on weight tensors (none on norm / bias / 1-D)")
     eta: float = _f(2.0, "half-cosine stretch: lr0 * 0.5 * (1 + cos(pi * e / (E * eta)))")
     warmup_epochs: float = _f(0.0, "linear warm-up epochs")
-    warmup_lr: float = _f(0.0, "learning rate at the start of the warm-up")
+    warmup_lr: float = _f(1e-5, "learning rate at the start of the warm-up")
     sched_on_updates: bool = _f(False, "update the LR every step (fractional epochs) instead of every epoch")
     amp: bool = _f(False, "bfloat16 autocast (CUDA)")
     # evaluation and run
