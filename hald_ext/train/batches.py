@@ -1,0 +1,223 @@
+"""Where the trainer's batches come from: the only module that knows about the label store and the
+crop op.
+
+The trainer sees two things:
+- a `LabelSource` (the label store's read side): per (image, slot) a stored crop box + flip and a
+  top-k label (class ids + integer codes decoded through `codebook`), plus the header values the loss
+  needs (`num_classes`, `k`, `temperature`, `decode`, `sli`) and the image-set `fingerprint`;
+- a `BatchSource` that turns sample ids into model-ready batches:
+    soft_batch(image_ids, slots)      -> SoftBatch(x, topk_ids, topk_codes)   replayed crops
+    hard_batch(image_ids, step_seed)  -> HardBatch(x, y_a, y_b, lam)          fresh RRC + CutMix
+  where x is a normalised float [B, 3, S, S] on the training device.
+
+`TorchBatchSource` is the plain implementation (torchvision crops of the resident uint8 images); the
+fused `crop_and_lookup` op slots in as another `BatchSource` with the same two methods.
+`InMemoryLabels` is a TEST DOUBLE of the label store, used by the tests and by the demo until
+`hald relabel` writes real stores; it is not a storage format.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from hald_ext.boxes import boxes_to_pixels, dequantize_boxes, pixels_to_boxes, quantize_boxes, sample_rrc_pixels
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------------------------------
+# Interfaces
+@runtime_checkable
+class LabelSource(Protocol):
+    num_images: int
+    sli: int
+    num_classes: int
+    k: int
+    temperature: float
+    decode: str
+    fingerprint: dict
+    codebook: torch.Tensor  # fp32 [256] or [65536]
+    boxes: torch.Tensor  # uint16 [num_images, sli, 4]: (y, x, h, w) fractions * 65535
+    flips: torch.Tensor  # bool / uint8 [num_images, sli]
+
+    def labels(self, image_ids: torch.Tensor, slots: torch.Tensor, device=None) -> tuple: ...
+
+
+@dataclasses.dataclass
+class SoftBatch:
+    x: torch.Tensor  # float [B, 3, S, S], normalised
+    topk_ids: torch.Tensor  # [B, k]
+    topk_codes: torch.Tensor  # [B, k] uint8 / uint16 codes into the store's codebook
+
+
+@dataclasses.dataclass
+class HardBatch:
+    x: torch.Tensor  # float [B, 3, S, S], normalised, CutMix applied
+    y_a: torch.Tensor  # int64 [B]
+    y_b: torch.Tensor  # int64 [B] (the CutMix partner's label; == y_a without CutMix)
+    lam: torch.Tensor  # float32 [B]: weight of y_a
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    num_images: int
+    labels: LabelSource | None  # None: hard phases only
+
+    def soft_batch(self, image_ids: torch.Tensor, slots: torch.Tensor) -> SoftBatch: ...
+
+    def hard_batch(self, image_ids: torch.Tensor, step_seed: int) -> HardBatch: ...
+
+
+def open_label_store(path: str) -> LabelSource:
+    """The label store at `path` (the real `hald_ext.labels.LabelStore` once it exists)."""
+    if path.endswith(InMemoryLabels.SUFFIX):  # test double files (tests, demo until relabel lands)
+        return InMemoryLabels.load(path)
+    try:
+        from hald_ext.labels import LabelStore  # noqa: PLC0415  (issue 3)
+    except ImportError as e:
+        raise RuntimeError(f"cannot open label store {path!r}: this build has no hald_ext.labels.LabelStore "
+                           f"({e})") from e
+    return LabelStore.open(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plain torch implementation
+def images_to_tensor(images) -> torch.Tensor:
+    """A list / array of HWC uint8 images (an ImageSet's `.images`) -> uint8 [N, 3, H, W]."""
+    arr = np.stack(images) if isinstance(images, (list, tuple)) else np.asarray(images)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images [N, H, W, 3], got {arr.dtype} {arr.shape}")
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).contiguous()
+
+
+def normalize(x_uint8: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.tensor(mean, device=x_uint8.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x_uint8.device).view(1, 3, 1, 1)
+    return (x_uint8.float().div_(255) - m) / s
+
+
+def crop_resize(images: torch.Tensor, image_ids: torch.Tensor, pixels: torch.Tensor, flips: torch.Tensor,
+                size: int) -> torch.Tensor:
+    """uint8 crops [B, 3, size, size]: crop (top, left, h, w) of each image, resize (bilinear,
+    antialiased), flip. A per-sample loop; the fused crop op replaces it."""
+    out = torch.empty((len(image_ids), images.shape[1], size, size), dtype=torch.uint8, device=images.device)
+    for row, (i, (t, l, h, w), f) in enumerate(zip(image_ids.tolist(), pixels.tolist(), flips.tolist())):
+        crop = TF.resized_crop(images[i], t, l, h, w, [size, size], antialias=True)
+        out[row] = crop.flip(-1) if f else crop
+    return out
+
+
+def cutmix(x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator,
+           gen: torch.Generator) -> tuple:
+    """CutMix on a batch (one box per batch, timm's rand_bbox): returns (x, y_b, lam) with lam the
+    exact kept area fraction after clipping the box."""
+    B, _, H, W = x.shape
+    if alpha <= 0 or B < 2:
+        return x, y, torch.ones(B)
+    lam = float(rng.beta(alpha, alpha))
+    cut_h, cut_w = int(H * np.sqrt(1 - lam)), int(W * np.sqrt(1 - lam))
+    cy, cx = int(rng.integers(H)), int(rng.integers(W))
+    y1, y2 = np.clip([cy - cut_h // 2, cy + cut_h // 2], 0, H)
+    x1, x2 = np.clip([cx - cut_w // 2, cx + cut_w // 2], 0, W)
+    perm = torch.randperm(B, generator=gen).to(x.device)
+    x = x.clone()
+    x[:, :, y1:y2, x1:x2] = x[perm][:, :, y1:y2, x1:x2]
+    lam = 1.0 - (y2 - y1) * (x2 - x1) / (H * W)
+    return x, y[perm], torch.full((B,), lam)
+
+
+class TorchBatchSource:
+    """Resident uint8 images on `device`; torchvision crops; CutMix with torch ops."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, labels: LabelSource | None, out_size: int,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu", cutmix_alpha: float = 1.0,
+                 rrc_scale=(0.08, 1.0), rrc_ratio=(3 / 4, 4 / 3), hflip: float = 0.5):
+        self.images = images.to(device)
+        self.targets = targets.to(device=device, dtype=torch.long)
+        self.labels = labels
+        self.num_images = len(images)
+        self.out_size = out_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.device = torch.device(device)
+        self.cutmix_alpha = cutmix_alpha
+        self.rrc_scale, self.rrc_ratio, self.hflip = tuple(rrc_scale), tuple(rrc_ratio), hflip
+
+    def soft_batch(self, image_ids: torch.Tensor, slots: torch.Tensor) -> SoftBatch:
+        _, _, H, W = self.images.shape
+        pixels = boxes_to_pixels(dequantize_boxes(self.labels.boxes[image_ids, slots]), H, W)
+        flips = self.labels.flips[image_ids, slots].bool()
+        x = crop_resize(self.images, image_ids, pixels, flips, self.out_size)
+        ids, codes = self.labels.labels(image_ids, slots, device=self.device)
+        return SoftBatch(normalize(x, self.mean, self.std), ids, codes)
+
+    def hard_batch(self, image_ids: torch.Tensor, step_seed: int) -> HardBatch:
+        _, _, H, W = self.images.shape
+        gen = torch.Generator().manual_seed(step_seed)
+        pixels = torch.tensor([sample_rrc_pixels(H, W, self.rrc_scale, self.rrc_ratio, gen) for _ in image_ids])
+        flips = torch.rand(len(image_ids), generator=gen) < self.hflip
+        x = crop_resize(self.images, image_ids, pixels, flips, self.out_size)
+        y = self.targets[image_ids.to(self.device)]
+        x, y_b, lam = cutmix(x, y, self.cutmix_alpha, np.random.default_rng(step_seed), gen)
+        return HardBatch(normalize(x, self.mean, self.std), y, y_b, lam.to(self.device))
+
+
+# --------------------------------------------------------------------------------------------------
+# TEST DOUBLE of the label store (issue 3). Tiny on purpose: dense tensors in memory, files written
+# with torch.save (tensors only, loaded with weights_only=True). Replace with hald_ext.labels.
+class InMemoryLabels:
+    SUFFIX = ".testlabels.pt"
+
+    def __init__(self, boxes, flips, topk_ids, topk_codes, codebook, num_classes, temperature=1.0,
+                 decode="marginal", fingerprint=None):
+        self.boxes, self.flips = boxes, flips  # uint16 [N, SLI, 4], bool [N, SLI]
+        self.topk_ids, self.topk_codes = topk_ids, topk_codes  # [N, SLI, k]
+        self.codebook = codebook
+        self.num_images, self.sli, self.k = topk_ids.shape
+        self.num_classes, self.temperature, self.decode = num_classes, float(temperature), decode
+        self.fingerprint = dict(fingerprint or {})
+
+    def labels(self, image_ids, slots, device=None):
+        return self.topk_ids[image_ids, slots].to(device), self.topk_codes[image_ids, slots].to(device)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.boxes, self.flips, self.topk_ids, self.topk_codes,
+                                                          self.codebook))
+
+    @classmethod
+    @torch.no_grad()
+    def from_teacher(cls, teacher, images: torch.Tensor, sli: int, k: int, out_size: int, temperature=1.0,
+                     mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=0, decode="marginal", fingerprint=None):
+        """Label `sli` seeded RRC crops of each uint8 image [N, 3, H, W] with `teacher`."""
+        N, _, H, W = images.shape
+        gen = torch.Generator().manual_seed(seed)
+        pixels = torch.tensor([[sample_rrc_pixels(H, W, generator=gen) for _ in range(sli)] for _ in range(N)])
+        flips = torch.rand(N, sli, generator=gen) < 0.5
+        boxes = quantize_boxes(pixels_to_boxes(pixels, H, W))
+        # Label the crops exactly as they will be replayed (through the quantised boxes).
+        rep = boxes_to_pixels(dequantize_boxes(boxes), H, W).view(-1, 4)
+        ids = torch.arange(N).repeat_interleave(sli)
+        x = normalize(crop_resize(images, ids, rep, flips.view(-1), out_size), mean, std)
+        teacher.eval()
+        probs = torch.softmax(teacher(x).float() / temperature, dim=1)
+        top = probs.topk(k, dim=1)
+        codebook = torch.linspace(0, 1, 256)
+        codes = (top.values * 255).round().to(torch.uint8)
+        return cls(boxes, flips, top.indices.view(N, sli, k), codes.view(N, sli, k), codebook,
+                   num_classes=probs.shape[1], temperature=temperature, decode=decode, fingerprint=fingerprint)
+
+    def save(self, path: str) -> None:
+        if not path.endswith(self.SUFFIX):
+            raise ValueError(f"test-double label files must end with {self.SUFFIX}")
+        torch.save({"boxes": self.boxes, "flips": self.flips, "topk_ids": self.topk_ids,
+                    "topk_codes": self.topk_codes, "codebook": self.codebook, "num_classes": self.num_classes,
+                    "temperature": self.temperature, "decode": self.decode, "fingerprint": self.fingerprint}, path)
+
+    @classmethod
+    def load(cls, path: str) -> "InMemoryLabels":
+        return cls(**torch.load(path, map_location="cpu", weights_only=True))

@@ -1,0 +1,124 @@
+"""`hald train`: a student from an image set + label store with the HALD (or a baseline) schedule.
+
+    hald train --data sel.npz --labels sel.labels --eval-data fashion-mnist --model convnet3 \
+        --schedule hald --epochs 300 --output runs --experiment hald-ipc10
+    torchrun --nproc_per_node=2 -m hald_ext.cli train -c examples/configs/fmnist_hald.yaml
+
+The run folder holds args.yaml (the resolved configuration), summary.csv, metrics.json, curves.png
+and last.pth (resumable; also loadable by hald_ext.models.create_model(..., checkpoint=...)).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+
+from hald_ext.train import config as C
+from hald_ext.train import distributed as D
+
+
+def add_arguments(parser) -> None:
+    C.add_arguments(parser)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise C.ConfigError(f"--device {device} but no CUDA device is available")
+    return device
+
+
+def run_dir_for(cfg: C.TrainConfig) -> str:
+    if cfg.experiment:
+        name = cfg.experiment
+    elif cfg.resume and os.path.isdir(cfg.resume):
+        return cfg.resume  # resuming a run folder continues writing into it
+    elif cfg.resume:
+        return os.path.dirname(os.path.abspath(cfg.resume))
+    else:
+        sched = cfg.schedule.replace(":", "").replace(",", "-")
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{sched}-{cfg.model}"
+    return os.path.join(cfg.output, name)
+
+
+def check_store(store, images, img_fp: dict) -> None:
+    """The store must describe exactly this image set (same images, same classes)."""
+    if store.num_images != len(images):
+        raise C.ConfigError(f"the label store labels {store.num_images} images but --data has {len(images)}")
+    fp = getattr(store, "fingerprint", None) or {}
+    if fp.get("sha256") and fp.get("sha256") != img_fp["sha256"]:
+        raise C.ConfigError("the label store was made for other images (image-set fingerprint differs): "
+                            "relabel this image set")
+    if store.num_classes != images.num_classes:
+        raise C.ConfigError(f"the label store has {store.num_classes} classes but --data has {images.num_classes}")
+
+
+def build_trainer(cfg: C.TrainConfig, run_dir: str | None):
+    """Everything a run needs, from a validated config (raises ConfigError on bad input)."""
+    from hald_ext.data import load_image_set
+    from hald_ext.models import create_model
+    from hald_ext.train.batches import TorchBatchSource, images_to_tensor, open_label_store
+    from hald_ext.train.schedule import build_schedule
+    from hald_ext.train.trainer import EvalSet, Trainer
+
+    C.validate(cfg)
+    info = D.init_from_env(resolve_device(cfg.device))
+    device = D.device_for(resolve_device(cfg.device), info)
+    schedule = build_schedule(cfg.schedule, cfg.epochs, cfg.soft_epochs, cfg.period)
+    images = load_image_set(cfg.data)
+    x = images_to_tensor(images.images)
+    img_size = cfg.img_size or x.shape[-1]
+    store = None
+    if schedule.epochs_of("soft"):
+        store = open_label_store(cfg.labels)
+        check_store(store, images, images.fingerprint())
+    source = TorchBatchSource(x, torch.from_numpy(images.labels), store, img_size, cfg.mean, cfg.std, device,
+                              cutmix_alpha=cfg.cutmix_alpha, rrc_scale=cfg.rrc_scale)
+    eval_set = None
+    if cfg.eval_data:
+        held = load_image_set(cfg.eval_data, split=cfg.eval_split)
+        eval_set = EvalSet(images_to_tensor(held.images), torch.from_numpy(held.labels), img_size, device)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = create_model(cfg.model, images.num_classes, img_size=img_size)
+    meta = {"model_name": cfg.model, "num_classes": images.num_classes, "img_size": img_size,
+            "classes": list(images.classes)}
+    trainer = Trainer(cfg, model, source, schedule, eval_set, run_dir, device, images.num_classes, meta)
+    if cfg.resume:
+        trainer.load_checkpoint(cfg.resume)
+    return trainer
+
+
+def run(args) -> int:
+    try:
+        cfg = C.resolve(args)
+    except (C.ConfigError, TypeError) as e:
+        print(f"hald train: error: {e}", file=sys.stderr)
+        return 2
+    return train(cfg)
+
+
+def train(cfg: C.TrainConfig) -> int:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        run_dir = run_dir_for(cfg)
+        if not cfg.resume and os.path.exists(os.path.join(run_dir, "last.pth")):
+            raise C.ConfigError(f"run folder {run_dir} already holds a checkpoint: pass --resume {run_dir} "
+                                "to continue it, or another --experiment")
+        trainer = build_trainer(cfg, run_dir)
+    except (C.ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"hald train: error: {e}", file=sys.stderr)
+        return 2
+    if trainer.info.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        cfg.save(os.path.join(run_dir, "args.yaml"))
+        print(f"run folder: {run_dir}\nschedule: {trainer.schedule} on {trainer.device} "
+              f"x {trainer.info.world_size} process(es)", flush=True)
+    history = trainer.fit()
+    if trainer.info.is_main and history and history[-1].get("eval_top1") is not None:
+        last = history[-1]
+        print(f"final: top-1 {last['eval_top1']:.2f} top-5 {last['eval_top5']:.2f} loss {last['eval_loss']:.4f}")
+    return 0

@@ -1,0 +1,263 @@
+"""The epoch loop: whole-epoch soft / hard phases, one optimizer and one LR schedule throughout,
+evaluation, metrics files and exact resume.
+
+Determinism: every random choice of the loop (sample order, hard-phase crops and CutMix) is drawn from
+a generator seeded by (seed, epoch, step), never from global state, so a resumed run replays the
+same batches; the global torch RNG (dropout, drop-path) is checkpointed as well.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import torch
+from torch import nn
+
+from hald_ext.ops import soft_hard_loss
+from hald_ext.train import checkpoint as ckpt
+from hald_ext.train import distributed as D
+from hald_ext.train import metrics
+from hald_ext.train.batches import BatchSource, normalize
+from hald_ext.train.config import TrainConfig, check_label_budget
+from hald_ext.train.optim import HalfCosineLR, create_optimizer
+from hald_ext.train.schedule import SOFT, Schedule
+
+_MIX = 1_000_003  # a prime for mixing seeds
+
+
+def _seed(*parts: int) -> int:
+    s = 0
+    for p in parts:
+        s = (s * _MIX + int(p)) % (2 ** 63 - 1)
+    return s
+
+
+class EvalSet:
+    """Held-out uint8 images [N, 3, H, W] (resized once to the training size) and int64 targets."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, img_size: int, device="cpu"):
+        if images.shape[-1] != img_size or images.shape[-2] != img_size:
+            from torchvision.transforms.v2 import functional as TF
+
+            images = TF.resize(images, [img_size, img_size], antialias=True)
+        self.images = images.to(device)
+        self.targets = targets.to(device=device, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: EvalSet, mean, std, batch_size: int = 256, amp: bool = False) -> dict:
+    """top-1 / top-5 accuracy (%) and mean cross-entropy; under torchrun each rank takes a strided
+    shard and the sums are all-reduced."""
+    info = D.current()
+    was_training = model.training
+    model.eval()
+    device = data.images.device
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits, count
+    idx = torch.arange(info.rank, len(data), info.world_size, device=device)
+    for chunk in idx.split(batch_size):
+        x = normalize(data.images[chunk], mean, std)
+        y = data.targets[chunk]
+        with _autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hit = top == y[:, None]
+        sums += torch.stack([nn.functional.cross_entropy(logits, y, reduction="sum").double(),
+                             hit[:, 0].sum().double(), hit.any(1).sum().double(),
+                             torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+    D.all_reduce_sum(sums)
+    model.train(was_training)
+    loss, top1, top5, n = sums.tolist()
+    return {"eval_loss": loss / n, "eval_top1": 100 * top1 / n, "eval_top5": 100 * top5 / n}
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Trainer:
+    """Trains `model` from `source` over `schedule`; files go to `run_dir` (rank 0 writes them)."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, source: BatchSource, schedule: Schedule,
+                 eval_set: EvalSet | None = None, run_dir: str | None = None, device="cpu",
+                 num_classes: int | None = None, model_meta: dict | None = None):
+        self.cfg, self.schedule, self.source, self.eval_set = cfg, schedule, source, eval_set
+        self.run_dir = run_dir
+        self.device = torch.device(device)
+        self.info = D.current()
+        self.model = model.to(self.device)
+        self.model_meta = dict(model_meta or {})
+        self.net = self.model
+        if self.info.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = create_optimizer(self.model, cfg.lr, cfg.weight_decay)
+        self.lr_schedule = HalfCosineLR(self.optimizer, schedule.epochs, cfg.eta, cfg.warmup_epochs, cfg.warmup_lr,
+                                        cfg.sched_on_updates)
+        self.history: list = []
+        self.start_epoch = 0
+
+        store = source.labels
+        soft_epochs = schedule.epochs_of(SOFT)
+        if soft_epochs and store is None:
+            raise ValueError(f"schedule {schedule} has soft phases but the batch source has no label store")
+        if store is not None:
+            self.slots_per_epoch = check_label_budget(cfg, soft_epochs, store.sli)
+            self.temperature = cfg.temperature if cfg.temperature is not None else store.temperature
+            self.decode = cfg.decode or store.decode
+            self.codebook = store.codebook.to(self.device)
+        self.num_classes = num_classes or (store.num_classes if store is not None else None)
+
+    # ---------------------------------------------------------------------------------- samples
+    def epoch_batches(self, epoch: int) -> tuple:
+        """This rank's batches of the epoch and the global batch sizes: lists of (image_ids, slots)
+        (slots None in hard phases) and of ints. Every rank draws the same global order."""
+        kind = self.schedule.kind_at(epoch)
+        gen = torch.Generator().manual_seed(_seed(self.cfg.seed, epoch))
+        n = self.source.num_images
+        if kind == SOFT:
+            # Which stored crops this soft epoch replays: consecutive soft epochs walk through the
+            # slots, so with slots_per_epoch < SLI every stored crop is used before any repeats.
+            soft_before = sum(1 for e in range(epoch) if self.schedule.kind_at(e) == SOFT)
+            s, sli = self.slots_per_epoch, self.source.labels.sli
+            slots = (torch.arange(s) + soft_before * s) % sli
+            pairs = torch.stack(torch.meshgrid(torch.arange(n), slots, indexing="ij"), -1).view(-1, 2)
+            order = pairs[torch.randperm(len(pairs), generator=gen)]
+        else:
+            order = torch.randperm(n, generator=gen)[:, None]
+        out, sizes = [], []
+        for chunk in order.split(self.cfg.batch_size):
+            if len(chunk) < self.info.world_size:  # too small to give every rank a row
+                continue
+            mine = D.split_global_batch(chunk, self.info)
+            out.append((mine[:, 0], mine[:, 1] if kind == SOFT else None))
+            sizes.append(len(chunk))
+        return out, sizes
+
+    # ---------------------------------------------------------------------------------- one step
+    def loss_sum(self, kind: str, image_ids: torch.Tensor, slots, step_seed: int) -> torch.Tensor:
+        """Summed per-row loss of this rank's piece of the batch."""
+        cfg = self.cfg
+        if kind == SOFT:
+            b = self.source.soft_batch(image_ids, slots)
+            with _autocast(self.device, cfg.amp):
+                logits = self.net(b.x)
+            return soft_hard_loss(logits, b.topk_ids, b.topk_codes, codebook=self.codebook,
+                                  temperature=self.temperature, decode=self.decode, soft_loss=cfg.soft_loss,
+                                  hinton=cfg.hinton, reduction="sum")
+        b = self.source.hard_batch(image_ids, step_seed)
+        with _autocast(self.device, cfg.amp):
+            logits = self.net(b.x)
+        return soft_hard_loss(logits, hard_target=b.y_a, target_b=b.y_b, mix_lambda=b.lam, soft_weight=0.0,
+                              hard_weight=1.0, label_smoothing=cfg.label_smoothing, reduction="sum")
+
+    def train_epoch(self, epoch: int) -> dict:
+        kind = self.schedule.kind_at(epoch)
+        batches, sizes = self.epoch_batches(epoch)
+        self.net.train()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, rows
+        bar = _progress(len(batches), f"epoch {epoch + 1}/{self.schedule.epochs} {kind}",
+                        self.cfg.progress and self.info.is_main)
+        for step, ((ids, slots), global_size) in enumerate(zip(batches, sizes)):
+            if self.cfg.sched_on_updates:
+                self.lr_schedule.set_position(epoch + step / len(batches))
+            loss = self.loss_sum(kind, ids, slots, _seed(self.cfg.seed, epoch, step, self.info.rank))
+            # DDP averages gradients over ranks: scale so the result is the global batch mean
+            # whatever the split (sum over all rows / global batch size).
+            self.optimizer.zero_grad(set_to_none=True)
+            (loss * (self.info.world_size / global_size)).backward()
+            self.optimizer.step()
+            total += torch.stack([loss.detach().double(), torch.tensor(len(ids), dtype=torch.float64,
+                                                                      device=self.device)])
+            if bar is not None:
+                bar.update()
+                if step % 10 == 0 or step == len(batches) - 1:
+                    bar.set_postfix(loss=f"{loss.item() / max(len(ids), 1):.4f}", lr=f"{self.lr_schedule.last_lr():.2e}")
+        if bar is not None:
+            bar.close()
+        D.all_reduce_sum(total)
+        loss_sum, rows = total.tolist()
+        return {"phase": kind, "train_loss": loss_sum / max(rows, 1), "train_samples": int(rows)}
+
+    # ---------------------------------------------------------------------------------- loop
+    def fit(self, stop_after: int | None = None) -> list:
+        """Runs the remaining epochs (at most `stop_after` of them in this call); returns the history."""
+        cfg, E = self.cfg, self.schedule.epochs
+        last = E if stop_after is None else min(E, self.start_epoch + stop_after)
+        for epoch in range(self.start_epoch, last):
+            t0 = time.perf_counter()
+            self.lr_schedule.set_position(epoch)
+            row = {"epoch": epoch + 1, "lr": self.lr_schedule.last_lr()}
+            row.update(self.train_epoch(epoch))
+            row.update(eval_top1=None, eval_top5=None, eval_loss=None)  # the same keys in every row
+            if self.eval_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == E):
+                row.update(evaluate(self.model, self.eval_set, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp))
+            row["epoch_time"] = round(time.perf_counter() - t0, 3)
+            self.history.append(row)
+            self.start_epoch = epoch + 1
+            self._report(row)
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 in (E, last):
+                self.save_checkpoint()
+            self.write_metrics(plot=row.get("eval_top1") is not None or epoch + 1 in (E, last))
+        return self.history
+
+    def _report(self, row: dict) -> None:
+        epoch = row["epoch"] - 1
+        starts_phase = epoch == 0 or self.schedule.kind_at(epoch - 1) != row["phase"]
+        due = row["epoch"] % self.cfg.log_every == 0 or row.get("eval_top1") is not None or starts_phase
+        if not self.info.is_main or not due:
+            return
+        msg = f"epoch {row['epoch']:>4} {row['phase']:<4} lr {row['lr']:.2e} train {row['train_loss']:.4f}"
+        if row.get("eval_top1") is not None:
+            msg += f" | eval top1 {row['eval_top1']:.2f} top5 {row['eval_top5']:.2f} loss {row['eval_loss']:.4f}"
+        print(msg, flush=True)
+
+    # ---------------------------------------------------------------------------------- files
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "lr_schedule": self.lr_schedule.state_dict(), "epoch": self.start_epoch,
+                "schedule": self.schedule.as_list(), "history": self.history, "rng": ckpt.rng_state(),
+                "config": self.cfg.to_dict(), "world_size": self.info.world_size, **self.model_meta}
+
+    def save_checkpoint(self) -> None:
+        if self.run_dir is not None and self.info.is_main:
+            ckpt.save_atomic(self.state_dict(), os.path.join(self.run_dir, "last.pth"))
+        D.barrier()
+
+    def load_checkpoint(self, path: str) -> None:
+        if os.path.isdir(path):
+            path = os.path.join(path, "last.pth")
+        state = ckpt.load(path, map_location=self.device)
+        if state["schedule"] != self.schedule.as_list():
+            raise ValueError(f"{path}: checkpoint schedule {state['schedule']} differs from this run's "
+                             f"{self.schedule.as_list()}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.start_epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        ckpt.set_rng_state({k: (v.cpu() if torch.is_tensor(v) else [t.cpu() for t in v])
+                            for k, v in state["rng"].items()})
+
+    def write_metrics(self, plot: bool = True) -> None:
+        if self.run_dir is None or not self.info.is_main:
+            return
+        metrics.write_csv(self.history, os.path.join(self.run_dir, "summary.csv"))
+        metrics.write_json(self.history, os.path.join(self.run_dir, "metrics.json"))
+        if plot:  # matplotlib costs ~0.3 s a figure: only when there is a new point to show
+            metrics.plot_curves(self.history, self.schedule.boundaries(), os.path.join(self.run_dir, "curves.png"),
+                                title=f"{self.cfg.model} {self.schedule}")
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
