@@ -1,0 +1,89 @@
+"""Scalar quantisers of top-k probabilities: a sorted codebook (what the loss reads) and the decision
+thresholds between its entries (what the encoder uses).
+
+Kinds (all map 0 -> code 0 and 1 -> the last code):
+  log      code 0 is 0; codes 1..L-1 are geometric from `p_min` to 1, thresholds at geometric means.
+           Equal *relative* error at every scale, which is what KL distortion weighs: an error d on
+           a probability p costs about p * (d / p)^2 / 2 nats. The default, chosen by measurement
+           (benchmarks/STORAGE.md).
+  uniform  codes i / (L - 1), thresholds at midpoints.
+  sqrt     companded: codes (i / (L - 1))^2, thresholds at midpoints in the square-root domain.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+KINDS = ("log", "uniform", "sqrt")
+# Smallest non-zero level of the log quantiser: a stored probability below half of it codes as 0.
+DEFAULT_P_MIN = {8: 1e-6, 16: 1e-12}
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantizer:
+    kind: str = "log"
+    bits: int = 8
+    p_min: float | None = None  # log only; None -> DEFAULT_P_MIN[bits]
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"quantizer kind must be one of {KINDS}, got {self.kind!r}")
+        if self.bits not in (8, 16):
+            raise ValueError(f"code bits must be 8 or 16, got {self.bits!r}")
+        if self.kind == "log":
+            if self.p_min is None:
+                object.__setattr__(self, "p_min", DEFAULT_P_MIN[self.bits])
+            if not (isinstance(self.p_min, (int, float)) and 0 < self.p_min < 1 and math.isfinite(self.p_min)):
+                raise ValueError(f"log quantizer p_min must be in (0, 1), got {self.p_min!r}")
+        elif self.p_min is not None:
+            raise ValueError(f"p_min applies to the log quantizer only, not {self.kind!r}")
+
+    @property
+    def levels(self) -> int:
+        return 1 << self.bits
+
+    @property
+    def code_dtype(self) -> torch.dtype:
+        return torch.uint8 if self.bits == 8 else torch.uint16
+
+    def codebook(self) -> torch.Tensor:
+        """float32 [2^bits], sorted; entry i is the probability that code i stands for."""
+        L = self.levels
+        i = torch.arange(L, dtype=torch.float64)
+        if self.kind == "uniform":
+            cb = i / (L - 1)
+        elif self.kind == "sqrt":
+            cb = (i / (L - 1)) ** 2
+        else:
+            log_pmin = math.log(self.p_min)
+            cb = torch.exp(log_pmin * (1 - (i - 1) / (L - 2)))
+            cb[0] = 0.0
+            cb[-1] = 1.0
+        return cb.float()
+
+    def thresholds(self) -> torch.Tensor:
+        """float32 [2^bits - 1]: probability p gets code = number of thresholds <= p."""
+        L = self.levels
+        if self.kind == "uniform":
+            t = (torch.arange(L - 1, dtype=torch.float64) + 0.5) / (L - 1)
+        elif self.kind == "sqrt":
+            t = ((torch.arange(L - 1, dtype=torch.float64) + 0.5) / (L - 1)) ** 2
+        else:
+            cb = self.codebook().double()
+            t = torch.sqrt(cb[1:] * cb[:-1])
+            t[0] = cb[1] / 2  # between 0 and p_min: the arithmetic midpoint
+        return t.float()
+
+    def to_header(self) -> dict:
+        d = {"kind": self.kind, "bits": self.bits}
+        if self.kind == "log":
+            d["p_min"] = self.p_min
+        return d
+
+    @classmethod
+    def from_header(cls, d) -> "Quantizer":
+        if not isinstance(d, dict) or set(d) - {"kind", "bits", "p_min"}:
+            raise ValueError(f"quantizer must be a mapping with kind, bits[, p_min], got {d!r}")
+        return cls(kind=d.get("kind"), bits=d.get("bits"), p_min=d.get("p_min"))
