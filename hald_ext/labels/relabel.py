@@ -64,7 +64,7 @@ class CropRenderer:
         from torchvision.transforms.v2 import functional as TF
 
         self._tf = TF
-        self.images = [torch.from_numpy(im).permute(2, 0, 1).contiguous() for im in images]  # CHW uint8
+        self.images = [torch.tensor(im).permute(2, 0, 1).contiguous() for im in images]  # CHW uint8 copies
         self.size = list(size)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255

@@ -39,8 +39,11 @@ def _check_arrays(h: Header, t: dict, where: str, image_offset: int = 0) -> None
     """Value checks the dtypes cannot express: ids in range and distinct per label, a sane codebook,
     boxes inside the image, mix records that point at real images."""
     C = h.num_classes
-    if t["topk_ids"].numel():
-        ids = t["topk_ids"].to(torch.int64)
+    ids = t["topk_ids"].reshape(-1, h.k)
+    if h.progress is not None:  # an unfinished relabel: labels past `progress` are not written yet
+        ids = ids[: h.progress]
+    if ids.numel():
+        ids = ids.to(torch.int64)
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= C:
             raise LabelStoreError(f"{where}: class id {lo if lo < 0 else hi} is out of range for C = {C} classes")
