@@ -47,8 +47,12 @@ def safe_load(path: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise LabelImportError(f"{path}: refused: the file holds more than tensors and plain containers, and "
-                               f"loading it would run its code ({str(e).splitlines()[0]})") from None
+        # torch's message suggests weights_only=False; the one line worth showing names the object.
+        lines = [ln.strip() for ln in str(e).splitlines() if "global" in ln.lower() and ln.strip()]
+        if lines:
+            raise LabelImportError(f"{path}: refused: the file holds objects other than tensors and plain "
+                                   f"containers, and unpickling them would run code ({lines[0]})") from None
+        raise LabelImportError(f"{path}: not a readable torch tensor file (corrupt or not made by torch.save)") from None
     except Exception as e:  # truncated zip, garbage bytes, ...
         raise LabelImportError(f"{path}: not a readable torch tensor file ({e.__class__.__name__}: "
                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
@@ -67,7 +71,8 @@ def _check_probs(p: torch.Tensor, path: str, full_rows: bool) -> None:
     if torch.isnan(p).any():
         raise LabelImportError(f"{path}: soft labels contain NaN")
     if (p < 0).any():
-        raise LabelImportError(f"{path}: soft labels contain negative probabilities")
+        hint = "; are these logits? (SRe2L / LPLD files hold logits)" if full_rows else ""
+        raise LabelImportError(f"{path}: soft labels contain negative probabilities{hint}")
     sums = p.double().sum(-1)
     if full_rows and ((sums - 1).abs() > 0.02).any():
         raise LabelImportError(f"{path}: probability rows must sum to 1 (found {float(sums.min()):.4f}.."
@@ -202,7 +207,8 @@ def import_batches(root: str, out: str, num_classes: int, *, values: str = "logi
             rows["ids"].append(bi)
             rows["codes"].append(bc)
             partner, mbox, mlam = _mix_rows(path, mix_index, lam, bbox, B, crop_size)
-            rows["partner"].append(partner)
+            offset = sum(len(r) for r in rows["partner"])  # batch rows -> rows of the epoch
+            rows["partner"].append(torch.where(partner >= 0, partner + offset, partner))
             rows["mix_boxes"].append(mbox)
             rows["lam"].append(mlam)
         per_epoch.append({key: torch.cat(v) for key, v in rows.items()})
@@ -225,12 +231,10 @@ def import_batches(root: str, out: str, num_classes: int, *, values: str = "logi
     # Row r of epoch e labels image order[e, r]: scatter rows into [N, E] (slot e = epoch e).
     out_t = {}
     for key in per_epoch[0]:
-        stacked = torch.stack([e[key] for e in per_epoch])  # [E, n, ...]
-        dest = torch.empty_like(stacked)
-        for e in range(E):
-            dest[e, order[e]] = stacked[e]
-        out_t[key] = dest.transpose(0, 1).contiguous()
-    # Partners were row indices of the batch; as image ids they follow the same permutation.
+        # Image i's row is at position argsort(order[e])[i] (a gather: uint16 has no index_put).
+        dest = [e_rows[key][torch.argsort(order[e])] for e, e_rows in enumerate(per_epoch)]
+        out_t[key] = torch.stack(dest, 1).contiguous()  # [n, E, ...]
+    # Partners are rows of the epoch; as image ids they follow the same permutation.
     partner_rows = out_t["partner"].long()
     for e in range(E):
         p = partner_rows[:, e]
