@@ -61,8 +61,8 @@ def test_relabel_store_and_replay(images, tmp_path):
     p = torch.softmax(logits.double() / 4.0, 1)[0]
     ids, codes = s.labels([i], [slot])
     assert torch.equal(ids[0].long(), p.topk(5).indices)
-    rel = (s.codebook[codes[0].long()].double() / p.topk(5).values).log().abs()
-    assert float(rel.max()) < 0.03
+    want = torch.searchsorted(s.quantizer.thresholds().double(), p.topk(5).values, right=True)
+    assert int((codes[0].long() - want).abs().max()) <= 1  # float32 kernel vs float64 here, at a threshold
 
 
 def test_resume_after_interruption(images, tmp_path):

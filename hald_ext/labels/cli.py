@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
         q.add_argument("--out", "-o", required=True, help="label store to write")
         q.add_argument("--num-classes", "-C", type=int, required=True)
         q.add_argument("--bits", type=int, choices=(8, 16), default=8)
-        q.add_argument("--quantizer", choices=("log", "uniform", "sqrt"), default="log")
+        q.add_argument("--quantizer", choices=("power", "uniform", "log"), default="power")
         q.add_argument("--images", help="the image set the labels belong to (recorded as its fingerprint)")
         q.add_argument("--split", default="train")
         q.add_argument("--teacher", help="teacher name to record")

@@ -101,7 +101,7 @@ def _natural_key(s: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
-def import_fkd(root: str, out: str, num_classes: int, *, bits: int = 8, quantizer: str = "log",
+def import_fkd(root: str, out: str, num_classes: int, *, bits: int = 8, quantizer: str = "power",
                temperature: float = 1.0, images=None, teacher: dict | None = None) -> ImportReport:
     """FKD per-image files (sorted by path, natural order: image i = i-th file) -> store at `out`."""
     from hald_ext.data import fingerprint
@@ -161,7 +161,7 @@ def _epoch_dirs(root: str) -> list:
 
 
 def import_batches(root: str, out: str, num_classes: int, *, values: str = "logits", temperature: float = 1.0,
-                   k: int = 5, bits: int = 8, quantizer: str = "log", crop_size: int = 224, order=None,
+                   k: int = 5, bits: int = 8, quantizer: str = "power", crop_size: int = 224, order=None,
                    images=None, teacher: dict | None = None, flavor: str = "sre2l") -> ImportReport:
     """SRe2L / LPLD / HALD per-batch files -> store. One sub-folder per label epoch (= one slot),
     batch files in natural order; `order` ([E, N] or [N] image ids of the rows, in file order; the

@@ -82,7 +82,7 @@ class CropRenderer:
 
 
 def relabel(images, teacher: torch.nn.Module, out: str, *, slots: int = 1, k: int = 5, temperature: float = 1.0,
-            bits: int = 8, quantizer: str = "log", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_prob: float = 0.5,
+            bits: int = 8, quantizer: str = "power", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_prob: float = 0.5,
             size=None, mean=None, std=None, seed: int = 0, batch_size: int = 256, device=None,
             teacher_name: str | None = None, teacher_sha256: str | None = None, save_every: int = 50,
             restart: bool = False, progress: bool = True, default_decode: str = "marginal") -> LabelStore:
@@ -189,7 +189,8 @@ def add_arguments(p) -> None:
     p.add_argument("--k", type=int, default=5, help="top-k entries kept per label (<= 64)")
     p.add_argument("--temperature", "-T", type=float, default=1.0, help="labels are softmax(logits / T)")
     p.add_argument("--bits", type=int, choices=(8, 16), default=8, help="code bits per probability")
-    p.add_argument("--quantizer", choices=("log", "uniform", "sqrt"), default="log")
+    p.add_argument("--quantizer", choices=("power", "uniform", "log"), default="power",
+                   help="code -> probability table (default: power, gamma 1.5; see benchmarks/STORAGE.md)")
     p.add_argument("--scale", type=float, nargs=2, default=(0.08, 1.0), help="RRC area scale range")
     p.add_argument("--ratio", type=float, nargs=2, default=(3 / 4, 4 / 3), help="RRC aspect ratio range")
     p.add_argument("--flip-prob", type=float, default=0.5)
