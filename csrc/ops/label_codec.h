@@ -14,6 +14,7 @@ struct EncodeArgs {
   at::Tensor thresholds;
   at::Tensor ids;    // [N, k]
   at::Tensor codes;  // [N, k]
+  at::Tensor status; // int32 [1], zero: the kernel ORs EncodeStatus bits into it
   int64_t N = 0, C = 0, k = 0;
   double temperature = 1.0;
   bool from_logits = false;

@@ -7,6 +7,7 @@
 // Decode: codes -> codebook entries; dense decode builds the C-wide target of METHOD.md section 3.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "hald/soft_hard_math.h"  // HALD_HD, Decode
@@ -15,6 +16,24 @@ namespace hald {
 
 // Largest k the encoder keeps per row (a register / local-memory list per thread on CUDA).
 constexpr int kMaxEncodeK = 64;
+
+// Bad-input bits the encoders OR into a status word while they read a row (no extra pass, no
+// temporaries; the host reads the word once after the kernel and raises a named error).
+enum EncodeStatus : int32_t {
+  kBadNaN = 1,        // a NaN score
+  kBadInf = 2,        // an infinite logit
+  kBadNegative = 4,   // a negative probability
+  kBadAboveOne = 8,   // a probability > 1
+  kBadRowSum = 16,    // a probability row whose sum is off 1 by more than kRowSumTolerance
+};
+constexpr double kRowSumTolerance = 0.02;
+
+template <typename acc_t>
+HALD_HD int32_t score_status(acc_t x, bool from_logits) {
+  if (x != x) return kBadNaN;
+  if (from_logits) return (x == acc_t(INFINITY) || x == acc_t(-INFINITY)) ? kBadInf : 0;
+  return (x < acc_t(0) ? kBadNegative : 0) | (x > acc_t(1) ? kBadAboveOne : 0);
+}
 
 // Strict order of the top-k selection: larger value first, then lower class id.
 template <typename acc_t>

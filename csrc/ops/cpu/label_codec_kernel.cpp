@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 
 #include "../label_codec.h"
@@ -24,12 +25,21 @@ void encode_rows(EncodeArgs& a) {
   const int64_t C = a.C, k = a.k;
   const acc_t invT = acc_t(1) / acc_t(a.temperature);
   const int64_t grain = std::max<int64_t>(1, 16384 / C);
+  std::atomic<int32_t> status{0};
   at::parallel_for(0, a.N, grain, [&](int64_t r0, int64_t r1) {
     TopkList<acc_t> top;
+    int32_t bad = 0;
     for (int64_t r = r0; r < r1; ++r) {
       const scalar_t* row = scores + r * C;
       top.reset(int(k));
-      for (int64_t c = 0; c < C; ++c) top.offer(acc_t(row[c]), int32_t(c));
+      double row_sum = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t x = acc_t(row[c]);
+        bad |= score_status(x, a.from_logits);
+        row_sum += double(x);
+        top.offer(x, int32_t(c));
+      }
+      if (!a.from_logits && std::abs(row_sum - 1.0) > kRowSumTolerance) bad |= kBadRowSum;
       acc_t norm = 1;  // probabilities: as given
       if (a.from_logits) {
         // softmax(z / T): the maximum is the first top-k entry, so one more pass gives the normaliser.
@@ -44,7 +54,9 @@ void encode_rows(EncodeArgs& a) {
         codes[r * k + j] = code_t(encode_code(float(p), thr, n_thr));
       }
     }
+    if (bad) status.fetch_or(bad, std::memory_order_relaxed);
   });
+  a.status.fill_(status.load());
 }
 
 template <typename scalar_t>

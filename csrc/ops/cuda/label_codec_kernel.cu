@@ -25,7 +25,7 @@ constexpr unsigned kFull = 0xffffffffu;
 template <typename scalar_t, typename id_t, typename code_t>
 __global__ void encode_kernel(const scalar_t* __restrict__ scores, const float* __restrict__ thr, int32_t n_thr,
                               id_t* __restrict__ ids, code_t* __restrict__ codes, int64_t N, int64_t C, int k,
-                              float invT, bool from_logits) {
+                              float invT, bool from_logits, int32_t* __restrict__ status) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   const int lane = threadIdx.x & 31;
   const int64_t warp = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
@@ -34,7 +34,19 @@ __global__ void encode_kernel(const scalar_t* __restrict__ scores, const float* 
   for (int64_t r = warp; r < N; r += n_warps) {
     const scalar_t* row = scores + r * C;
     top.reset(k);
-    for (int64_t c = lane; c < C; c += 32) top.offer(acc_t(row[c]), int32_t(c));
+    int32_t bad = 0;
+    acc_t row_sum = 0;
+    for (int64_t c = lane; c < C; c += 32) {
+      const acc_t x = acc_t(row[c]);
+      bad |= score_status(x, from_logits);
+      row_sum += x;
+      top.offer(x, int32_t(c));
+    }
+    if (!from_logits) {
+      for (int off = 16; off > 0; off >>= 1) row_sum += __shfl_xor_sync(kFull, row_sum, off);
+      if (lane == 0 && fabs(double(row_sum) - 1.0) > kRowSumTolerance) bad |= kBadRowSum;
+    }
+    if (bad) atomicOr(status, bad);
     // Merge: k rounds of an argmax over the lanes' heads (a butterfly, so every lane sees the winner);
     // the lane holding the winner pops it, and lane j % 32 keeps entry j for the write-out.
     int head = 0;
@@ -100,7 +112,7 @@ void launch_encode(EncodeArgs& a) {
   encode_kernel<scalar_t, id_t, code_t><<<blocks, 32 * kWarpsPerBlock, 0, c10::cuda::getCurrentCUDAStream()>>>(
       a.scores.const_data_ptr<scalar_t>(), a.thresholds.const_data_ptr<float>(), int32_t(a.thresholds.size(0)),
       a.ids.data_ptr<id_t>(), a.codes.data_ptr<code_t>(), a.N, a.C, int(a.k), float(1.0 / a.temperature),
-      a.from_logits);
+      a.from_logits, a.status.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
