@@ -27,6 +27,7 @@ def add_arguments(p) -> None:
         q.add_argument("--quantizer", choices=("power", "uniform", "log"), default="power")
         q.add_argument("--images", help="the image set the labels belong to (recorded as its fingerprint)")
         q.add_argument("--split", default="train")
+        q.add_argument("--ipc", type=int, help="with --images: its first IPC images per class (as `hald relabel --ipc`)")
         q.add_argument("--teacher", help="teacher name to record")
 
     fkd = sub.add_parser("import-fkd", help="FKD per-image soft label files -> store")
@@ -109,7 +110,10 @@ def _load_images(args):
         return None
     from hald_ext.data import load_image_set
 
-    return load_image_set(args.images, args.split)
+    from hald_ext.labels.relabel import select_ipc
+
+    images = load_image_set(args.images, args.split)
+    return select_ipc(images, args.ipc) if args.ipc else images
 
 
 def _import_fkd(args) -> int:
