@@ -86,6 +86,8 @@ def _map_tensor(path: str, offset: int, dtype: str, shape: list) -> torch.Tensor
     if any(d == 0 for d in shape):
         return torch.empty(shape, dtype=_TORCH_DTYPES[dtype])
     arr = np.memmap(path, dtype=_NP_DTYPES[dtype], mode="c", offset=offset, shape=tuple(shape))
+    if not arr.flags.aligned:  # a foreign writer's layout: kernels may assume aligned elements
+        arr = np.array(arr)
     return torch.from_numpy(arr)
 
 
