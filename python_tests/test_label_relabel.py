@@ -65,7 +65,8 @@ def test_relabel_store_and_replay(images, tmp_path):
     assert int((codes[0].long() - want).abs().max()) <= 1  # float32 kernel vs float64 here, at a threshold
 
 
-def test_resume_after_interruption(images, tmp_path):
+@pytest.mark.parametrize("save_every_s", [0, 1e9], ids=["saved-every-batch", "saved-on-interrupt"])
+def test_resume_after_interruption(images, tmp_path, save_every_s):
     ref = run(images, tmp_path / "ref.safetensors")
     out = tmp_path / "s.safetensors"
     model = teacher()
@@ -80,13 +81,13 @@ def test_resume_after_interruption(images, tmp_path):
 
     model.forward = dying_forward
     with pytest.raises(KeyboardInterrupt):
-        run(images, out, model, save_every=1)
+        run(images, out, model, save_every_s=save_every_s)
     assert not out.exists() and os.path.exists(str(out) + ".partial")
     assert LabelStore.open(str(out) + ".partial", allow_partial=True).header.progress == 32
     model.forward = forward
     counted = {"n": 0}
     model.register_forward_pre_hook(lambda *_: counted.__setitem__("n", counted["n"] + 1))
-    s = run(images, out, model, save_every=1)
+    s = run(images, out, model, save_every_s=save_every_s)
     assert counted["n"] == 2  # 60 labels in batches of 16: 32 were done, two batches remained
     assert not os.path.exists(str(out) + ".partial")
     for name in ("boxes", "flips", "topk_ids", "codes"):
@@ -99,7 +100,7 @@ def test_partial_from_other_arguments_is_not_resumed(images, tmp_path):
     model = teacher()
     model.forward = lambda x: (_ for _ in ()).throw(KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
-        run(images, out, model, save_every=1, batch_size=8)
+        run(images, out, model, save_every_s=0, batch_size=8)
     model = teacher()
     # The first batch failed before any save: no partial, and a fresh run works.
     assert not os.path.exists(str(out) + ".partial")
@@ -114,7 +115,7 @@ def test_partial_from_other_arguments_is_not_resumed(images, tmp_path):
 
     model.forward = dying
     with pytest.raises(KeyboardInterrupt):
-        run(images, out, model, save_every=1, batch_size=8)
+        run(images, out, model, save_every_s=0, batch_size=8)
     with pytest.raises(LabelStoreError, match="other arguments"):
         run(images, out, teacher(), k=3, batch_size=8)
     assert run(images, out, teacher(), k=3, restart=True).k == 3

@@ -2,9 +2,10 @@
 
 Boxes and flips of every (image, slot) are drawn first, from one seeded generator with torchvision's
 RandomResizedCrop rule, and quantised; the crop that is labelled is the one the quantised box
-replays. Labels are then computed in batches (image-major order) and, every `save_every` batches,
-the store so far is written atomically to `<out>.partial`; a rerun with the same arguments resumes
-from there. The final store replaces `<out>` atomically.
+replays. Labels are then computed in batches (image-major order) and, every `save_every_s` seconds,
+the store so far is written atomically to `<out>.partial` (a time interval, not a batch count: each
+save rewrites the whole partial store); a rerun with the same arguments resumes from there. The
+final store replaces `<out>` atomically.
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ class CropRenderer:
 def relabel(images, teacher: torch.nn.Module, out: str, *, slots: int = 1, k: int = 5, temperature: float = 1.0,
             bits: int = 8, quantizer: str = "power", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_prob: float = 0.5,
             size=None, mean=None, std=None, seed: int = 0, batch_size: int = 256, device=None,
-            teacher_name: str | None = None, teacher_sha256: str | None = None, save_every: int = 50,
+            teacher_name: str | None = None, teacher_sha256: str | None = None, save_every_s: float = 120.0,
             restart: bool = False, progress: bool = True, default_decode: str = "marginal") -> LabelStore:
     """Label `slots` crops of every image of `images` (an ImageSet) with `teacher`; write `out`."""
     from hald_ext.data import fingerprint
@@ -135,22 +136,28 @@ def relabel(images, teacher: torch.nn.Module, out: str, *, slots: int = 1, k: in
     flat_boxes, flat_flips = boxes.view(total, 4), flips.view(total)
     image_of = torch.arange(n).repeat_interleave(slots)
     bar = tqdm(total=total, initial=done, unit="label", desc="relabel", disable=not progress)
-    batches = 0
-    with torch.inference_mode():
-        while done < total:
-            hi = min(done + batch_size, total)
-            x = render(image_of[done:hi], flat_boxes[done:hi], flat_flips[done:hi]).to(device)
-            logits = teacher(x).float()
-            if logits.shape != (hi - done, num_classes):
-                raise ValueError(f"relabel: the teacher returned logits of shape {tuple(logits.shape)}, expected "
-                                 f"[{hi - done}, {num_classes}]")
-            bi, bc = label_encode(logits, k, thresholds, temperature=temperature, from_logits=True)
-            flat_ids[done:hi], flat_codes[done:hi] = bi.cpu(), bc.cpu()
-            bar.update(hi - done)
-            done = hi
-            batches += 1
-            if done < total and save_every and batches % save_every == 0:
-                _save_partial(partial, header, boxes, flips, ids, codes, done)
+    last_save = time.monotonic()
+    saved = done
+    try:
+        with torch.inference_mode():
+            while done < total:
+                hi = min(done + batch_size, total)
+                x = render(image_of[done:hi], flat_boxes[done:hi], flat_flips[done:hi]).to(device)
+                logits = teacher(x).float()
+                if logits.shape != (hi - done, num_classes):
+                    raise ValueError(f"relabel: the teacher returned logits of shape {tuple(logits.shape)}, "
+                                     f"expected [{hi - done}, {num_classes}]")
+                bi, bc = label_encode(logits, k, thresholds, temperature=temperature, from_logits=True)
+                flat_ids[done:hi], flat_codes[done:hi] = bi.cpu(), bc.cpu()
+                bar.update(hi - done)
+                done = hi
+                if done < total and time.monotonic() - last_save >= save_every_s:
+                    _save_partial(partial, header, boxes, flips, ids, codes, done)
+                    last_save, saved = time.monotonic(), done
+    except KeyboardInterrupt:
+        if saved < done < total:  # keep the work of an interrupted run (a crash keeps the last save)
+            _save_partial(partial, header, boxes, flips, ids, codes, done)
+        raise
     bar.close()
     store = LabelStore.create(out, header, boxes, flips, ids, codes)
     if os.path.exists(partial):
@@ -202,7 +209,8 @@ def add_arguments(p) -> None:
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--decode", choices=("marginal", "renorm", "truncate"), default="marginal",
                    help="default decode mode recorded for training")
-    p.add_argument("--save-every", type=int, default=50, help="write <out>.partial every N batches (resume point)")
+    p.add_argument("--save-every-s", type=float, default=120.0,
+                   help="write the resume point <out>.partial every this many seconds")
     p.add_argument("--restart", action="store_true", help="ignore an existing <out>.partial")
     p.add_argument("--no-progress", action="store_true")
 
@@ -246,7 +254,7 @@ def _run(args) -> int:
                     flip_prob=args.flip_prob, size=size, mean=args.mean, std=args.std, seed=args.seed,
                     batch_size=args.batch_size, device=args.device, teacher_name=args.model,
                     teacher_sha256=sha256_file(args.checkpoint) if args.checkpoint else None,
-                    save_every=args.save_every, restart=args.restart, progress=not args.no_progress,
+                    save_every_s=args.save_every_s, restart=args.restart, progress=not args.no_progress,
                     default_decode=args.decode)
     print(f"wrote {args.out}: {store.num_images} images x {store.slots} slots = {store.num_labels} labels, "
           f"{store.bytes_per_label:.1f} bytes/label, {store.nbytes} bytes, {time.time() - t0:.1f} s")
