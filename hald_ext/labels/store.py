@@ -261,8 +261,8 @@ class LabelStore:
         local = image_ids - self.image_offset
         if local.numel():
             if int(local.min()) < 0 or int(local.max()) >= self.num_images:
-                raise IndexError(f"image ids must be in [{self.image_offset}, {self.image_offset + self.num_images})"
-                                 f" for this {'shard' if self.image_offset or self.num_images != self.header.num_images else 'store'}")
+                raise IndexError(f"image ids must be in [{self.image_offset}, {self.image_offset + self.num_images}) "
+                                 f"here (the store has {self.header.num_images} images)")
             if int(slots.min()) < 0 or int(slots.max()) >= self.slots:
                 raise IndexError(f"slots must be in [0, {self.slots})")
         return local, slots
