@@ -1,0 +1,9 @@
+"""The label store: quantised top-k soft labels with their crop boxes, one safetensors file per store.
+
+    from hald_ext.labels import LabelStore, relabel
+"""
+from hald_ext.labels.format import FingerprintMismatch, Header, LabelStoreError
+from hald_ext.labels.quantizer import Quantizer
+from hald_ext.labels.store import LabelStore, MixRecord, SlotLabels
+
+__all__ = ["FingerprintMismatch", "Header", "LabelStore", "LabelStoreError", "MixRecord", "Quantizer", "SlotLabels"]
