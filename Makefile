@@ -1,5 +1,6 @@
 # One entry point for a fresh machine:
 #   make test    set everything up (virtualenv, pinned deps, extension build) and run the tests
+#   make demo    the main job: Fashion-MNIST teacher -> IPC 10 -> relabel -> HALD vs soft-only students
 #   make bench   the benchmarks (results land in benchmarks/results/)
 # The virtualenv is reused while requirements.txt is unchanged (its hash is stamped inside it).
 SHELL := /bin/bash
@@ -12,7 +13,7 @@ STAMP := $(VENV)/.req-$(REQ_HASH)
 CCACHE_PATH := $(if $(wildcard /usr/lib/ccache/g++),/usr/lib/ccache:,)
 BUILD_ENV := PATH="$(CCACHE_PATH)$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: venv build build-cpu test bench data clean
+.PHONY: venv build build-cpu test bench demo data clean
 
 venv: $(STAMP)
 $(STAMP): requirements.txt
@@ -35,6 +36,11 @@ test: build
 
 bench: build
 	$(PY) benchmarks/bench_loss.py
+	$(PY) benchmarks/bench_storage.py
+
+# The main job on the embedded default (Debian's Fashion-MNIST); outputs under runs/demo/.
+demo: build data
+	$(PY) scripts/demo.py
 
 # Debian's Fashion-MNIST (the embedded default data set), installed when missing.
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz

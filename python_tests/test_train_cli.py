@@ -11,7 +11,6 @@ import yaml
 from hald_ext.cli import main
 from hald_ext.data import load_image_set
 from hald_ext.models import create_model
-from hald_ext.train.batches import InMemoryLabels
 from hald_ext.train.synthetic import color_blob_labels, color_blobs
 
 
@@ -26,12 +25,10 @@ def files(tmp_path_factory):
     write_npz(train, root / "train.npz")
     write_npz(held, root / "held.npz")
     # The store must be made from the images as the trainer reads them back (same fingerprint).
-    store = color_blob_labels(load_image_set(str(root / "train.npz")), sli=2, k=3)
-    store.save(str(root / ("train" + InMemoryLabels.SUFFIX)))
-    other = color_blob_labels(load_image_set(str(root / "held.npz")), sli=2, k=3)
-    other.save(str(root / ("held" + InMemoryLabels.SUFFIX)))
+    color_blob_labels(load_image_set(str(root / "train.npz")), sli=2, k=3, path=str(root / "train.safetensors"))
+    color_blob_labels(load_image_set(str(root / "held.npz")), sli=2, k=3, path=str(root / "held.safetensors"))
     (root / "tiny.yaml").write_text(yaml.safe_dump({
-        "data": str(root / "train.npz"), "labels": str(root / ("train" + InMemoryLabels.SUFFIX)),
+        "data": str(root / "train.npz"), "labels": str(root / "train.safetensors"),
         "eval_data": str(root / "held.npz"), "model": "convnet3", "schedule": "hald", "epochs": 5,
         "batch_size": 8, "lr": 0.003, "eval_every": 2, "label_smoothing": 0.1, "progress": False,
         "output": str(root / "runs")}))
@@ -79,9 +76,9 @@ def test_bad_configuration_is_a_clear_error(files, capsys, flags, message):
 
 def test_store_of_other_images_and_unknown_yaml_keys(files, capsys):
     rc = main(["train", "-c", str(files / "tiny.yaml"), "--data", str(files / "held.npz"),
-               "--labels", str(files / ("train" + InMemoryLabels.SUFFIX)), "--experiment", "bad"])
+               "--labels", str(files / "train.safetensors"), "--experiment", "bad"])
     assert rc == 2 and "labels 24 images but --data has 40" in capsys.readouterr().err
-    rc = main(["train", "-c", str(files / "tiny.yaml"), "--labels", str(files / ("held" + InMemoryLabels.SUFFIX)),
+    rc = main(["train", "-c", str(files / "tiny.yaml"), "--labels", str(files / "held.safetensors"),
                "--experiment", "bad"])
     assert rc == 2 and "labels 40 images but --data has 24" in capsys.readouterr().err
     # YAML 1.1 reads 1e-3 as a string: it must still be a number, and a non-number a clear error.
@@ -106,7 +103,7 @@ def test_fingerprint_mismatch(files, capsys, tmp_path):
     write_npz(other, tmp_path / "other.npz")
     rc = main(["train", "-c", str(files / "tiny.yaml"), "--data", str(tmp_path / "other.npz"),
                "--output", str(tmp_path)])
-    assert rc == 2 and "fingerprint differs" in capsys.readouterr().err
+    assert rc == 2 and "image set mismatch" in capsys.readouterr().err
 
 
 def test_select_npz_and_folder(files, tmp_path, capsys):

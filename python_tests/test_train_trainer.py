@@ -9,7 +9,7 @@ import torch
 
 from hald_ext.models import create_model
 from hald_ext.train import checkpoint as ckpt
-from hald_ext.train.batches import InMemoryLabels, TorchBatchSource, images_to_tensor
+from hald_ext.train.batches import TorchBatchSource, images_to_tensor
 from hald_ext.train.config import ConfigError, TrainConfig
 from hald_ext.train.schedule import build_schedule
 from hald_ext.train.synthetic import color_blob_labels, color_blobs
@@ -19,10 +19,11 @@ SIZE = 16
 
 
 @pytest.fixture(scope="module")
-def problem():
+def problem(tmp_path_factory):
     train = color_blobs(8, num_classes=4, size=SIZE, seed=0)
     held = color_blobs(40, num_classes=4, size=SIZE, seed=1, prefix="held")
-    return train, held, color_blob_labels(train, sli=2, k=3)
+    path = str(tmp_path_factory.mktemp("store") / "blobs.safetensors")
+    return train, held, color_blob_labels(train, sli=2, k=3, path=path)
 
 
 def make_trainer(problem, schedule="hald", epochs=6, run_dir=None, init_seed=0, dropout=0.0, **overrides):
@@ -131,11 +132,3 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
     assert proc.returncode == -9, proc.stderr.decode()
     assert ckpt.load(str(path))["step"].item() == 1
     assert any(name.endswith(".tmp") for name in os.listdir(tmp_path))  # the half-written file, aside
-
-
-def test_test_double_store_round_trips(problem, tmp_path):
-    _, _, store = problem
-    path = str(tmp_path / ("s" + InMemoryLabels.SUFFIX))
-    store.save(path)
-    again = InMemoryLabels.load(path)
-    assert torch.equal(again.topk_codes, store.topk_codes) and again.fingerprint == store.fingerprint

@@ -8,10 +8,6 @@
 Every step is the `hald` command a user would type (printed before it runs) and is skipped when its
 output already exists, so a rerun only repeats what changed. Under 10 minutes on 2 CPU cores with the
 defaults; the same command uses a GPU when there is one (`--device auto`).
-
-MERGE NOTE: two calls need the real label store (issue 3) and are marked `NEEDS-LABEL-STORE`:
-  1. `relabel()` builds the in-memory test double until `hald relabel` exists;
-  2. `store_bytes()` reports the test double's tensor bytes until the store file's size is real.
 """
 from __future__ import annotations
 
@@ -50,34 +46,16 @@ def select(a) -> str:
 
 
 def relabel(a, teacher_path: str, images_path: str) -> str:
-    """NEEDS-LABEL-STORE (1): replace the body with
-        sh(HALD + ["relabel", "--teacher", teacher_path, "--model", "convnet3", "--data", images_path,
-                   "--sli", str(a.sli), "--k", str(a.k), "--temperature", str(a.temperature),
-                   "--seed", str(a.seed), "--out", path])      # path = ...-sli{a.sli}.safetensors
-    (flags as `hald relabel` names them). Until then: the trainer's in-memory test double, made the
-    same way (seeded RRC crops, top-k of softmax(teacher / T), 8-bit codes)."""
-    from hald_ext.data import load_image_set
-    from hald_ext.models import create_model
-    from hald_ext.train.batches import InMemoryLabels, images_to_tensor
-
-    path = os.path.join(a.out, f"fmnist-ipc{a.ipc}-sli{a.sli}{InMemoryLabels.SUFFIX}")
-    if os.path.exists(path):
-        return path
-    print(f"# relabel (test double until `hald relabel` lands): SLI={a.sli}, k={a.k}, T={a.temperature}")
-    images = load_image_set(images_path)
-    model = create_model("convnet3", images.num_classes, img_size=28, checkpoint=teacher_path)
-    store = InMemoryLabels.from_teacher(model, images_to_tensor(images.images), sli=a.sli, k=a.k, out_size=28,
-                                        temperature=a.temperature, seed=a.seed, fingerprint=images.fingerprint())
-    store.save(path)
+    path = os.path.join(a.out, f"fmnist-ipc{a.ipc}-sli{a.sli}.safetensors")
+    if not os.path.exists(path):
+        sh(HALD + ["relabel", images_path, "--model", "convnet3", "--checkpoint", teacher_path, "--sli", str(a.sli),
+                   "--k", str(a.k), "--temperature", str(a.temperature), "--seed", str(a.seed), "--out", path,
+                   "--no-progress"] + ([] if a.device == "auto" else ["--device", a.device]))
     return path
 
 
 def store_bytes(path: str) -> int:
-    """NEEDS-LABEL-STORE (2): `return os.path.getsize(path)` once the store is the real file (the
-    test double keeps int64 ids and is no storage format)."""
-    from hald_ext.train.batches import open_label_store
-
-    return open_label_store(path).nbytes
+    return os.path.getsize(path)
 
 
 def train(a, schedule: str, images_path: str, labels_path: str) -> dict:

@@ -4,7 +4,7 @@ crop op.
 The trainer sees two things:
 - a `LabelSource` (the label store's read side): per (image, slot) a stored crop box + flip and a
   top-k label (class ids + integer codes decoded through `codebook`), plus the header values the loss
-  needs (`num_classes`, `k`, `temperature`, `decode`, `sli`) and the image-set `fingerprint`;
+  needs (`num_classes`, `k`, `temperature`, `default_decode`, `slots`) and `check_images()`;
 - a `BatchSource` that turns sample ids into model-ready batches:
     soft_batch(image_ids, slots)      -> SoftBatch(x, topk_ids, topk_codes)   replayed crops
     hard_batch(image_ids, step_seed)  -> HardBatch(x, y_a, y_b, lam)          fresh RRC + CutMix
@@ -12,8 +12,6 @@ The trainer sees two things:
 
 `TorchBatchSource` is the plain implementation (torchvision crops of the resident uint8 images); the
 fused `crop_and_lookup` op slots in as another `BatchSource` with the same two methods.
-`InMemoryLabels` is a TEST DOUBLE of the label store, used by the tests and by the demo until
-`hald relabel` writes real stores; it is not a storage format.
 """
 from __future__ import annotations
 
@@ -35,17 +33,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @runtime_checkable
 class LabelSource(Protocol):
     num_images: int
-    sli: int
+    slots: int  # stored crops per image (SLI)
     num_classes: int
     k: int
     temperature: float
-    decode: str
-    fingerprint: dict
+    default_decode: str
     codebook: torch.Tensor  # fp32 [256] or [65536]
-    boxes: torch.Tensor  # uint16 [num_images, sli, 4]: (y, x, h, w) fractions * 65535
-    flips: torch.Tensor  # bool / uint8 [num_images, sli]
+    boxes: torch.Tensor  # uint16 [num_images, slots, 4]: (y, x, h, w) fractions * 65535
+    flips: torch.Tensor  # bool / uint8 [num_images, slots]
 
     def labels(self, image_ids: torch.Tensor, slots: torch.Tensor, device=None) -> tuple: ...
+
+    def check_images(self, images) -> None: ...
 
 
 @dataclasses.dataclass
@@ -74,14 +73,9 @@ class BatchSource(Protocol):
 
 
 def open_label_store(path: str) -> LabelSource:
-    """The label store at `path` (the real `hald_ext.labels.LabelStore` once it exists)."""
-    if path.endswith(InMemoryLabels.SUFFIX):  # test double files (tests, demo until relabel lands)
-        return InMemoryLabels.load(path)
-    try:
-        from hald_ext.labels import LabelStore  # noqa: PLC0415  (issue 3)
-    except ImportError as e:
-        raise RuntimeError(f"cannot open label store {path!r}: this build has no hald_ext.labels.LabelStore "
-                           f"({e})") from e
+    """The label store at `path` (validated on open: ids, codebook, boxes)."""
+    from hald_ext.labels import LabelStore
+
     return LabelStore.open(path)
 
 
@@ -164,60 +158,3 @@ class TorchBatchSource:
         y = self.targets[image_ids.to(self.device)]
         x, y_b, lam = cutmix(x, y, self.cutmix_alpha, np.random.default_rng(step_seed), gen)
         return HardBatch(normalize(x, self.mean, self.std), y, y_b, lam.to(self.device))
-
-
-# --------------------------------------------------------------------------------------------------
-# TEST DOUBLE of the label store (issue 3). Tiny on purpose: dense tensors in memory, files written
-# with torch.save (tensors only, loaded with weights_only=True). Replace with hald_ext.labels.
-class InMemoryLabels:
-    SUFFIX = ".testlabels.pt"
-
-    def __init__(self, boxes, flips, topk_ids, topk_codes, codebook, num_classes, temperature=1.0,
-                 decode="marginal", fingerprint=None):
-        self.boxes, self.flips = boxes, flips  # uint16 [N, SLI, 4], bool [N, SLI]
-        self.topk_ids, self.topk_codes = topk_ids, topk_codes  # [N, SLI, k]
-        self.codebook = codebook
-        self.num_images, self.sli, self.k = topk_ids.shape
-        self.num_classes, self.temperature, self.decode = num_classes, float(temperature), decode
-        self.fingerprint = dict(fingerprint or {})
-
-    def labels(self, image_ids, slots, device=None):
-        return self.topk_ids[image_ids, slots].to(device), self.topk_codes[image_ids, slots].to(device)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.boxes, self.flips, self.topk_ids, self.topk_codes,
-                                                          self.codebook))
-
-    @classmethod
-    @torch.no_grad()
-    def from_teacher(cls, teacher, images: torch.Tensor, sli: int, k: int, out_size: int, temperature=1.0,
-                     mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=0, decode="marginal", fingerprint=None):
-        """Label `sli` seeded RRC crops of each uint8 image [N, 3, H, W] with `teacher`."""
-        N, _, H, W = images.shape
-        gen = torch.Generator().manual_seed(seed)
-        pixels = torch.tensor([[sample_rrc_pixels(H, W, generator=gen) for _ in range(sli)] for _ in range(N)])
-        flips = torch.rand(N, sli, generator=gen) < 0.5
-        boxes = quantize_boxes(pixels_to_boxes(pixels, H, W))
-        # Label the crops exactly as they will be replayed (through the quantised boxes).
-        rep = boxes_to_pixels(dequantize_boxes(boxes), H, W).view(-1, 4)
-        ids = torch.arange(N).repeat_interleave(sli)
-        x = normalize(crop_resize(images, ids, rep, flips.view(-1), out_size), mean, std)
-        teacher.eval()
-        probs = torch.softmax(teacher(x).float() / temperature, dim=1)
-        top = probs.topk(k, dim=1)
-        codebook = torch.linspace(0, 1, 256)
-        codes = (top.values * 255).round().to(torch.uint8)
-        return cls(boxes, flips, top.indices.view(N, sli, k), codes.view(N, sli, k), codebook,
-                   num_classes=probs.shape[1], temperature=temperature, decode=decode, fingerprint=fingerprint)
-
-    def save(self, path: str) -> None:
-        if not path.endswith(self.SUFFIX):
-            raise ValueError(f"test-double label files must end with {self.SUFFIX}")
-        torch.save({"boxes": self.boxes, "flips": self.flips, "topk_ids": self.topk_ids,
-                    "topk_codes": self.topk_codes, "codebook": self.codebook, "num_classes": self.num_classes,
-                    "temperature": self.temperature, "decode": self.decode, "fingerprint": self.fingerprint}, path)
-
-    @classmethod
-    def load(cls, path: str) -> "InMemoryLabels":
-        return cls(**torch.load(path, map_location="cpu", weights_only=True))

@@ -48,10 +48,12 @@ def check_store(store, images, img_fp: dict) -> None:
     """The store must describe exactly this image set (same images, same classes)."""
     if store.num_images != len(images):
         raise C.ConfigError(f"the label store labels {store.num_images} images but --data has {len(images)}")
-    fp = getattr(store, "fingerprint", None) or {}
-    if fp.get("sha256") and fp.get("sha256") != img_fp["sha256"]:
-        raise C.ConfigError("the label store was made for other images (image-set fingerprint differs): "
-                            "relabel this image set")
+    from hald_ext.labels import FingerprintMismatch
+
+    try:
+        store.check_images(img_fp)
+    except FingerprintMismatch as e:
+        raise C.ConfigError(f"{e}: relabel this image set") from e
     if store.num_classes != images.num_classes:
         raise C.ConfigError(f"the label store has {store.num_classes} classes but --data has {images.num_classes}")
 

@@ -49,11 +49,18 @@ class ColorTeacher(nn.Module):
         return -self.sharpness * torch.cdist(feat, self.colors)
 
 
-def color_blob_labels(images: ImageSet, sli: int = 2, k: int = 3, temperature: float = 1.0, seed: int = 0):
-    """Test-double label store for `images`: ColorTeacher's top-k labels of `sli` seeded crops each."""
-    from hald_ext.train.batches import IMAGENET_MEAN, IMAGENET_STD, InMemoryLabels, images_to_tensor
+def color_blob_labels(images: ImageSet, sli: int = 2, k: int = 3, temperature: float = 1.0, seed: int = 0,
+                      path: str | None = None):
+    """A real label store for `images`, written by `relabel` with ColorTeacher as the teacher (top-k of
+    `sli` seeded crops per image); in a fresh temporary folder unless `path` is given."""
+    import os
+    import tempfile
 
-    x = images_to_tensor(images.images)
+    from hald_ext.labels.relabel import relabel
+    from hald_ext.train.batches import IMAGENET_MEAN, IMAGENET_STD
+
+    if path is None:
+        path = os.path.join(tempfile.mkdtemp(prefix="hald-blobs-"), "labels.safetensors")
     teacher = ColorTeacher(images.num_classes, IMAGENET_MEAN, IMAGENET_STD)
-    return InMemoryLabels.from_teacher(teacher, x, sli=sli, k=k, out_size=x.shape[-1], temperature=temperature,
-                                       seed=seed, fingerprint=images.fingerprint())
+    return relabel(images, teacher, path, slots=sli, k=k, temperature=temperature, seed=seed, mean=IMAGENET_MEAN,
+                   std=IMAGENET_STD, device="cpu", teacher_name="color-teacher", progress=False)

@@ -108,9 +108,9 @@ class Trainer:
         if soft_epochs and store is None:
             raise ValueError(f"schedule {schedule} has soft phases but the batch source has no label store")
         if store is not None:
-            self.slots_per_epoch = check_label_budget(cfg, soft_epochs, store.sli)
+            self.slots_per_epoch = check_label_budget(cfg, soft_epochs, store.slots)
             self.temperature = cfg.temperature if cfg.temperature is not None else store.temperature
-            self.decode = cfg.decode or store.decode
+            self.decode = cfg.decode or store.default_decode
             self.codebook = store.codebook.to(self.device)
         self.num_classes = num_classes or (store.num_classes if store is not None else None)
 
@@ -125,7 +125,7 @@ class Trainer:
             # Which stored crops this soft epoch replays: consecutive soft epochs walk through the
             # slots, so with slots_per_epoch < SLI every stored crop is used before any repeats.
             soft_before = sum(1 for e in range(epoch) if self.schedule.kind_at(e) == SOFT)
-            s, sli = self.slots_per_epoch, self.source.labels.sli
+            s, sli = self.slots_per_epoch, self.source.labels.slots
             slots = (torch.arange(s) + soft_before * s) % sli
             pairs = torch.stack(torch.meshgrid(torch.arange(n), slots, indexing="ij"), -1).view(-1, 2)
             order = pairs[torch.randperm(len(pairs), generator=gen)]
