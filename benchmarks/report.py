@@ -1,6 +1,7 @@
-"""Markdown tables from benchmarks/results/*.json (the README's tables are pasted from this).
+"""Markdown tables from benchmarks/results/*.json.
 
-    python benchmarks/report.py
+    python benchmarks/report.py                  # print them
+    python benchmarks/report.py --update-readme  # rewrite the README's generated results block
 """
 from __future__ import annotations
 
@@ -31,13 +32,54 @@ def loss_table(payload: dict) -> str:
     return "\n".join(lines)
 
 
-def main():
+def train_table(payload: dict) -> str:
+    m = payload["machine"]
+    where = m.get("gpu") or f"{m['cpu']}, {m['cpu_threads']} threads"
+    lines = [f"One soft-phase training step, images/s ({where}):", "",
+             "| model | input | batch | pipeline | FKD-style | resident tensors | x FKD | pipeline share of step |"
+             " batch source |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in payload["rows"]:
+        lines.append(f"| {r['model']} | {r['source']} -> {r['size']} | {r['batch']} | {r['pipeline_img_per_s']:.0f} "
+                     f"| {r['fkd_img_per_s']:.0f} | {r['resident_img_per_s']:.0f} | {r['speedup_vs_fkd']:.2f} "
+                     f"| {r['pipeline_overhead']:.0%} | {r['batch_source']} |")
+    return "\n".join(lines)
+
+
+TABLES = {"loss_": loss_table, "train_": train_table}
+BEGIN, END = "<!-- results:begin (benchmarks/report.py) -->", "<!-- results:end -->"
+
+
+def tables() -> str:
+    out = []
     for path in sorted(glob.glob(os.path.join(HERE, "results", "*.json"))):
-        with open(path) as f:
-            payload = json.load(f)
-        if os.path.basename(path).startswith("loss_"):
-            print(loss_table(payload))
-            print()
+        name = os.path.basename(path)
+        fn = next((f for prefix, f in TABLES.items() if name.startswith(prefix)), None)
+        if fn is not None:
+            with open(path) as f:
+                out.append(fn(json.load(f)) + f"\n\n(`benchmarks/results/{name}`)")
+    return "\n\n".join(out)
+
+
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--update-readme", action="store_true")
+    args = p.parse_args(argv)
+    text = tables()
+    if not args.update_readme:
+        print(text)
+        return
+    readme = os.path.join(os.path.dirname(HERE), "README.md")
+    with open(readme) as f:
+        content = f.read()
+    if BEGIN not in content or END not in content:
+        raise SystemExit(f"README.md has no {BEGIN} ... {END} block")
+    head, rest = content.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    with open(readme, "w") as f:
+        f.write(head + BEGIN + "\n" + text + "\n" + END + tail)
 
 
 if __name__ == "__main__":
