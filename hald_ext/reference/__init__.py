@@ -3,6 +3,7 @@
 One implementation of each computation, dense and obvious, used by the tests (as the ground truth)
 and by the benchmarks (as the eager and torch.compile baselines). Keep them simple, not fast.
 """
+from hald_ext.reference.crop import crop_reference
 from hald_ext.reference.soft_hard_loss import decode_dense, dequantize, soft_hard_loss_reference
 
-__all__ = ["decode_dense", "dequantize", "soft_hard_loss_reference"]
+__all__ = ["crop_reference", "decode_dense", "dequantize", "soft_hard_loss_reference"]
