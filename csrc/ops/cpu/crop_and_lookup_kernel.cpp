@@ -112,12 +112,12 @@ template <typename T>
 void resample(const CropArgs& a, const int32_t* pix, const uint8_t* flips, T* out) {
   const int64_t B = a.B, S = a.S, W = a.W;
   std::vector<AxisTable> tx(B), ty(B);
-  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      build_axis(ty[b], pix[b * 4 + 2], S, a.antialias);
-      build_axis(tx[b], pix[b * 4 + 3], S, a.antialias);
-    }
-  });
+  // Serial: O(B * S * K), small next to the resampling, and one parallel region fewer (each costs a
+  // scheduler time slice when the cores are shared).
+  for (int64_t b = 0; b < B; ++b) {
+    build_axis(ty[b], pix[b * 4 + 2], S, a.antialias);
+    build_axis(tx[b], pix[b * 4 + 3], S, a.antialias);
+  }
   const uint8_t* img = a.images.data_ptr<uint8_t>();
   const int64_t* ids = a.ids.data_ptr<int64_t>();
   const int64_t plane = S * S;
