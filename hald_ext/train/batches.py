@@ -158,3 +158,64 @@ class TorchBatchSource:
         y = self.targets[image_ids.to(self.device)]
         x, y_b, lam = cutmix(x, y, self.cutmix_alpha, np.random.default_rng(step_seed), gen)
         return HardBatch(normalize(x, self.mean, self.std), y, y_b, lam.to(self.device))
+
+
+class FusedBatchSource:
+    """TorchBatchSource's interface on the fused `crop_and_lookup` op: one call per batch crops,
+    resizes (antialiased bilinear), flips and normalises on the images' device, and gathers the
+    labels of the replayed slots in the same call. Soft batches replay the store's boxes and flips
+    (the same crops as TorchBatchSource, within torchvision's uint8 rounding); hard batches draw fresh
+    crops on the device from `step_seed`, then CutMix as TorchBatchSource does."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, labels: LabelSource | None, out_size: int,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu", cutmix_alpha: float = 1.0,
+                 rrc_scale=(0.08, 1.0), rrc_ratio=(3 / 4, 4 / 3), hflip: float = 0.5,
+                 out_dtype: torch.dtype = torch.float32, channels_last: bool = False):
+        self.device = torch.device(device)
+        self.images = images.to(self.device).permute(0, 2, 3, 1).contiguous()  # uint8 NHWC for the op
+        self.targets = targets.to(device=self.device, dtype=torch.long)
+        self.labels = labels
+        self.num_images = len(images)
+        self.out_size = out_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.cutmix_alpha = cutmix_alpha
+        self.rrc_scale, self.rrc_ratio, self.hflip = tuple(rrc_scale), tuple(rrc_ratio), hflip
+        self.out_dtype, self.channels_last = out_dtype, channels_last
+        self._tables = None
+        if labels is not None:
+            self._boxes = labels.boxes.to(self.device)
+            self._flips = labels.flips.to(self.device).bool()
+            ids, codes = getattr(labels, "topk_ids", None), getattr(labels, "codes", None)
+            if torch.is_tensor(ids) and torch.is_tensor(codes) and ids.dim() == 3:
+                self._tables = (ids.to(self.device), codes.to(self.device))
+
+    def _kw(self) -> dict:
+        return dict(out_size=self.out_size, mean=self.mean, std=self.std, out_dtype=self.out_dtype,
+                    channels_last=self.channels_last)
+
+    def soft_batch(self, image_ids: torch.Tensor, slots: torch.Tensor) -> SoftBatch:
+        from hald_ext.ops import crop_and_lookup  # noqa: PLC0415  (needs the compiled extension)
+
+        ids = image_ids.to(self.device)
+        sl = slots.to(self.device)
+        boxes, flips = self._boxes[ids, sl], self._flips[ids, sl]
+        if self._tables is not None:
+            r = crop_and_lookup(self.images, ids, boxes=boxes, flips=flips, label_ids=self._tables[0],
+                                label_codes=self._tables[1], slots=sl, **self._kw())
+            topk_ids, topk_codes = r.labels
+        else:
+            r = crop_and_lookup(self.images, ids, boxes=boxes, flips=flips, **self._kw())
+            topk_ids, topk_codes = self.labels.labels(image_ids, slots, device=self.device)
+        return SoftBatch(r.crops, topk_ids, topk_codes)
+
+    def hard_batch(self, image_ids: torch.Tensor, step_seed: int) -> HardBatch:
+        from hald_ext.ops import crop_and_lookup  # noqa: PLC0415
+
+        ids = image_ids.to(self.device)
+        r = crop_and_lookup(self.images, ids, seed=step_seed, step=0, scale=self.rrc_scale, ratio=self.rrc_ratio,
+                            flip_prob=self.hflip, **self._kw())
+        y = self.targets[ids]
+        gen = torch.Generator().manual_seed(step_seed)
+        # CutMix copies pixels, so it commutes with the per-pixel normalisation already applied.
+        x, y_b, lam = cutmix(r.crops, y, self.cutmix_alpha, np.random.default_rng(step_seed), gen)
+        return HardBatch(x, y, y_b, lam.to(self.device))
