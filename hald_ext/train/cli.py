@@ -62,7 +62,7 @@ def build_trainer(cfg: C.TrainConfig, run_dir: str | None):
     """Everything a run needs, from a validated config (raises ConfigError on bad input)."""
     from hald_ext.data import load_image_set
     from hald_ext.models import create_model
-    from hald_ext.train.batches import TorchBatchSource, images_to_tensor, open_label_store
+    from hald_ext.train.batches import FusedBatchSource, TorchBatchSource, images_to_tensor, open_label_store
     from hald_ext.train.schedule import build_schedule
     from hald_ext.train.trainer import EvalSet, Trainer
 
@@ -77,8 +77,9 @@ def build_trainer(cfg: C.TrainConfig, run_dir: str | None):
     if schedule.epochs_of("soft"):
         store = open_label_store(cfg.labels)
         check_store(store, images, images.fingerprint())
-    source = TorchBatchSource(x, torch.from_numpy(images.labels), store, img_size, cfg.mean, cfg.std, device,
-                              cutmix_alpha=cfg.cutmix_alpha, rrc_scale=cfg.rrc_scale)
+    source_cls = FusedBatchSource if cfg.batch_source == "fused" else TorchBatchSource
+    source = source_cls(x, torch.from_numpy(images.labels), store, img_size, cfg.mean, cfg.std, device,
+                        cutmix_alpha=cfg.cutmix_alpha, rrc_scale=cfg.rrc_scale)
     eval_set = None
     if cfg.eval_data:
         held = load_image_set(cfg.eval_data, split=cfg.eval_split)

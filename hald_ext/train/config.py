@@ -45,6 +45,8 @@ class TrainConfig:
     hinton: bool = _f(False, "multiply the soft term by T^2 (the HALD code does not)")
     label_smoothing: float = _f(0.8, "hard-phase label smoothing (HALD: 0.8 at 1000 classes; sweep it for few classes)")
     cutmix_alpha: float = _f(1.0, "hard-phase CutMix Beta(alpha, alpha); 0 turns CutMix off")
+    batch_source: str = _f("fused", "crops from the fused crop_and_lookup op ('fused') or per-sample torchvision "
+                                    "('torch', the plain reference path)")
     rrc_scale: tuple = _f((0.08, 1.0), "hard-phase random-resized-crop scale range", nargs=2, type=float)
     # optimisation
     batch_size: int = _f(16, "global batch size (split across torchrun ranks)")
@@ -173,6 +175,8 @@ def validate(cfg: TrainConfig) -> None:
 
     import hald_ext.models  # noqa: F401  (registers convnet3)
 
+    if cfg.batch_source not in ("fused", "torch"):
+        raise ConfigError(f"--batch-source must be 'fused' or 'torch', got {cfg.batch_source!r}")
     if not timm.is_model(cfg.model):
         raise ConfigError(f"unknown model {cfg.model!r}: not in timm's registry (e.g. resnet18, convnet3)")
     try:
