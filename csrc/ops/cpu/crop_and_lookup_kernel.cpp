@@ -13,12 +13,8 @@
 #include <vector>
 
 #include "../crop_and_lookup.h"
+#include "hald/cpu_simd.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(HALD_NO_CLONES)
-#define HALD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define HALD_CLONES
-#endif
 
 namespace hald {
 namespace {

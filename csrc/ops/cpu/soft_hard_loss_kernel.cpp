@@ -17,35 +17,11 @@
 #include <vector>
 
 #include "../soft_hard_loss.h"
+#include "hald/cpu_simd.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(HALD_NO_CLONES)
-#define HALD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define HALD_CLONES
-#endif
 
 namespace hald {
 namespace {
-
-// exp(x) for x <= 0 (arguments here are z - max): Cephes-style range reduction + degree-6
-// polynomial, relative error ~2 ulp; written so the compiler vectorises it (no calls, no branches).
-inline float exp_nonpos(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
-}
 
 HALD_CLONES void max_sum_f32(const float* z, int64_t C, float* m_out, float* sum_out) {
   float m = -std::numeric_limits<float>::infinity(), s = 0.f;

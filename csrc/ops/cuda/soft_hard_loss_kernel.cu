@@ -53,6 +53,18 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
+// VEC consecutive logits as acc_t (one 16-byte load when VEC > 1).
+template <int VEC, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void load_chunk(const scalar_t* p, acc_t (&v)[VEC]) {
+  if constexpr (VEC > 1) {
+    const Pack<scalar_t, VEC> pk = *reinterpret_cast<const Pack<scalar_t, VEC>*>(p);
+#pragma unroll
+    for (int t = 0; t < VEC; ++t) v[t] = acc_t(pk.v[t]);
+  } else {
+    v[0] = acc_t(p[0]);
+  }
+}
+
 template <int TPR>
 __device__ __forceinline__ void row_barrier() {
   if constexpr (TPR == 32) {
@@ -149,13 +161,7 @@ __global__ void __launch_bounds__(kBlock) soft_hard_kernel(KernelArgs ka) {
   acc_t m = -std::numeric_limits<acc_t>::infinity(), s1 = 0, sT = 0, sumz = 0;
   for (int64_t i0 = int64_t(lane) * VEC; i0 < C; i0 += int64_t(TPR) * VEC) {
     acc_t v[VEC];
-    if constexpr (VEC > 1) {
-      const Pack<scalar_t, VEC> pk = *reinterpret_cast<const Pack<scalar_t, VEC>*>(row + i0);
-#pragma unroll
-      for (int t = 0; t < VEC; ++t) v[t] = acc_t(pk.v[t]);
-    } else {
-      v[0] = acc_t(row[i0]);
-    }
+    load_chunk<VEC>(row + i0, v);
     acc_t cm = v[0];
 #pragma unroll
     for (int t = 1; t < VEC; ++t) cm = max(cm, v[t]);
@@ -263,13 +269,7 @@ __global__ void __launch_bounds__(kBlock) soft_hard_kernel(KernelArgs ka) {
   scalar_t* grow = static_cast<scalar_t*>(ka.grad) + b * ka.gstride;
   for (int64_t i0 = int64_t(lane) * VEC; i0 < C; i0 += int64_t(TPR) * VEC) {
     acc_t v[VEC];
-    if constexpr (VEC > 1) {
-      const Pack<scalar_t, VEC> pk = *reinterpret_cast<const Pack<scalar_t, VEC>*>(row + i0);
-#pragma unroll
-      for (int t = 0; t < VEC; ++t) v[t] = acc_t(pk.v[t]);
-    } else {
-      v[0] = acc_t(row[i0]);
-    }
+    load_chunk<VEC>(row + i0, v);
     Pack<scalar_t, VEC> out;
 #pragma unroll
     for (int t = 0; t < VEC; ++t) {
