@@ -46,7 +46,23 @@ def train_table(payload: dict) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"loss_": loss_table, "train_": train_table}
+def crop_table(payload: dict) -> str:
+    m = payload["machine"]
+    where = m.get("gpu") or f"{m['cpu']}, {payload.get('threads', m['cpu_threads'])} threads"
+    names = [("fused", "fused op"), ("tv_sample", "torchvision per sample"), ("tv_batch", "torchvision batched"),
+             ("dali_cpu", "DALI CPU")]
+    lines = [f"Random-resized crop + flip + normalise, crops/s ({where}):", "",
+             "| source -> output | batch | " + " | ".join(n for _, n in names) + " | fused / per sample | fused / DALI |",
+             "|---|---:|" + "---:|" * (len(names) + 2)]
+    for cfg in payload["configs"].values():
+        cells = [f"{cfg[k]['crops_per_s']:.0f}" if k in cfg else "-" for k, _ in names]
+        lines.append(f"| {cfg['H']}x{cfg['W']} -> {cfg['S']} | {cfg['B']} | " + " | ".join(cells)
+                     + f" | {cfg.get('fused_vs_tv_sample', float('nan')):.2f} | "
+                     f"{cfg.get('fused_vs_dali_cpu', float('nan')):.2f} |")
+    return "\n".join(lines)
+
+
+TABLES = {"loss_": loss_table, "train_": train_table, "crop_": crop_table}
 BEGIN, END = "<!-- results:begin (benchmarks/report.py) -->", "<!-- results:end -->"
 
 
