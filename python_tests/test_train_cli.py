@@ -129,10 +129,10 @@ def test_select_npz_and_folder(files, tmp_path, capsys):
 def test_teacher_then_lvsd(files, tmp_path, capsys):
     out = tmp_path / "teacher.pth"
     rc = main(["teacher", "--data", str(files / "train.npz"), "--eval-data", str(files / "held.npz"), "--epochs", "2",
-               "--batch-size", "8", "--out", str(out), "--no-progress"])
+               "--batch-size", "8", "--train-images", "20", "--out", str(out), "--no-progress"])
     assert rc == 0
     meta = json.loads((tmp_path / "teacher.json").read_text())
-    assert meta["model_name"] == "convnet3" and 0 <= meta["eval_top1"] <= 100
+    assert meta["model_name"] == "convnet3" and 0 <= meta["eval_top1"] <= 100 and meta["train_images"] == 20
     model = create_model("convnet3", 4, img_size=16, checkpoint=str(out))
     assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 4)
     capsys.readouterr()

@@ -34,6 +34,7 @@ def teacher(a) -> str:
     path = os.path.join(a.out, "teacher.pth")
     if not os.path.exists(path):
         sh(HALD + ["teacher", "--data", "fashion-mnist", "--model", "convnet3", "--epochs", str(a.teacher_epochs),
+                   "--train-images", str(a.teacher_images),
                    "--device", a.device, "--out", path, "--no-progress"])
     return path
 
@@ -117,6 +118,8 @@ def main(argv=None) -> int:
     p.add_argument("--label-smoothing", type=float, default=0.1, help="hard-phase smoothing (10 classes)")
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--teacher-epochs", type=int, default=1)
+    p.add_argument("--teacher-images", type=int, default=20000,
+                   help="the teacher sees a seeded subset of the 60k training images (keeps the demo short)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)

@@ -30,6 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", default="convnet3", help="timm model name (default: convnet3)")
     parser.add_argument("--img-size", type=int, default=None, help="input size (default: the images' size)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs (default: 1)")
+    parser.add_argument("--train-images", type=int, default=None,
+                        help="train on a seeded random subset of this many images (default: all)")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate, cosine to 0 (default: 2e-3)")
     parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
@@ -82,7 +84,13 @@ def run(args) -> int:
             held = load_image_set(args.data, split="test")
         else:
             held = None
+        labels = torch.from_numpy(train.labels)
         x = images_to_tensor(train.images)
+        if args.train_images is not None:
+            if not 0 < args.train_images <= len(x):
+                raise ValueError(f"--train-images must be in [1, {len(x)}], got {args.train_images}")
+            keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[:args.train_images]
+            x, labels = x[keep], labels[keep]
         img_size = args.img_size or x.shape[-1]
         torch.manual_seed(args.seed)
         model = create_model(args.model, train.num_classes, img_size=img_size)
@@ -94,11 +102,11 @@ def run(args) -> int:
 
         x = TF.resize(x, [img_size, img_size], antialias=True)
     t0 = time.perf_counter()
-    train_teacher(model, x, torch.from_numpy(train.labels), epochs=args.epochs, batch_size=args.batch_size,
+    train_teacher(model, x, labels, epochs=args.epochs, batch_size=args.batch_size,
                   lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device, progress=args.progress)
     train_time = time.perf_counter() - t0
     result = {"model_name": args.model, "num_classes": train.num_classes, "img_size": img_size,
-              "classes": list(train.classes), "data": args.data, "epochs": args.epochs,
+              "classes": list(train.classes), "data": args.data, "epochs": args.epochs, "train_images": len(x),
               "train_seconds": round(train_time, 1)}
     if held is not None:
         result.update(evaluate(model, EvalSet(images_to_tensor(held.images), torch.from_numpy(held.labels), img_size,
