@@ -37,6 +37,8 @@ test: build
 bench: build
 	$(PY) benchmarks/bench_loss.py
 	$(PY) benchmarks/bench_storage.py
+	$(PY) benchmarks/bench_crop.py
+	$(PY) benchmarks/bench_train.py
 
 # The main job on the embedded default (Debian's Fashion-MNIST); outputs under runs/demo/.
 demo: build data

@@ -1,121 +1,222 @@
-"""Crops per second of the fused crop op against the usual CPU data paths.
+"""Crops per second of crop_and_lookup against the usual ways of making random-resized crops.
 
-    python benchmarks/bench_crop.py            # every config
-    python benchmarks/bench_crop.py --quick    # 256 -> 224 only
+Every method turns uint8 images (already decoded, in memory) into a batch of normalised float
+crops [B, 3, S, S] with a random box (torchvision's RRC rule, scale 0.08-1), a random flip and
+ImageNet mean/std:
+  fused          hald_ext.ops.crop_and_lookup (fp32 NCHW; also bf16)
+  tv_per_sample  torchvision v2 RandomResizedCrop + RandomHorizontalFlip + ToDtype + Normalize on
+                 each CHW uint8 image, then stack (the FKD / SRe2L data path)
+  tv_batched     the same v2 transforms on a whole [B, 3, H, W] uint8 batch (one box for the batch:
+                 an upper bound for torchvision's kernels, not the same augmentation)
+  reference      hald_ext.reference.crop_reference (the tests' ground truth: per-sample float path)
+  dali_cpu       DALI, CPU-only pipeline: external_source -> fn.random_resized_crop ->
+                 fn.crop_mirror_normalize (coin-flip mirror), num_threads = the torch thread count
+  dali_gpu       the same pipeline on the GPU, when one is present
+Methods run interleaved in several rounds and the median is kept, so load from other processes
+hits all of them alike; every method runs at each of --threads (torch intra-op threads, DALI
+num_threads) and is reported at its best: per-sample torch ops lose badly to thread spin-waits
+when another process holds a core, and the comparison should not hinge on that.
 
-Candidates (all: random-resized crop + horizontal flip + mean/std normalisation to float32 NCHW):
-  fused       hald_ext.ops.crop_and_lookup, fresh seeded crops, one call per batch (uint8 NHWC source)
-  tv_sample   torchvision v2 per sample: RandomResizedCrop + RandomHorizontalFlip + ToDtype + Normalize
-              (the FKD-style path; what TorchBatchSource does)
-  tv_batch    torchvision v2 on the batch tensor (one crop for the whole batch: a lower bound on cost)
-  dali_cpu    DALI CPU-only (device_id=None): fn.random_resized_crop + fn.crop_mirror_normalize
-Writes benchmarks/results/crop_cpu.json.
+    python benchmarks/bench_crop.py                      # S = 224, 64, 32; writes results/crop_<device>.json
+    python benchmarks/bench_crop.py --sizes 224 --batch 32 --rounds 5
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
+import statistics
 import sys
+import time
 
-# Output batches are tens of MB: on transparent huge pages, or every candidate pays a page fault per
-# 4 KiB of fresh output (as in bench_loss.py).
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torchvision.transforms import v2  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's hald_ext
-from common import machine, time_fn, write_results  # noqa: E402
-
+import hald_ext  # noqa: E402
 from hald_ext.ops import crop_and_lookup  # noqa: E402
+from hald_ext.ops.crop import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from hald_ext.reference import crop_reference  # noqa: E402
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-CONFIGS = [  # (name, H, W, S, B)
-    ("256to224", 256, 256, 224, 64),
-    ("28to32", 28, 28, 32, 256),
-    ("28to64", 28, 28, 64, 256),
-]
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def bench_fused(images_nhwc, S, B):
-    ids = torch.randint(0, images_nhwc.shape[0], (B,))
-    state = {"step": 0}
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "hald_ext": hald_ext.build_info(), "load_average_at_start": list(os.getloadavg())}
+    try:
+        import torchvision
 
-    def fn():
-        state["step"] += 1
-        return crop_and_lookup(images_nhwc, ids, out_size=S, seed=0, step=state["step"], mean=MEAN, std=STD)
-    return fn
+        info["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    try:
+        import nvidia.dali as dali
+
+        info["dali"] = dali.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
 
 
-def bench_tv_sample(images_nchw, S, B):
-    tf = v2.Compose([v2.RandomResizedCrop(S, antialias=True), v2.RandomHorizontalFlip(),
-                     v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
-    ids = torch.randint(0, images_nchw.shape[0], (B,)).tolist()
-    return lambda: torch.stack([tf(images_nchw[i]) for i in ids])
+# ------------------------------------------------------------------------------------------- methods
+def fused_method(images, batch, size, device, dtype=torch.float32):
+    imgs = images.to(device)
+    ids = torch.arange(batch, device=device) % imgs.shape[0]
+    step = [0]
+
+    def run():
+        step[0] += 1
+        out = crop_and_lookup(imgs, ids, size, seed=0, offset=step[0], out_dtype=dtype, check=False)
+        return out.crops
+    return run
 
 
-def bench_tv_batch(images_nchw, S, B):
-    tf = v2.Compose([v2.RandomResizedCrop(S, antialias=True), v2.RandomHorizontalFlip(),
-                     v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
-    ids = torch.randint(0, images_nchw.shape[0], (B,))
-    batch = images_nchw[ids].contiguous()
-    return lambda: tf(batch)
+def tv_per_sample_method(images, batch, size):
+    from torchvision.transforms import v2
+
+    chw = [im.permute(2, 0, 1).contiguous() for im in images]
+    tf = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
+                     v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def run():
+        return torch.stack([tf(chw[i % len(chw)]) for i in range(batch)])
+    return run
 
 
-def bench_dali(images_nhwc, S, B, threads):
-    from nvidia.dali import fn, pipeline_def, types  # noqa: PLC0415
+def tv_batched_method(images, batch, size):
+    from torchvision.transforms import v2
 
-    arrs = [images_nhwc[i].numpy() for i in np.random.default_rng(0).integers(0, images_nhwc.shape[0], B)]
+    nchw = images[torch.arange(batch) % images.shape[0]].permute(0, 3, 1, 2).contiguous()
+    tf = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
+                     v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return lambda: tf(nchw)
 
-    @pipeline_def(batch_size=B, num_threads=threads, device_id=None, prefetch_queue_depth=1, seed=0)
+
+def reference_method(images, batch, size):
+    ids = torch.arange(batch) % images.shape[0]
+    boxes_flips = crop_and_lookup(images, ids, size, seed=0)
+    return lambda: crop_reference(images, ids, size, boxes_flips.boxes, boxes_flips.flips)
+
+
+def dali_method(images, batch, size, gpu: bool):
+    from nvidia.dali import fn, pipeline_def, types
+
+    arrays = [images[i % images.shape[0]].numpy() for i in range(batch)]
+    mean = [m * 255 for m in IMAGENET_MEAN]
+    std = [s * 255 for s in IMAGENET_STD]
+
+    @pipeline_def(batch_size=batch, num_threads=torch.get_num_threads(), device_id=0 if gpu else None, seed=0,
+                  prefetch_queue_depth=2)
     def pipe():
-        x = fn.external_source(source=lambda: arrs, layout="HWC", dtype=types.UINT8)
-        x = fn.random_resized_crop(x, size=[S, S], antialias=True)
-        return fn.crop_mirror_normalize(x, mirror=fn.random.coin_flip(), mean=[m * 255 for m in MEAN],
-                                        std=[s * 255 for s in STD], dtype=types.FLOAT, output_layout="CHW")
+        im = fn.external_source(source=lambda: arrays, layout="HWC", dtype=types.UINT8)
+        if gpu:
+            im = im.gpu()
+        im = fn.random_resized_crop(im, size=[size, size], random_area=[0.08, 1.0], antialias=True)
+        return fn.crop_mirror_normalize(im, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std,
+                                        mirror=fn.random.coin_flip())
+
     p = pipe()
     p.build()
     return lambda: p.run()
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--min-time", type=float, default=1.0)
-    args = ap.parse_args()
-    threads = torch.get_num_threads()
-    results = {"machine": machine(), "threads": threads, "configs": {}}
-    for name, H, W, S, B in CONFIGS[:1] if args.quick else CONFIGS:
-        g = torch.Generator().manual_seed(0)
-        nhwc = torch.randint(0, 256, (max(B, 64), H, W, 3), dtype=torch.uint8, generator=g)
-        nchw = nhwc.permute(0, 3, 1, 2).contiguous()
-        row = {}
-        cands = {"fused": lambda: bench_fused(nhwc, S, B), "tv_sample": lambda: bench_tv_sample(nchw, S, B),
-                 "tv_batch": lambda: bench_tv_batch(nchw, S, B), "dali_cpu": lambda: bench_dali(nhwc, S, B, threads)}
-        for cname, make in cands.items():
+# ------------------------------------------------------------------------------------------- timing
+def crops_per_second(run, batch, seconds):
+    run()  # warm-up (allocations, DALI's first batch)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        run()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return n * batch / dt
+
+
+def bench_size(images, size, batch, rounds, seconds, methods, threads):
+    """{method: {"crops_per_s": best over thread counts, "by_threads": {t: median of rounds}}}."""
+    res = {}
+    for t in threads:
+        torch.set_num_threads(t)  # DALI pipelines are built with the same thread count
+        built = {}
+        for name, make in methods.items():
             try:
-                fn = make()
-                ms = time_fn(fn, "cpu", warmup=2, min_time=args.min_time, max_reps=50)
-                row[cname] = {"ms_per_batch": ms, "crops_per_s": B / (ms * 1e-3)}
-            except Exception as e:  # noqa: BLE001  (a missing optional baseline is reported, not fatal)
-                row[cname] = {"error": f"{type(e).__name__}: {e}"[:300]}
-        f = row["fused"].get("crops_per_s")
-        for cname in ("tv_sample", "tv_batch", "dali_cpu"):
-            c = row[cname].get("crops_per_s")
-            if f and c:
-                row[f"fused_vs_{cname}"] = f / c
-        results["configs"][name] = {"H": H, "W": W, "S": S, "B": B, **row}
-        print(f"{name:9s} B={B:4d}  " + "  ".join(
-            f"{c}={row[c]['crops_per_s']:.0f}/s" if "crops_per_s" in row[c] else f"{c}=n/a"
-            for c in cands) + "  ratios: " + "  ".join(f"{k[9:]}={v:.2f}x" for k, v in row.items() if k.startswith("fused_vs")),
-            flush=True)
-        for c in cands:
-            if "error" in row[c]:
-                print(f"   {c}: {row[c]['error']}")
-    print("wrote", write_results("crop_cpu.json", results))
+                built[name] = make(size)
+            except Exception as e:  # a missing optional backend is reported, not fatal
+                print(f"  {name}: unavailable ({type(e).__name__}: {e})")
+        samples = {name: [] for name in built}
+        for _ in range(rounds):
+            for name, run in built.items():
+                samples[name].append(crops_per_second(run, batch, seconds))
+        for name, v in samples.items():
+            r = res.setdefault(name, {"by_threads": {}, "rounds": {}})
+            r["by_threads"][t] = statistics.median(v)
+            r["rounds"][t] = v
+        del built
+    for r in res.values():
+        r["best_threads"] = max(r["by_threads"], key=r["by_threads"].get)
+        r["crops_per_s"] = r["by_threads"][r["best_threads"]]
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[224, 64, 32])
+    ap.add_argument("--source", type=int, default=256, help="source images are source x source")
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=1.0, help="per method per round")
+    ap.add_argument("--threads", type=int, nargs="+", default=sorted({1, torch.get_num_threads()}),
+                    help="thread counts to try; each method is reported at its best")
+    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    gpu = torch.cuda.is_available() and hald_ext.build_info()["cuda_available"]
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.images, args.source, args.source, 3), dtype=torch.uint8, generator=g)
+    methods = {
+        "fused": lambda s: fused_method(images, args.batch, s, "cpu"),
+        "fused_bf16": lambda s: fused_method(images, args.batch, s, "cpu", torch.bfloat16),
+        "tv_per_sample": lambda s: tv_per_sample_method(images, args.batch, s),
+        "tv_batched": lambda s: tv_batched_method(images, args.batch, s),
+        "dali_cpu": lambda s: dali_method(images, args.batch, s, gpu=False),
+    }
+    if not args.no_reference:
+        methods["reference"] = lambda s: reference_method(images, args.batch, s)
+    if gpu:
+        methods["fused_cuda"] = lambda s: fused_method(images, args.batch, s, "cuda")
+        methods["fused_cuda_bf16"] = lambda s: fused_method(images, args.batch, s, "cuda", torch.bfloat16)
+        methods["dali_gpu"] = lambda s: dali_method(images, args.batch, s, gpu=True)
+
+    result = {"benchmark": "crop", "machine": machine(), "config": vars(args), "sizes": {}}
+    for size in args.sizes:
+        print(f"S = {size} ({args.source} -> {size}, batch {args.batch}):")
+        res = bench_size(images, size, args.batch, args.rounds, args.seconds, methods, args.threads)
+        base = res["fused"]["crops_per_s"]
+        for name, r in res.items():
+            r["fused_speedup"] = base / r["crops_per_s"]
+            per = "  ".join(f"{t} thr: {v:7.0f}" for t, v in r["by_threads"].items())
+            print(f"  {name:16s} {r['crops_per_s']:8.0f} crops/s (best; {per})   fused is {r['fused_speedup']:6.2f}x")
+        result["sizes"][str(size)] = res
+    result["machine"]["load_average_at_end"] = list(os.getloadavg())
+    out = args.out or os.path.join(RESULTS, f"crop_{'cuda' if gpu else 'cpu'}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

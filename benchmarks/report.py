@@ -47,18 +47,21 @@ def train_table(payload: dict) -> str:
 
 
 def crop_table(payload: dict) -> str:
-    m = payload["machine"]
-    where = m.get("gpu") or f"{m['cpu']}, {payload.get('threads', m['cpu_threads'])} threads"
-    names = [("fused", "fused op"), ("tv_sample", "torchvision per sample"), ("tv_batch", "torchvision batched"),
-             ("dali_cpu", "DALI CPU")]
-    lines = [f"Random-resized crop + flip + normalise, crops/s ({where}):", "",
-             "| source -> output | batch | " + " | ".join(n for _, n in names) + " | fused / per sample | fused / DALI |",
-             "|---|---:|" + "---:|" * (len(names) + 2)]
-    for cfg in payload["configs"].values():
-        cells = [f"{cfg[k]['crops_per_s']:.0f}" if k in cfg else "-" for k, _ in names]
-        lines.append(f"| {cfg['H']}x{cfg['W']} -> {cfg['S']} | {cfg['B']} | " + " | ".join(cells)
-                     + f" | {cfg.get('fused_vs_tv_sample', float('nan')):.2f} | "
-                     f"{cfg.get('fused_vs_dali_cpu', float('nan')):.2f} |")
+    m, cfg = payload["machine"], payload["config"]
+    names = [("fused", "fused op fp32"), ("fused_bf16", "fused op bf16"), ("tv_per_sample", "torchvision per sample"),
+             ("tv_batched", "torchvision batched (1 box)"), ("dali_cpu", "DALI CPU"), ("reference", "reference")]
+    sizes = list(payload["sizes"])
+    lines = [f"Random-resized crop + flip + normalise from {cfg['source']}x{cfg['source']} uint8, batch "
+             f"{cfg['batch']}, crops/s and the fused op's speed-up ({m['cpu']}, {m['cores']} cores, best of 1-2 "
+             "threads):", "",
+             "| method | " + " | ".join(f"S = {s}" for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    for key, label in names:
+        cells = []
+        for s_ in sizes:
+            r = payload["sizes"][s_].get(key)
+            cells.append("-" if r is None else (f"{r['crops_per_s']:.0f}" if key == "fused"
+                                                else f"{r['crops_per_s']:.0f} ({r['fused_speedup']:.1f}x)"))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -2,56 +2,147 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
 
 #include <optional>
 
-#include "hald/crop_math.h"
+#include "hald/crop_geometry.h"
+#include "hald/resample.h"
 
 namespace hald {
 
-struct CropArgs {
-  at::Tensor images;     // uint8 [N, H, W, 3] contiguous
-  at::Tensor ids;        // int64 [B] contiguous, validated
-  at::Tensor boxes;      // replay: float32 [B, 4] fractions contiguous; fresh: undefined
-  at::Tensor flips;      // replay: uint8 [B] contiguous; fresh: undefined
-  int64_t N = 0, H = 0, W = 0, B = 0, S = 0;
-  int64_t seed = 0, step = 0;
-  crop::RrcParams rrc{};
-  float mul[3] = {0, 0, 0};  // out = v * mul[c] + add[c]  ==  (v / 255 - mean) / std
-  float add[3] = {0, 0, 0};
-  bool antialias = true;
-  bool channels_last = false;
+// Per-sample geometry after replay / sampling: which image, which pixels, flipped or not.
+struct SampleGeom {
+  int32_t img;
+  int32_t top, left, h, w;
+  int32_t flip;
 };
 
-// Backend kernels: fill pix (int32 [B, 4] top, left, h, w), flips_used (uint8 [B]) and out
-// ([B, 3, S, S] in out's dtype and memory format).
-void crop_cpu_kernel(const CropArgs& a, at::Tensor& pix, at::Tensor& flips_used, at::Tensor& out);
-void crop_cuda_kernel(const CropArgs& a, at::Tensor& pix, at::Tensor& flips_used, at::Tensor& out);
+// Raw pointers the geometry stage reads (shared by the CPU loop and the CUDA geometry kernel).
+struct GeomInputs {
+  const int64_t* image_ids;  // [B]
+  const int32_t* sizes;      // [N, 2]
+  const double* boxes;       // [B, 4] or nullptr (fresh crops)
+  const uint8_t* flips;      // [B] or nullptr (fresh flips)
+  RrcParams rrc;
+  int32_t N, Hmax, Wmax;     // bounds every index is clamped to (check=False must not read out of bounds)
+};
 
-using CropKernel = void (*)(const CropArgs&, at::Tensor&, at::Tensor&, at::Tensor&);
+HALD_HD int64_t clamp_index(int64_t v, int64_t n) { return v < 0 ? 0 : (v >= n ? n - 1 : v); }
+
+// Sample b's image, pixel box and flip; also the box actually cropped, as fractions of its image.
+HALD_HD SampleGeom resolve_sample(const GeomInputs& in, int64_t b, float* box_out) {
+  SampleGeom g;
+  g.img = int32_t(clamp_index(in.image_ids[b], in.N));
+  const int32_t H = int32_t(clamp_index(in.sizes[2 * g.img], in.Hmax + 1));
+  const int32_t W = int32_t(clamp_index(in.sizes[2 * g.img + 1], in.Wmax + 1));
+  if (H < 1 || W < 1) {  // only reachable with check=False and bad sizes: an empty-safe 1x1 crop
+    g.top = g.left = 0;
+    g.h = g.w = 1;
+    g.flip = 0;
+    box_out[0] = box_out[1] = box_out[2] = box_out[3] = 0.f;
+    return g;
+  }
+  PixelBox p;
+  if (in.boxes != nullptr) {
+    const double* bx = in.boxes + 4 * b;
+    p = fraction_box_to_pixels(bx[0], bx[1], bx[2], bx[3], H, W);
+  } else {
+    p = sample_rrc(in.rrc, b, H, W);
+  }
+  g.top = p.top;
+  g.left = p.left;
+  g.h = p.h;
+  g.w = p.w;
+  g.flip = in.flips != nullptr ? int32_t(in.flips[b] != 0) : int32_t(sample_flip(in.rrc, b));
+  box_out[0] = float(double(p.top) / H);
+  box_out[1] = float(double(p.left) / W);
+  box_out[2] = float(double(p.h) / H);
+  box_out[3] = float(double(p.w) / W);
+  return g;
+}
+
+// Arguments after validation. Every tensor is on the images' device and contiguous.
+struct CropArgs {
+  at::Tensor images;        // uint8 [N, Hmax, Wmax, 3]
+  at::Tensor sizes;         // int32 [N, 2] (true height, width of each image)
+  at::Tensor image_ids;     // int64 [B]
+  at::Tensor boxes;         // float64 [B, 4] fractions (replay) or undefined (fresh RRC)
+  at::Tensor flips;         // uint8 [B] (replay) or undefined (fresh flips with rrc.flip_prob)
+  at::Tensor label_ids;     // [N, SLI, k] or undefined
+  at::Tensor label_values;  // [N, SLI, k] or undefined
+  at::Tensor slots;         // int64 [B] or undefined
+  at::Tensor mix_partner;   // int64 [B] (index into the batch) or undefined
+  at::Tensor mix_boxes;     // int32 [B, 4] (y0, x0, y1, x1) output pixels, end exclusive
+  RrcParams rrc;
+  float scale[3];           // out = pixel * scale[c] + shift[c]  (= (pixel/255 - mean) / std)
+  float shift[3];
+  int64_t B = 0, N = 0, Hmax = 0, Wmax = 0, S = 0, sli = 0, k = 0;
+  bool antialias = true;
+  bool channels_last = false;
+  c10::ScalarType out_dtype = c10::ScalarType::Float;
+};
+
+// Outputs: crops [B,3,S,S], boxes_used float32 [B,4], flips_used bool [B], geometry int32 [B,6]
+// (scratch for the crop stage), label rows [B,k] (empty when no labels were asked for).
+struct CropOutputs {
+  at::Tensor crops, boxes, flips, geom, label_ids, label_values;
+};
+
+CropArgs prepare_crop(const at::Tensor& images, const std::optional<at::Tensor>& image_sizes,
+                      const at::Tensor& image_ids, int64_t size, const std::optional<at::Tensor>& boxes,
+                      const std::optional<at::Tensor>& flips, const std::optional<at::Tensor>& label_ids,
+                      const std::optional<at::Tensor>& label_values, const std::optional<at::Tensor>& slots,
+                      const std::optional<at::Tensor>& mix_partner, const std::optional<at::Tensor>& mix_boxes,
+                      int64_t seed, int64_t offset, at::ArrayRef<double> scale, at::ArrayRef<double> ratio,
+                      double flip_prob, at::ArrayRef<double> mean, at::ArrayRef<double> stdv, bool antialias,
+                      c10::ScalarType out_dtype, bool channels_last, bool check);
+
+CropOutputs allocate_crop_outputs(const CropArgs& a);
+
+inline GeomInputs geom_inputs(const CropArgs& a) {
+  GeomInputs in;
+  in.image_ids = a.image_ids.data_ptr<int64_t>();
+  in.sizes = a.sizes.data_ptr<int32_t>();
+  in.boxes = a.boxes.defined() ? a.boxes.data_ptr<double>() : nullptr;
+  in.flips = a.flips.defined() ? a.flips.data_ptr<uint8_t>() : nullptr;
+  in.rrc = a.rrc;
+  in.N = int32_t(a.N);
+  in.Hmax = int32_t(a.Hmax);
+  in.Wmax = int32_t(a.Wmax);
+  return in;
+}
+
+void crop_and_lookup_cpu_kernel(const CropArgs& a, CropOutputs& o);
+void crop_and_lookup_cuda_kernel(const CropArgs& a, CropOutputs& o);
+
+using CropKernel = void (*)(const CropArgs&, CropOutputs&);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> crop_and_lookup_impl(
-    CropKernel kernel, const at::Tensor& images, const at::Tensor& image_ids, int64_t out_size,
-    const std::optional<at::Tensor>& boxes, const std::optional<at::Tensor>& flips, std::optional<int64_t> seed,
-    int64_t step, at::ArrayRef<double> scale, at::ArrayRef<double> ratio, double flip_prob,
-    at::ArrayRef<double> mean, at::ArrayRef<double> std, at::ScalarType out_dtype, bool channels_last,
-    bool antialias, const std::optional<at::Tensor>& label_ids, const std::optional<at::Tensor>& label_codes,
-    const std::optional<at::Tensor>& slots);
-
-#define HALD_REGISTER_CROP(KEY, KERNEL)                                                                            \
-  namespace {                                                                                                     \
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> crop_##KEY(                              \
-      const at::Tensor& images, const at::Tensor& image_ids, int64_t out_size,                                   \
-      const std::optional<at::Tensor>& boxes, const std::optional<at::Tensor>& flips,                            \
-      std::optional<int64_t> seed, int64_t step, at::ArrayRef<double> scale, at::ArrayRef<double> ratio,         \
-      double flip_prob, at::ArrayRef<double> mean, at::ArrayRef<double> std, at::ScalarType out_dtype,           \
-      bool channels_last, bool antialias, const std::optional<at::Tensor>& label_ids,                            \
-      const std::optional<at::Tensor>& label_codes, const std::optional<at::Tensor>& slots) {                    \
-    return crop_and_lookup_impl(KERNEL, images, image_ids, out_size, boxes, flips, seed, step, scale, ratio,     \
-                                flip_prob, mean, std, out_dtype, channels_last, antialias, label_ids,            \
-                                label_codes, slots);                                                             \
-  }                                                                                                               \
-  }                                                                                                               \
-  TORCH_LIBRARY_IMPL(hald, KEY, m) { m.impl("crop_and_lookup", &crop_##KEY); }
+    CropKernel kernel, const at::Tensor& images, const std::optional<at::Tensor>& image_sizes,
+    const at::Tensor& image_ids, int64_t size, const std::optional<at::Tensor>& boxes,
+    const std::optional<at::Tensor>& flips, const std::optional<at::Tensor>& label_ids,
+    const std::optional<at::Tensor>& label_values, const std::optional<at::Tensor>& slots,
+    const std::optional<at::Tensor>& mix_partner, const std::optional<at::Tensor>& mix_boxes, int64_t seed,
+    int64_t offset, at::ArrayRef<double> scale, at::ArrayRef<double> ratio, double flip_prob,
+    at::ArrayRef<double> mean, at::ArrayRef<double> stdv, bool antialias, c10::ScalarType out_dtype,
+    bool channels_last, bool check);
 
 }  // namespace hald
+
+// Registers the op for one dispatch key with the given kernel.
+#define HALD_REGISTER_CROP(KEY, KERNEL)                                                                        \
+  namespace {                                                                                                  \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> crop_##KEY(                           \
+      const at::Tensor& im, const std::optional<at::Tensor>& sz, const at::Tensor& ids, int64_t S,             \
+      const std::optional<at::Tensor>& bx, const std::optional<at::Tensor>& fl,                                \
+      const std::optional<at::Tensor>& li, const std::optional<at::Tensor>& lv,                                \
+      const std::optional<at::Tensor>& sl, const std::optional<at::Tensor>& mp,                                \
+      const std::optional<at::Tensor>& mb, int64_t seed, int64_t off, at::ArrayRef<double> sc,                 \
+      at::ArrayRef<double> ra, double fp, at::ArrayRef<double> mean, at::ArrayRef<double> stdv, bool aa,        \
+      c10::ScalarType dt, bool cl, bool check) {                                                               \
+    return hald::crop_and_lookup_impl(KERNEL, im, sz, ids, S, bx, fl, li, lv, sl, mp, mb, seed, off, sc, ra,   \
+                                      fp, mean, stdv, aa, dt, cl, check);                                       \
+  }                                                                                                            \
+  }                                                                                                            \
+  TORCH_LIBRARY_IMPL(hald, KEY, m) { m.impl("crop_and_lookup", &crop_##KEY); }

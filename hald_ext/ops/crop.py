@@ -1,78 +1,142 @@
-"""`hald::crop_and_lookup`: fake kernel and the wrapper."""
+"""`hald::crop_and_lookup`: fused random-resized crop + flip + normalise + label-row gather.
+
+    out = crop_and_lookup(images, image_ids, 224, boxes=codes, flips=flips,      # replay
+                          label_ids=ids, label_values=vals, slots=slots)
+    out = crop_and_lookup(images, image_ids, 224, seed=0, offset=step,           # fresh RRC
+                          cutmix_alpha=1.0)
+    logits = model(out.crops)
+    loss = soft_hard_loss(logits, out.label_ids, out.label_values, ...)          # soft phase
+    loss = soft_hard_loss(logits, hard_target=y, target_b=y[out.mix_partner],     # hard phase
+                          mix_lambda=out.mix_lambda, hard_weight=1, soft_weight=0)
+"""
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from hald_ext import _ext
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class CutMix(NamedTuple):
+    """A CutMix record for one batch: sample b shows sample partner[b]'s crop inside boxes[b]
+    ((y0, x0, y1, x1) output pixels, end exclusive)."""
+
+    partner: torch.Tensor  # int64 [B]
+    boxes: torch.Tensor  # int32 [B, 4]
+
+
+class CropResult(NamedTuple):
+    crops: torch.Tensor  # [B, 3, S, S]
+    boxes: torch.Tensor  # float32 [B, 4] (y, x, h, w) fractions actually cropped
+    flips: torch.Tensor  # bool [B]
+    label_ids: torch.Tensor | None  # [B, k] gathered rows, or None
+    label_values: torch.Tensor | None
+    mix_partner: torch.Tensor | None  # int64 [B] (CutMix), or None
+    mix_lambda: torch.Tensor | None  # float32 [B]: share of each crop that is its own image
+
 
 if _ext.loaded():
 
     @torch.library.register_fake("hald::crop_and_lookup")
-    def _crop_and_lookup_fake(images, image_ids, out_size, boxes, flips, seed, step, scale, ratio, flip_prob, mean,
-                              std, out_dtype, channels_last, antialias, label_ids, label_codes, slots):
+    def _crop_fake(images, image_sizes, image_ids, size, boxes, flips, label_ids, label_values, slots,
+                   mix_partner, mix_boxes, seed, offset, scale, ratio, flip_prob, mean, std, antialias, out_dtype,
+                   channels_last, check):
         torch._check(images.dim() == 4, lambda: "crop_and_lookup: images must be [N, H, W, 3]")
         B = image_ids.shape[0]
+        crops = images.new_empty((B, 3, size, size), dtype=out_dtype)
         if channels_last:
-            out = images.new_empty((B, out_size, out_size, 3), dtype=out_dtype).permute(0, 3, 1, 2)
-        else:
-            out = images.new_empty((B, 3, out_size, out_size), dtype=out_dtype)
-        used = images.new_empty((B, 4), dtype=torch.float32)
-        fl = images.new_empty((B,), dtype=torch.bool)
+            crops = crops.contiguous(memory_format=torch.channels_last)
         if label_ids is not None:
-            gi = label_ids.new_empty((B, label_ids.shape[2]))
-            gc = label_codes.new_empty((B, label_codes.shape[2]))
+            k = label_ids.shape[2]
+            lid, lval = label_ids.new_empty((B, k)), label_values.new_empty((B, k))
         else:
-            gi = images.new_empty((0,), dtype=torch.int64)
-            gc = images.new_empty((0,), dtype=torch.uint8)
-        return out, used, fl, gi, gc
+            lid, lval = images.new_empty((0,), dtype=torch.int64), images.new_empty((0,), dtype=torch.float32)
+        return (crops, images.new_empty((B, 4), dtype=torch.float32), images.new_empty((B,), dtype=torch.bool),
+                lid, lval)
 
 
-class CropResult(NamedTuple):
-    crops: torch.Tensor  # [B, 3, S, S] out_dtype, normalised (NCHW or channels_last strides)
-    boxes: torch.Tensor  # float32 [B, 4] (y, x, h, w) fractions of the pixel boxes used
-    flips: torch.Tensor  # bool [B]
-    labels: tuple | None  # (ids [B, k], codes [B, k]) gathered from the label tables, or None
+def sample_cutmix(batch: int, size: int, alpha: float, seed: int, offset: int,
+                  device: torch.device | str = "cpu") -> CutMix:
+    """A fresh CutMix record, the SRe2L / HALD rule: one lambda ~ Beta(alpha, alpha) and one box per
+    batch, partners a random permutation. Drawn from (seed, offset) on the host (O(1) numpy calls
+    per batch, no per-sample Python) and replayed by the kernel; a stored record replays the same way."""
+    if alpha <= 0:
+        raise ValueError(f"cutmix alpha must be > 0, got {alpha}")
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF, int(offset), 0xC07])
+    lam = float(rng.beta(alpha, alpha))
+    partner = rng.permutation(batch)
+    cut = math.sqrt(1.0 - lam)
+    ch, cw = int(size * cut), int(size * cut)
+    cy, cx = int(rng.integers(size)), int(rng.integers(size))
+    y0, y1 = np.clip([cy - ch // 2, cy + ch // 2], 0, size)
+    x0, x1 = np.clip([cx - cw // 2, cx + cw // 2], 0, size)
+    box = torch.tensor([int(y0), int(x0), int(y1), int(x1)], dtype=torch.int32)
+    return CutMix(torch.from_numpy(partner).to(device), box.expand(batch, 4).contiguous().to(device))
 
 
-def crop_and_lookup(images: torch.Tensor, image_ids: torch.Tensor, *, out_size: int,
-                    boxes: torch.Tensor | None = None, flips: torch.Tensor | None = None, seed: int | None = None,
-                    step: int = 0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_prob: float = 0.5,
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD, out_dtype: torch.dtype = torch.float32,
-                    channels_last: bool = False, antialias: bool = True, label_ids: torch.Tensor | None = None,
-                    label_codes: torch.Tensor | None = None, slots: torch.Tensor | None = None) -> CropResult:
-    """Fused random-resized-crop + flip + normalise + label lookup, one call per batch.
+def cutmix_lambda(mix_boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Effective lambda per sample (the weight of its own label): 1 - pasted area / S^2."""
+    mb = mix_boxes.to(torch.int64)
+    area = (mb[:, 2] - mb[:, 0]).clamp_min(0) * (mb[:, 3] - mb[:, 1]).clamp_min(0)
+    return 1.0 - area.to(torch.float32) / float(size * size)
 
-    Args:
-        images: uint8 [N, H, W, 3] (NHWC), the resident source images.
-        image_ids: [B] integer index into `images` per output sample (repeats allowed: several crops
-            per image).
-        out_size: S, the output is S x S.
-        boxes, flips: replay mode: [B, 4] boxes (y, x, h, w) as uint16 codes (value * 65535, the label
-            store's format) or float fractions, mapped to pixels by `hald_ext.boxes.boxes_to_pixels`;
-            flips bool [B].
-        seed, step: fresh mode: per-sample crops drawn with torchvision's RandomResizedCrop rule (`scale`,
-            `ratio`, ten attempts then the centre fallback) and flips with probability `flip_prob`, from a
-            counter-based RNG keyed by (seed, step, sample index): the same crops on CPU and CUDA.
-        mean, std: per-channel normalisation of x / 255.
-        out_dtype: float32, bfloat16 or float16. channels_last: NHWC memory (NCHW shape).
-        antialias: True = bilinear with antialiasing (PyTorch's upsample_bilinear2d_aa, as
-            torchvision's resized_crop(antialias=True)); False = plain bilinear (align_corners=False).
-        label_ids, label_codes, slots: label tables [N, SLI, k] and a slot per sample [B]: the rows
-            [image_ids, slots] are gathered in the same call.
 
-    Returns a CropResult (crops, boxes used as fractions, flips used, gathered labels or None).
-    Ids, slots and boxes are validated (on CUDA this reads them on the host: one sync).
-    Against torchvision on uint8 the crops differ by at most ~1 in 0..255 units (torchvision rounds
-    its intermediate and output values to uint8; this op keeps float).
+def crop_and_lookup(images: torch.Tensor, image_ids: torch.Tensor, size: int, *,
+                    image_sizes: torch.Tensor | None = None,
+                    boxes: torch.Tensor | None = None, flips: torch.Tensor | None = None,
+                    label_ids: torch.Tensor | None = None, label_values: torch.Tensor | None = None,
+                    slots: torch.Tensor | None = None,
+                    seed: int = 0, offset: int = 0, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                    flip_prob: float = 0.5,
+                    cutmix: CutMix | None = None, cutmix_alpha: float | None = None,
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD, antialias: bool = True,
+                    out_dtype: torch.dtype = torch.float32, channels_last: bool = False,
+                    check: bool = True) -> CropResult:
+    """Crops, flips and normalises B samples of uint8 NHWC `images` to [B, 3, size, size].
+
+    Boxes: replayed from `boxes` [B, 4] ((y, x, h, w) fractions, or the label store's uint16 codes),
+    or drawn fresh on the device with torchvision's RandomResizedCrop rule (`scale`, `ratio`, ten
+    attempts then the centre crop) from (`seed`, `offset`); `offset` is the step counter. Flips:
+    replayed from `flips` [B] or drawn with `flip_prob`. Several samples may share an image.
+    Labels: with `label_ids` / `label_values` [N, SLI, k] and `slots` [B], the rows at
+    (image_id, slot) are gathered in the same launch.
+    CutMix: replay a record (`cutmix=CutMix(partner, boxes)`) or draw one (`cutmix_alpha`).
+    `image_sizes` [N, 2] gives the true (H, W) of each image of a padded batch.
+    `check=False` skips the value checks that read tensors (they synchronise a GPU); the kernels
+    still never read out of bounds, but bad ids then give garbage instead of an error.
+    Interpolation is bilinear; `antialias=True` matches torchvision's resized_crop(antialias=True).
     """
     _ext.require()
-    out, used, fl, gi, gc = torch.ops.hald.crop_and_lookup.default(
-        images, image_ids, int(out_size), boxes, flips, None if seed is None else int(seed), int(step),
-        [float(v) for v in scale], [float(v) for v in ratio], float(flip_prob), [float(v) for v in mean],
-        [float(v) for v in std], out_dtype, bool(channels_last), bool(antialias), label_ids, label_codes, slots)
-    return CropResult(out, used, fl, (gi, gc) if label_ids is not None else None)
+    if not isinstance(images, torch.Tensor) or not isinstance(image_ids, torch.Tensor):
+        raise TypeError("crop_and_lookup: images and image_ids must be tensors")
+    if out_dtype not in _OUT_DTYPES:
+        raise TypeError(f"crop_and_lookup: out_dtype must be one of {_OUT_DTYPES}, got {out_dtype}")
+    if cutmix is not None and cutmix_alpha is not None:
+        raise ValueError("crop_and_lookup: give either a CutMix record to replay or cutmix_alpha, not both")
+    if cutmix_alpha is not None:
+        cutmix = sample_cutmix(image_ids.shape[0], size, cutmix_alpha, seed, offset, images.device)
+    partner, mix_boxes = (cutmix.partner, cutmix.boxes) if cutmix is not None else (None, None)
+    # Checked here as well as in C++: with a meta / fake tensor among the inputs the dispatcher
+    # would never reach the C++ checks.
+    for name, t in (("image_ids", image_ids), ("image_sizes", image_sizes), ("boxes", boxes), ("flips", flips),
+                    ("label_ids", label_ids), ("label_values", label_values), ("slots", slots),
+                    ("cutmix.partner", partner), ("cutmix.boxes", mix_boxes)):
+        if t is not None and t.device != images.device:
+            raise ValueError(f"crop_and_lookup: {name} is on {t.device} but images are on {images.device} "
+                             "(all inputs must be on one device)")
+    crops, boxes_used, flips_used, lid, lval = torch.ops.hald.crop_and_lookup.default(
+        images, image_sizes, image_ids, int(size), boxes, flips, label_ids, label_values, slots, partner, mix_boxes,
+        int(seed), int(offset), [float(v) for v in scale], [float(v) for v in ratio], float(flip_prob),
+        [float(v) for v in mean], [float(v) for v in std], bool(antialias), out_dtype, bool(channels_last),
+        bool(check))
+    has_labels = label_ids is not None
+    return CropResult(crops, boxes_used, flips_used, lid if has_labels else None, lval if has_labels else None,
+                      None if partner is None else partner.to(torch.int64),
+                      None if mix_boxes is None else cutmix_lambda(mix_boxes, size))

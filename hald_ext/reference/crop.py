@@ -1,38 +1,65 @@
-"""Plain-PyTorch reference of `crop_and_lookup`: torchvision's resized_crop per sample, then flip and
-normalisation (the FKD-style path). Used by the tests and as the per-sample benchmark baseline."""
+"""Plain-PyTorch reference of `crop_and_lookup`: torchvision functional crops, one sample at a time.
+
+This is the FKD-style path (crop box -> resized_crop -> flip -> normalise) written as obviously as
+possible; the tests compare the fused kernel with it and the benchmark times it.
+"""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from hald_ext.boxes import boxes_to_pixels, dequantize_boxes
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
-def crop_reference(images: torch.Tensor, image_ids: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, *,
-                   out_size: int, mean, std, antialias: bool = True, normalize: bool = True,
-                   out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """images uint8 [N, H, W, 3]; boxes [B, 4] uint16 codes or float fractions; flips bool [B].
 
-    antialias=True: torchvision resized_crop on the uint8 crop (rounded to uint8, as training code
-    gets it). antialias=False: F.interpolate bilinear (align_corners=False) on the float crop, unrounded.
-    Returns float [B, 3, S, S]: normalised, or in 0..255 units with normalize=False.
+def crop_reference(images: torch.Tensor, image_ids: torch.Tensor, size: int, boxes: torch.Tensor,
+                   flips: torch.Tensor, *, image_sizes: torch.Tensor | None = None,
+                   mean=IMAGENET_MEAN, std=IMAGENET_STD, antialias: bool = True,
+                   mix_partner: torch.Tensor | None = None, mix_boxes: torch.Tensor | None = None,
+                   uint8_resize: bool = False) -> torch.Tensor:
+    """[B, 3, size, size] float32 crops.
+
+    images: uint8 [N, H, W, 3] (a padded batch when image_sizes [N, 2] gives the true sizes);
+    boxes: [B, 4] (y, x, h, w) fractions or uint16 codes; flips: bool [B].
+    uint8_resize=False resizes the uint8 pixels as float (the exact function the kernel computes);
+    True resizes uint8 -> uint8 as torchvision does on uint8 tensors (rounded output), the path
+    users run today.
     """
-    _, H, W, _ = images.shape
-    frac = dequantize_boxes(boxes) if boxes.dtype in (torch.uint16, torch.int16, torch.int32) else boxes.float()
-    pixels = boxes_to_pixels(frac, H, W).tolist()
+    if boxes.dtype == torch.uint16:
+        boxes = dequantize_boxes(boxes)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
     out = []
-    for i, (t, l, h, w), f in zip(image_ids.tolist(), pixels, flips.tolist()):
-        img = images[i].permute(2, 0, 1)
-        if antialias:
-            crop = TF.resized_crop(img, t, l, h, w, [out_size, out_size], antialias=True).float()
-        else:
-            crop = F.interpolate(img[:, t:t + h, l:l + w][None].float(), size=(out_size, out_size), mode="bilinear",
-                                 align_corners=False)[0]
-        out.append(crop.flip(-1) if f else crop)
-    x = torch.stack(out) if out else torch.empty(0, 3, out_size, out_size)
-    if normalize:
-        m = torch.tensor(mean).view(1, 3, 1, 1)
-        s = torch.tensor(std).view(1, 3, 1, 1)
-        x = (x / 255 - m) / s
-    return x.to(out_dtype)
+    for b in range(len(image_ids)):
+        i = int(image_ids[b])
+        H, W = (int(v) for v in image_sizes[i]) if image_sizes is not None else images.shape[1:3]
+        img = images[i, :H, :W].permute(2, 0, 1)
+        top, left, h, w = (int(v) for v in boxes_to_pixels(boxes[b].cpu(), H, W))
+        crop = TF.resized_crop(img if uint8_resize else img.float(), top, left, h, w, [size, size],
+                               interpolation=InterpolationMode.BILINEAR, antialias=antialias)
+        if bool(flips[b]):
+            crop = TF.horizontal_flip(crop)
+        out.append((crop.float() / 255 - mean_t) / std_t)
+    crops = torch.stack(out) if out else torch.empty(0, 3, size, size)
+    if mix_partner is not None:
+        mixed = crops.clone()
+        for b in range(len(image_ids)):
+            y0, x0, y1, x1 = (int(v) for v in mix_boxes[b])
+            mixed[b, :, y0:y1, x0:x1] = crops[int(mix_partner[b]), :, y0:y1, x0:x1]
+        crops = mixed
+    return crops
+
+
+def gather_labels_reference(label_ids: torch.Tensor, label_values: torch.Tensor, image_ids: torch.Tensor,
+                            slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [B, k] of [N, SLI, k] label tensors at (image_id, slot)."""
+    return label_ids[image_ids.long(), slots.long()], label_values[image_ids.long(), slots.long()]
+
+
+def cutmix_lambda_reference(mix_boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Effective CutMix lambda: the share of each crop that stays its own."""
+    area = (mix_boxes[:, 2] - mix_boxes[:, 0]).clamp_min(0) * (mix_boxes[:, 3] - mix_boxes[:, 1]).clamp_min(0)
+    return 1.0 - area.float() / float(size * size)

@@ -190,8 +190,7 @@ class FusedBatchSource:
                 self._tables = (ids.to(self.device), codes.to(self.device))
 
     def _kw(self) -> dict:
-        return dict(out_size=self.out_size, mean=self.mean, std=self.std, out_dtype=self.out_dtype,
-                    channels_last=self.channels_last)
+        return dict(mean=self.mean, std=self.std, out_dtype=self.out_dtype, channels_last=self.channels_last)
 
     def soft_batch(self, image_ids: torch.Tensor, slots: torch.Tensor) -> SoftBatch:
         from hald_ext.ops import crop_and_lookup  # noqa: PLC0415  (needs the compiled extension)
@@ -200,11 +199,11 @@ class FusedBatchSource:
         sl = slots.to(self.device)
         boxes, flips = self._boxes[ids, sl], self._flips[ids, sl]
         if self._tables is not None:
-            r = crop_and_lookup(self.images, ids, boxes=boxes, flips=flips, label_ids=self._tables[0],
-                                label_codes=self._tables[1], slots=sl, **self._kw())
-            topk_ids, topk_codes = r.labels
+            r = crop_and_lookup(self.images, ids, self.out_size, boxes=boxes, flips=flips,
+                                label_ids=self._tables[0], label_values=self._tables[1], slots=sl, **self._kw())
+            topk_ids, topk_codes = r.label_ids, r.label_values
         else:
-            r = crop_and_lookup(self.images, ids, boxes=boxes, flips=flips, **self._kw())
+            r = crop_and_lookup(self.images, ids, self.out_size, boxes=boxes, flips=flips, **self._kw())
             topk_ids, topk_codes = self.labels.labels(image_ids, slots, device=self.device)
         return SoftBatch(r.crops, topk_ids, topk_codes)
 
@@ -212,10 +211,12 @@ class FusedBatchSource:
         from hald_ext.ops import crop_and_lookup  # noqa: PLC0415
 
         ids = image_ids.to(self.device)
-        r = crop_and_lookup(self.images, ids, seed=step_seed, step=0, scale=self.rrc_scale, ratio=self.rrc_ratio,
-                            flip_prob=self.hflip, **self._kw())
+        # Fresh crops and CutMix in the same call, both drawn from the step's seed.
+        r = crop_and_lookup(self.images, ids, self.out_size, seed=step_seed, offset=0, scale=self.rrc_scale,
+                            ratio=self.rrc_ratio, flip_prob=self.hflip,
+                            cutmix_alpha=self.cutmix_alpha if self.cutmix_alpha > 0 and len(ids) > 1 else None,
+                            **self._kw())
         y = self.targets[ids]
-        gen = torch.Generator().manual_seed(step_seed)
-        # CutMix copies pixels, so it commutes with the per-pixel normalisation already applied.
-        x, y_b, lam = cutmix(r.crops, y, self.cutmix_alpha, np.random.default_rng(step_seed), gen)
-        return HardBatch(x, y, y_b, lam.to(self.device))
+        if r.mix_partner is None:
+            return HardBatch(r.crops, y, y, torch.ones(len(ids), device=self.device))
+        return HardBatch(r.crops, y, y[r.mix_partner.to(self.device).long()], r.mix_lambda.to(self.device).float())

@@ -1,169 +1,329 @@
-// CPU kernel of the fused crop op.
+// CPU kernel of crop_and_lookup.
 //
-// 1. per sample (serial, cheap): the pixel box (replayed or drawn with the shared RNG) and the flip;
-// 2. per sample (parallel): the resampling taps of both axes, padded to a per-sample tap count K with
-//    zero weights so the inner loops have a fixed trip count;
-// 3. per output row (parallel over all B * S rows): vertical pass over the crop's width (contiguous
-//    uint8 -> float, vectorised), horizontal pass from that row buffer, then flip + normalise + store.
+// Two parallel stages over the batch:
+//   1. geometry: replay or sample each box and flip, write the boxes used, gather the label rows;
+//   2. pixels (samples pulled from a shared counter): for each sample, separable resampling with weights tabulated once per sample:
+//      a horizontal pass over the source rows the crop needs (into a float buffer of S columns),
+//      then per output row a vertical pass (a weighted sum of whole buffer rows: contiguous,
+//      vectorised), CutMix pasting the partner's rows over the box, and one store that folds in
+//      /255, mean/std, the output dtype and the layout. The flip costs nothing: the horizontal
+//      weight table is built in reverse.
+// Float loops are plain `omp simd` loops compiled for AVX-512, AVX2 and baseline x86-64
+// (target_clones picks one when the library loads).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <vector>
 
 #include "../crop_and_lookup.h"
-#include "hald/cpu_simd.h"
 
+#include "hald/cpu_simd.h"
 
 namespace hald {
 namespace {
 
+// Resampling weights of every output coordinate of one axis, zero-padded to `taps` per entry.
 struct AxisTable {
-  int32_t K = 0;                // taps per output index (padded)
-  std::vector<int32_t> start;   // [S] first source index within the crop
-  std::vector<float> w;         // [S, K]
+  int32_t taps = 0;
+  std::vector<int32_t> start, count;
+  std::vector<float> w;
+
+  // Every entry gets exactly `taps` taps: the span is moved left where it would run past the
+  // source edge and the extra taps weigh zero, so the passes run fixed-length, branch-free loops.
+  void build(int32_t n_in, int32_t S, bool antialias, bool reverse) {
+    taps = max_taps(n_in, S, antialias);
+    taps = taps > n_in ? n_in : taps;
+    start.resize(S);
+    count.resize(S);
+    w.assign(size_t(S) * taps, 0.f);
+    for (int32_t i = 0; i < S; ++i) {
+      const AxisSpan<double> sp = make_span<double>(n_in, S, reverse ? S - 1 - i : i, antialias);
+      const int32_t n = sp.count < taps ? sp.count : taps;  // never more, by max_taps' bound
+      const int32_t s0 = sp.start + taps > n_in ? n_in - taps : sp.start;
+      start[i] = s0;
+      count[i] = taps;
+      for (int32_t j = 0; j < n; ++j) w[size_t(i) * taps + (sp.start - s0) + j] = float(sp.weight(j));
+    }
+  }
+  // Source rows [first, last) that outputs [o0, o1) read (starts are non-decreasing in o).
+  int32_t first(int32_t o0) const { return start[o0]; }
+  int32_t last(int32_t o1) const { return start[o1 - 1] + count[o1 - 1]; }
 };
 
-void build_axis(AxisTable& t, int64_t in, int64_t S, bool aa) {
-  const crop::Axis ax = crop::make_axis(in, S, aa);
-  t.K = std::min<int32_t>(crop::max_taps(ax), int32_t(in));
-  t.K = std::max<int32_t>(t.K, 1);
-  t.start.assign(S, 0);
-  t.w.assign(S * t.K, 0.0f);
-  for (int64_t i = 0; i < S; ++i) {
-    const crop::Taps tp = crop::make_taps(ax, i);
-    // Keep start + K inside [0, in): shift left and put the weights at their offsets.
-    int32_t st = std::min<int32_t>(tp.start, int32_t(in) - t.K);
-    st = std::max<int32_t>(st, 0);
-    t.start[i] = st;
-    for (int32_t k = 0; k < tp.n; ++k) {
-      const int32_t off = tp.start + k - st;
-      if (off >= 0 && off < t.K) t.w[i * t.K + off] += crop::tap_weight(ax, tp, k);
-    }
-  }
+HALD_CLONES void u8_to_f32(const uint8_t* src, float* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = float(src[i]);
 }
 
-// acc[j] = sum_k wy[k] * src[k * stride + j] for j < n (uint8 rows -> float).
-HALD_CLONES void vertical(const uint8_t* src, int64_t stride, const float* wy, int32_t K, float* acc, int64_t n) {
-  {
-    const float w0 = wy[0];
+// dst[x, c] for x in [x0, x1): weighted sum of the source pixels of one RGB row. T taps known at
+// compile time for the common cases (2: upscaling; 3-6: mild antialiased downscaling) so the loop
+// over x vectorises (gathers on AVX2 / AVX-512).
+template <int T>
+HALD_CLONES void hpass_fixed(const float* src, const int32_t* start, const float* wt, int32_t x0, int32_t x1,
+                             float* dst) {
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) acc[j] = w0 * float(src[j]);
-  }
-  for (int32_t k = 1; k < K; ++k) {
-    const float wk = wy[k];
-    if (wk == 0.0f) continue;
-    const uint8_t* s = src + k * stride;
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) acc[j] += wk * float(s[j]);
-  }
-}
-
-// out[o * 3 + c] = sum_k wx[o, k] * row[(start[o] + k) * 3 + c]
-HALD_CLONES void horizontal(const float* row, const int32_t* start, const float* wx, int32_t K, float* out, int64_t S) {
-  for (int64_t o = 0; o < S; ++o) {
-    const float* r = row + int64_t(start[o]) * 3;
-    const float* w = wx + o * K;
+  for (int32_t x = x0; x < x1; ++x) {
+    const float* p = src + 3 * start[x];
+    const float* w = wt + x * T;
     float a0 = 0.f, a1 = 0.f, a2 = 0.f;
-    for (int32_t k = 0; k < K; ++k) {
-      a0 += w[k] * r[3 * k];
-      a1 += w[k] * r[3 * k + 1];
-      a2 += w[k] * r[3 * k + 2];
+#pragma GCC unroll 8
+    for (int j = 0; j < T; ++j) {
+      a0 += w[j] * p[3 * j];
+      a1 += w[j] * p[3 * j + 1];
+      a2 += w[j] * p[3 * j + 2];
     }
-    out[3 * o] = a0;
-    out[3 * o + 1] = a1;
-    out[3 * o + 2] = a2;
+    dst[3 * x] = a0;
+    dst[3 * x + 1] = a1;
+    dst[3 * x + 2] = a2;
   }
 }
 
-template <typename T>
-inline T cast_out(float v) {
-  return static_cast<T>(v);
+HALD_CLONES void hpass_any(const float* src, const int32_t* start, const float* wt, int32_t taps, int32_t x0,
+                           int32_t x1, float* dst) {
+  for (int32_t x = x0; x < x1; ++x) {
+    const float* p = src + 3 * int64_t(start[x]);
+    const float* w = wt + int64_t(x) * taps;
+    float a0 = 0.f, a1 = 0.f, a2 = 0.f;
+    for (int32_t j = 0; j < taps; ++j) {
+      a0 += w[j] * p[3 * j];
+      a1 += w[j] * p[3 * j + 1];
+      a2 += w[j] * p[3 * j + 2];
+    }
+    dst[3 * x] = a0;
+    dst[3 * x + 1] = a1;
+    dst[3 * x + 2] = a2;
+  }
 }
 
-// Flip + normalise + store one output row (interleaved acc [S, 3]) in NCHW or NHWC.
-template <typename T>
-void store_row(const float* acc, int64_t S, bool flip, const float* mul, const float* add, T* out, bool nhwc,
-               int64_t plane) {
-  if (nhwc) {
-    for (int64_t o = 0; o < S; ++o) {
-      const int64_t so = flip ? S - 1 - o : o;
-      for (int c = 0; c < 3; ++c) out[o * 3 + c] = cast_out<T>(acc[so * 3 + c] * mul[c] + add[c]);
+void hpass_row(const float* src, const AxisTable& t, int32_t x0, int32_t x1, float* dst) {
+  const int32_t* st = t.start.data();
+  const float* w = t.w.data();
+  switch (t.taps) {
+    case 1: hpass_fixed<1>(src, st, w, x0, x1, dst); break;
+    case 2: hpass_fixed<2>(src, st, w, x0, x1, dst); break;
+    case 3: hpass_fixed<3>(src, st, w, x0, x1, dst); break;
+    case 4: hpass_fixed<4>(src, st, w, x0, x1, dst); break;
+    case 5: hpass_fixed<5>(src, st, w, x0, x1, dst); break;
+    case 6: hpass_fixed<6>(src, st, w, x0, x1, dst); break;
+    default: hpass_any(src, st, w, t.taps, x0, x1, dst); break;
+  }
+}
+
+// out[c0:c1] = sum_j w[j] * rows[j * stride + c0 : c1] (contiguous, vectorised).
+HALD_CLONES void vpass_row(const float* rows, int64_t stride, const float* w, int32_t n, int64_t c0, int64_t c1,
+                           float* out) {
+  const float w0 = w[0];
+#pragma omp simd
+  for (int64_t c = c0; c < c1; ++c) out[c] = w0 * rows[c];
+  for (int32_t j = 1; j < n; ++j) {
+    const float wj = w[j];
+    const float* r = rows + j * stride;
+#pragma omp simd
+    for (int64_t c = c0; c < c1; ++c) out[c] += wj * r[c];
+  }
+}
+
+// out[0:n] = sum_j w[j] * src[j * stride + 0 : n], reading uint8 source rows (vectorised).
+HALD_CLONES void vpass_u8(const uint8_t* src, int64_t stride, const float* w, int32_t taps, int64_t n, float* out) {
+  const float w0 = w[0];
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) out[c] = w0 * float(src[c]);
+  for (int32_t j = 1; j < taps; ++j) {
+    const float wj = w[j];
+    const uint8_t* r = src + j * stride;
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) out[c] += wj * float(r[c]);
+  }
+}
+
+inline uint16_t f32_to_bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  const uint32_t rounded = u + 0x7FFFu + ((u >> 16) & 1u);
+  return (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t((u >> 16) | 0x40u) : uint16_t(rounded >> 16);
+}
+
+template <typename out_t>
+inline out_t from_float(float v) {
+  if constexpr (std::is_same_v<out_t, float>) {
+    return v;
+  } else if constexpr (std::is_same_v<out_t, c10::BFloat16>) {
+    return c10::BFloat16(f32_to_bf16_bits(v), c10::BFloat16::from_bits());
+  } else {
+    return out_t(v);
+  }
+}
+
+// One output row (S interleaved RGB floats in 0..255) -> normalised, in the output dtype and layout.
+template <typename out_t>
+HALD_CLONES void store_row(const float* row, int64_t S, const float* scale, const float* shift, out_t* dst,
+                           int64_t plane, bool channels_last) {
+  const float s0 = scale[0], s1 = scale[1], s2 = scale[2], h0 = shift[0], h1 = shift[1], h2 = shift[2];
+  if (channels_last) {
+#pragma omp simd
+    for (int64_t x = 0; x < S; ++x) {
+      dst[3 * x] = from_float<out_t>(row[3 * x] * s0 + h0);
+      dst[3 * x + 1] = from_float<out_t>(row[3 * x + 1] * s1 + h1);
+      dst[3 * x + 2] = from_float<out_t>(row[3 * x + 2] * s2 + h2);
     }
   } else {
-    for (int c = 0; c < 3; ++c) {
-      T* dst = out + c * plane;
-      const float m = mul[c], ad = add[c];
-      if (flip) {
-        for (int64_t o = 0; o < S; ++o) dst[o] = cast_out<T>(acc[(S - 1 - o) * 3 + c] * m + ad);
-      } else {
-        for (int64_t o = 0; o < S; ++o) dst[o] = cast_out<T>(acc[o * 3 + c] * m + ad);
-      }
+    out_t* d0 = dst;
+    out_t* d1 = dst + plane;
+    out_t* d2 = dst + 2 * plane;
+#pragma omp simd
+    for (int64_t x = 0; x < S; ++x) {
+      d0[x] = from_float<out_t>(row[3 * x] * s0 + h0);
+      d1[x] = from_float<out_t>(row[3 * x + 1] * s1 + h1);
+      d2[x] = from_float<out_t>(row[3 * x + 2] * s2 + h2);
     }
   }
 }
 
-template <typename T>
-void resample(const CropArgs& a, const int32_t* pix, const uint8_t* flips, T* out) {
-  const int64_t B = a.B, S = a.S, W = a.W;
-  std::vector<AxisTable> tx(B), ty(B);
-  // Serial: O(B * S * K), small next to the resampling, and one parallel region fewer (each costs a
-  // scheduler time slice when the cores are shared).
-  for (int64_t b = 0; b < B; ++b) {
-    build_axis(ty[b], pix[b * 4 + 2], S, a.antialias);
-    build_axis(tx[b], pix[b * 4 + 3], S, a.antialias);
+// Produces the output rows of one sample's crop (interleaved RGB floats, 0..255).
+// The separable filter runs in the cheaper order: the vertical pass is a contiguous, vectorised
+// weighted sum of whole rows, the horizontal one gathers taps, so the horizontal pass should touch
+// as few rows as possible:
+//   crop taller than S (downscaling): vertical first, straight from the uint8 rows, once per
+//     output row; then the horizontal pass of that one row;
+//   crop at most S tall (upscaling): horizontal pass of the (fewer) source rows into a buffer once,
+//     then each output row is a vertical pass over buffered rows.
+class SampleRenderer {
+ public:
+  // Prepares outputs [y0, y1) x [x0, x1) of sample geometry g.
+  void prepare(const CropArgs& a, const SampleGeom& g, int32_t y0, int32_t y1, int32_t x0, int32_t x1) {
+    S_ = a.S;
+    ty_.build(g.h, int32_t(S_), a.antialias, false);
+    tx_.build(g.w, int32_t(S_), a.antialias, g.flip != 0);
+    stride_ = a.Wmax * 3;
+    origin_ = a.images.data_ptr<uint8_t>() + int64_t(g.img) * a.Hmax * stride_ + int64_t(g.top) * stride_ +
+              int64_t(g.left) * 3;
+    width3_ = int64_t(g.w) * 3;
+    horizontal_first_ = g.h <= S_;
+    if (horizontal_first_) {
+      r0_ = ty_.first(y0);
+      const int32_t r1 = ty_.last(y1);
+      rows_.resize(size_t(r1 - r0_) * S_ * 3);
+      line_.resize(size_t(width3_));
+      for (int32_t r = r0_; r < r1; ++r) {
+        u8_to_f32(origin_ + r * stride_, line_.data(), width3_);
+        hpass_row(line_.data(), tx_, x0, x1, rows_.data() + int64_t(r - r0_) * S_ * 3);
+      }
+    } else {
+      line_.resize(size_t(width3_));
+    }
   }
-  const uint8_t* img = a.images.data_ptr<uint8_t>();
-  const int64_t* ids = a.ids.data_ptr<int64_t>();
-  const int64_t plane = S * S;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(S * 3, 1));
-  at::parallel_for(0, B * S, grain, [&](int64_t r0, int64_t r1) {
-    std::vector<float> vbuf(W * 3), hbuf(S * 3);
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / S, oy = r % S;
-      const int32_t top = pix[b * 4], left = pix[b * 4 + 1], cw = pix[b * 4 + 3];
-      const AxisTable& Y = ty[b];
-      const AxisTable& X = tx[b];
-      const uint8_t* src = img + ((ids[b] * a.H + top + Y.start[oy]) * W + left) * 3;
-      vertical(src, W * 3, Y.w.data() + oy * Y.K, Y.K, vbuf.data(), int64_t(cw) * 3);
-      horizontal(vbuf.data(), X.start.data(), X.w.data(), X.K, hbuf.data(), S);
-      T* dst = a.channels_last ? out + (b * plane + oy * S) * 3 : out + b * 3 * plane + oy * S;
-      store_row<T>(hbuf.data(), S, flips[b] != 0, a.mul, a.add, dst, a.channels_last, plane);
+
+  // out[3*x0 : 3*x1) of output row y.
+  void row(int32_t y, int32_t x0, int32_t x1, float* out) {
+    const float* wy = ty_.w.data() + int64_t(y) * ty_.taps;
+    if (horizontal_first_) {
+      vpass_row(rows_.data() + int64_t(ty_.start[y] - r0_) * S_ * 3, S_ * 3, wy, ty_.taps, 3 * int64_t(x0),
+                3 * int64_t(x1), out);
+    } else {
+      vpass_u8(origin_ + int64_t(ty_.start[y]) * stride_, stride_, wy, ty_.taps, width3_, line_.data());
+      hpass_row(line_.data(), tx_, x0, x1, out);
+    }
+  }
+
+ private:
+  AxisTable ty_, tx_;
+  std::vector<float> rows_, line_;
+  const uint8_t* origin_ = nullptr;  // the crop's top-left pixel
+  int64_t S_ = 0, stride_ = 0, width3_ = 0;
+  int32_t r0_ = 0;
+  bool horizontal_first_ = true;
+};
+
+template <typename out_t>
+void crop_pixels(const CropArgs& a, const std::vector<SampleGeom>& geom, CropOutputs& o) {
+  const int64_t S = a.S;
+  const int32_t Si = int32_t(S);
+  const int64_t* partner = a.mix_partner.defined() ? a.mix_partner.data_ptr<int64_t>() : nullptr;
+  const int32_t* mix = a.mix_boxes.defined() ? a.mix_boxes.data_ptr<int32_t>() : nullptr;
+  out_t* out = o.crops.data_ptr<out_t>();
+  // Samples are handed out one at a time from a shared counter rather than in static blocks: crop
+  // sizes (hence costs) vary by 10x within a batch, and a thread that loses its core to another
+  // process must not hold back a fixed share of the batch.
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), a.B);
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    SampleRenderer own, other;
+    std::vector<float> out_row(size_t(S) * 3);
+    for (int64_t b = next.fetch_add(1, std::memory_order_relaxed); b < a.B;
+         b = next.fetch_add(1, std::memory_order_relaxed)) {
+      own.prepare(a, geom[b], 0, Si, 0, Si);
+      // CutMix: the partner's crop replaces this one inside [my0, my1) x [mx0, mx1).
+      int32_t my0 = 0, my1 = 0, mx0 = 0, mx1 = 0;
+      if (partner != nullptr) {
+        my0 = mix[4 * b];
+        mx0 = mix[4 * b + 1];
+        my1 = mix[4 * b + 2];
+        mx1 = mix[4 * b + 3];
+        my0 = my0 < 0 ? 0 : my0;
+        mx0 = mx0 < 0 ? 0 : mx0;
+        my1 = my1 > Si ? Si : my1;
+        mx1 = mx1 > Si ? Si : mx1;
+        if (my1 > my0 && mx1 > mx0) {
+          other.prepare(a, geom[clamp_index(partner[b], a.B)], my0, my1, mx0, mx1);
+        } else {
+          my1 = my0;  // empty box: nothing to paste
+        }
+      }
+      // NCHW: planes of S*S; channels_last: one S*S*3 block, rows of S*3.
+      out_t* dst_b = out + b * 3 * S * S;
+      for (int32_t y = 0; y < Si; ++y) {
+        own.row(y, 0, Si, out_row.data());
+        if (y >= my0 && y < my1) other.row(y, mx0, mx1, out_row.data());
+        out_t* dst = a.channels_last ? dst_b + int64_t(y) * S * 3 : dst_b + int64_t(y) * S;
+        store_row<out_t>(out_row.data(), S, a.scale, a.shift, dst, S * S, a.channels_last);
+      }
     }
   });
 }
 
-}  // namespace
-
-void crop_cpu_kernel(const CropArgs& a, at::Tensor& pix_t, at::Tensor& flips_t, at::Tensor& out) {
-  int32_t* pix = pix_t.data_ptr<int32_t>();
-  uint8_t* fl = flips_t.data_ptr<uint8_t>();
-  if (a.boxes.defined()) {
-    const float* bx = a.boxes.data_ptr<float>();
-    const uint8_t* f = a.flips.data_ptr<uint8_t>();
-    for (int64_t b = 0; b < a.B; ++b) {
-      const crop::PixBox p = crop::box_to_pixels(bx[4 * b], bx[4 * b + 1], bx[4 * b + 2], bx[4 * b + 3], a.H, a.W);
-      pix[4 * b] = p.top, pix[4 * b + 1] = p.left, pix[4 * b + 2] = p.h, pix[4 * b + 3] = p.w;
-      fl[b] = f[b] ? 1 : 0;
-    }
-  } else {
-    for (int64_t b = 0; b < a.B; ++b) {
-      crop::Rng rng = crop::make_rng(a.seed, a.step, b, crop::kPurposeBox);
-      const crop::PixBox p = crop::sample_rrc(rng, a.H, a.W, a.rrc);
-      pix[4 * b] = p.top, pix[4 * b + 1] = p.left, pix[4 * b + 2] = p.h, pix[4 * b + 3] = p.w;
-      fl[b] = crop::sample_flip(a.seed, a.step, b, a.rrc.flip_prob) ? 1 : 0;
-    }
-  }
-  // out is [B, 3, S, S] contiguous, or its channels_last view of a [B, S, S, 3] buffer.
-  switch (out.scalar_type()) {
-    case at::kFloat: resample<float>(a, pix, fl, out.data_ptr<float>()); break;
-    case at::kBFloat16: resample<c10::BFloat16>(a, pix, fl, out.data_ptr<c10::BFloat16>()); break;
-    case at::kHalf: resample<c10::Half>(a, pix, fl, out.data_ptr<c10::Half>()); break;
-    default: TORCH_CHECK(false, "crop_and_lookup: unsupported out dtype ", out.scalar_type());
+void gather_label_rows(const CropArgs& a, const std::vector<SampleGeom>& geom, CropOutputs& o, int64_t b0,
+                       int64_t b1) {
+  const int64_t* slots = a.slots.data_ptr<int64_t>();
+  const char* ids = static_cast<const char*>(a.label_ids.const_data_ptr());
+  const char* vals = static_cast<const char*>(a.label_values.const_data_ptr());
+  char* out_ids = static_cast<char*>(o.label_ids.data_ptr());
+  char* out_vals = static_cast<char*>(o.label_values.data_ptr());
+  const int64_t id_row = a.k * a.label_ids.element_size(), val_row = a.k * a.label_values.element_size();
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t row = int64_t(geom[b].img) * a.sli + clamp_index(slots[b], a.sli);
+    std::memcpy(out_ids + b * id_row, ids + row * id_row, id_row);
+    std::memcpy(out_vals + b * val_row, vals + row * val_row, val_row);
   }
 }
 
-HALD_REGISTER_CROP(CPU, crop_cpu_kernel)
+}  // namespace
+
+void crop_and_lookup_cpu_kernel(const CropArgs& a, CropOutputs& o) {
+  const GeomInputs in = geom_inputs(a);
+  std::vector<SampleGeom> geom(a.B);
+  float* boxes = o.boxes.data_ptr<float>();
+  bool* flips = o.flips.data_ptr<bool>();
+  int32_t* g_out = o.geom.data_ptr<int32_t>();
+  at::parallel_for(0, a.B, 256, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const SampleGeom g = resolve_sample(in, b, boxes + 4 * b);
+      geom[b] = g;
+      flips[b] = g.flip != 0;
+      std::memcpy(g_out + 6 * b, &g, sizeof(g));
+    }
+    if (a.label_ids.defined()) gather_label_rows(a, geom, o, b0, b1);
+  });
+  switch (a.out_dtype) {
+    case at::kFloat: crop_pixels<float>(a, geom, o); break;
+    case at::kHalf: crop_pixels<c10::Half>(a, geom, o); break;
+    default: crop_pixels<c10::BFloat16>(a, geom, o); break;
+  }
+}
 
 }  // namespace hald
+
+HALD_REGISTER_CROP(CPU, hald::crop_and_lookup_cpu_kernel)

@@ -1,17 +1,16 @@
-// CUDA kernel of the fused crop op.
+// CUDA kernels of crop_and_lookup.
 //
-// Kernel 1 (one thread per sample): the pixel box (replayed from fractions or drawn with the shared
-// counter-based RNG, so fresh crops equal the CPU kernel's) and the flip.
-// Kernel 2 (one thread per output pixel, all three channels): taps of both axes computed on the fly
-// from the shared crop math (antialiased triangle filter or plain bilinear), a 2-D weighted sum of the
-// uint8 source (read through the read-only cache), then flip + normalise + store in the out dtype and
-// layout. Ids, slots and boxes were validated on the host before the launch.
+//   geometry_kernel: one thread per sample replays or samples its box and flip (the same Philox
+//                    stream and rounding as the CPU kernel, from hald/crop_geometry.h), writes the
+//                    boxes used and gathers the sample's label rows;
+//   crop_kernel:     one thread per output pixel evaluates the separable filter directly (weights
+//                    from hald/resample.h, computed on the fly: no tables, no shared state), picks
+//                    the CutMix partner's geometry inside the mix box, normalises and stores.
+// Both run on the current stream and never synchronise the host.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <torch/library.h>
 
 #include <cstdint>
@@ -23,129 +22,140 @@ namespace {
 
 constexpr int kBlock = 256;
 
-struct DevArgs {
-  const uint8_t* images;
-  const int64_t* ids;
-  const float* boxes;   // replay or nullptr
-  const uint8_t* flips; // replay or nullptr
-  int32_t* pix;
-  uint8_t* flips_used;
-  int64_t H, W, B, S;
-  int64_t seed, step;
-  crop::RrcParams rrc;
-  float mul[3], add[3];
-  bool aa, nhwc;
+struct GatherArgs {
+  const int64_t* slots;     // [B] or nullptr
+  const char* label_ids;    // [N, SLI, k]
+  const char* label_values;
+  char* out_ids;            // [B, k]
+  char* out_values;
+  int64_t sli;
+  int64_t id_row, val_row;  // bytes per row
 };
 
-__global__ void boxes_kernel(DevArgs a) {
+__global__ void geometry_kernel(GeomInputs in, GatherArgs ga, int64_t B, SampleGeom* geom, float* boxes,
+                                bool* flips) {
   const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b >= a.B) return;
-  crop::PixBox p;
-  bool f;
-  if (a.boxes != nullptr) {
-    const float* bx = a.boxes + 4 * b;
-    p = crop::box_to_pixels(bx[0], bx[1], bx[2], bx[3], a.H, a.W);
-    f = a.flips[b] != 0;
-  } else {
-    crop::Rng rng = crop::make_rng(a.seed, a.step, b, crop::kPurposeBox);
-    p = crop::sample_rrc(rng, a.H, a.W, a.rrc);
-    f = crop::sample_flip(a.seed, a.step, b, a.rrc.flip_prob);
+  if (b >= B) return;
+  const SampleGeom g = resolve_sample(in, b, boxes + 4 * b);
+  geom[b] = g;
+  flips[b] = g.flip != 0;
+  if (ga.slots != nullptr) {
+    const int64_t row = int64_t(g.img) * ga.sli + clamp_index(ga.slots[b], ga.sli);
+    for (int64_t i = 0; i < ga.id_row; ++i) ga.out_ids[b * ga.id_row + i] = ga.label_ids[row * ga.id_row + i];
+    for (int64_t i = 0; i < ga.val_row; ++i)
+      ga.out_values[b * ga.val_row + i] = ga.label_values[row * ga.val_row + i];
   }
-  a.pix[4 * b] = p.top;
-  a.pix[4 * b + 1] = p.left;
-  a.pix[4 * b + 2] = p.h;
-  a.pix[4 * b + 3] = p.w;
-  a.flips_used[b] = f ? 1 : 0;
 }
 
-template <typename T>
-__device__ __forceinline__ T to_out(float v);
-template <>
-__device__ __forceinline__ float to_out<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 to_out<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half to_out<__half>(float v) { return __float2half_rn(v); }
+struct PixelArgs {
+  const uint8_t* images;
+  const SampleGeom* geom;
+  const int64_t* partner;  // [B] or nullptr
+  const int32_t* mix;      // [B, 4] or nullptr
+  int64_t B, Hmax, Wmax;
+  int32_t S;
+  bool antialias, channels_last;
+  float scale[3], shift[3];
+  void* out;  // [B, 3, S, S] in the output dtype, NCHW or channels_last
+};
 
-template <typename T>
-__global__ void resample_kernel(DevArgs a, T* __restrict__ out) {
-  const int64_t S = a.S;
+template <typename out_t>
+__global__ void crop_kernel(PixelArgs p) {
   const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= a.B * S * S) return;
-  const int64_t b = idx / (S * S);
-  const int64_t rem = idx - b * S * S;
-  const int64_t oy = rem / S, ox = rem - oy * S;
-  const int32_t top = a.pix[4 * b], left = a.pix[4 * b + 1], ch = a.pix[4 * b + 2], cw = a.pix[4 * b + 3];
-  const bool flip = a.flips_used[b] != 0;
-  const int64_t sx = flip ? S - 1 - ox : ox;  // flip after resizing: output column ox reads column S-1-ox
-  const crop::Axis ay = crop::make_axis(ch, S, a.aa), axx = crop::make_axis(cw, S, a.aa);
-  const crop::Taps ty = crop::make_taps(ay, oy), tx = crop::make_taps(axx, sx);
-  const uint8_t* img = a.images + ((a.ids[b] * a.H + top + ty.start) * a.W + left + tx.start) * 3;
-  float acc0 = 0.f, acc1 = 0.f, acc2 = 0.f;
-  for (int32_t i = 0; i < ty.n; ++i) {
-    const float wy = crop::tap_weight(ay, ty, i);
-    const uint8_t* row = img + int64_t(i) * a.W * 3;
-    float r0 = 0.f, r1 = 0.f, r2 = 0.f;
-    for (int32_t j = 0; j < tx.n; ++j) {
-      const float wx = crop::tap_weight(axx, tx, j);
-      r0 += wx * float(__ldg(row + 3 * j));
-      r1 += wx * float(__ldg(row + 3 * j + 1));
-      r2 += wx * float(__ldg(row + 3 * j + 2));
-    }
-    acc0 += wy * r0;
-    acc1 += wy * r1;
-    acc2 += wy * r2;
+  const int64_t plane = int64_t(p.S) * p.S;
+  if (idx >= p.B * plane) return;
+  const int64_t b = idx / plane;
+  const int32_t y = int32_t((idx % plane) / p.S), x = int32_t(idx % p.S);
+  int64_t q = b;
+  if (p.partner != nullptr) {
+    const int32_t* m = p.mix + 4 * b;
+    if (y >= m[0] && y < m[2] && x >= m[1] && x < m[3]) q = clamp_index(p.partner[b], p.B);
   }
-  const float v0 = acc0 * a.mul[0] + a.add[0], v1 = acc1 * a.mul[1] + a.add[1], v2 = acc2 * a.mul[2] + a.add[2];
-  if (a.nhwc) {
-    T* dst = out + ((b * S + oy) * S + ox) * 3;
-    dst[0] = to_out<T>(v0);
-    dst[1] = to_out<T>(v1);
-    dst[2] = to_out<T>(v2);
+  const SampleGeom g = p.geom[q];
+  const AxisSpan<float> sy = make_span<float>(g.h, p.S, y, p.antialias);
+  const AxisSpan<float> sx = make_span<float>(g.w, p.S, g.flip ? p.S - 1 - x : x, p.antialias);
+  const int64_t stride = p.Wmax * 3;
+  const uint8_t* origin = p.images + int64_t(g.img) * p.Hmax * stride + int64_t(g.top + sy.start) * stride +
+                          int64_t(g.left + sx.start) * 3;
+  float a0 = 0.f, a1 = 0.f, a2 = 0.f;
+  for (int32_t j = 0; j < sy.count; ++j) {
+    const float wy = sy.weight(j);
+    const uint8_t* r = origin + j * stride;
+    float r0 = 0.f, r1 = 0.f, r2 = 0.f;
+    for (int32_t i = 0; i < sx.count; ++i) {
+      const float wx = sx.weight(i);
+      r0 += wx * float(__ldg(r + 3 * i));
+      r1 += wx * float(__ldg(r + 3 * i + 1));
+      r2 += wx * float(__ldg(r + 3 * i + 2));
+    }
+    a0 += wy * r0;
+    a1 += wy * r1;
+    a2 += wy * r2;
+  }
+  const float v[3] = {a0 * p.scale[0] + p.shift[0], a1 * p.scale[1] + p.shift[1], a2 * p.scale[2] + p.shift[2]};
+  out_t* out = static_cast<out_t*>(p.out);
+  if (p.channels_last) {
+    out_t* d = out + idx * 3;  // [B, S, S, 3] physically
+    d[0] = out_t(v[0]);
+    d[1] = out_t(v[1]);
+    d[2] = out_t(v[2]);
   } else {
-    T* dst = out + b * 3 * S * S + oy * S + ox;
-    dst[0] = to_out<T>(v0);
-    dst[S * S] = to_out<T>(v1);
-    dst[2 * S * S] = to_out<T>(v2);
+    out_t* d = out + b * 3 * plane + (idx - b * plane);
+    d[0] = out_t(v[0]);
+    d[plane] = out_t(v[1]);
+    d[2 * plane] = out_t(v[2]);
   }
 }
 
 }  // namespace
 
-void crop_cuda_kernel(const CropArgs& a, at::Tensor& pix, at::Tensor& flips_used, at::Tensor& out) {
-  c10::cuda::CUDAGuard guard(a.images.device());
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  DevArgs d;
-  d.images = a.images.data_ptr<uint8_t>();
-  d.ids = a.ids.data_ptr<int64_t>();
-  d.boxes = a.boxes.defined() ? a.boxes.data_ptr<float>() : nullptr;
-  d.flips = a.flips.defined() ? a.flips.data_ptr<uint8_t>() : nullptr;
-  d.pix = pix.data_ptr<int32_t>();
-  d.flips_used = flips_used.data_ptr<uint8_t>();
-  d.H = a.H, d.W = a.W, d.B = a.B, d.S = a.S;
-  d.seed = a.seed, d.step = a.step;
-  d.rrc = a.rrc;
-  for (int c = 0; c < 3; ++c) d.mul[c] = a.mul[c], d.add[c] = a.add[c];
-  d.aa = a.antialias;
-  d.nhwc = a.channels_last;
-  boxes_kernel<<<unsigned((a.B + 127) / 128), 128, 0, stream>>>(d);
+void crop_and_lookup_cuda_kernel(const CropArgs& a, CropOutputs& o) {
+  const c10::cuda::CUDAGuard guard(a.images.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(a.images.device().index()).stream();
+
+  GatherArgs ga{};
+  if (a.label_ids.defined()) {
+    ga.slots = a.slots.data_ptr<int64_t>();
+    ga.label_ids = static_cast<const char*>(a.label_ids.const_data_ptr());
+    ga.label_values = static_cast<const char*>(a.label_values.const_data_ptr());
+    ga.out_ids = static_cast<char*>(o.label_ids.data_ptr());
+    ga.out_values = static_cast<char*>(o.label_values.data_ptr());
+    ga.sli = a.sli;
+    ga.id_row = a.k * a.label_ids.element_size();
+    ga.val_row = a.k * a.label_values.element_size();
+  }
+  static_assert(sizeof(SampleGeom) == 6 * sizeof(int32_t), "geometry scratch is [B, 6] int32");
+  auto* geom = reinterpret_cast<SampleGeom*>(o.geom.data_ptr<int32_t>());
+  const int64_t gblocks = (a.B + kBlock - 1) / kBlock;
+  geometry_kernel<<<gblocks, kBlock, 0, stream>>>(geom_inputs(a), ga, a.B, geom, o.boxes.data_ptr<float>(),
+                                                  o.flips.data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const int64_t total = a.B * a.S * a.S;
-  const dim3 grid(unsigned((total + kBlock - 1) / kBlock));
-  switch (out.scalar_type()) {
-    case at::kFloat: resample_kernel<float><<<grid, kBlock, 0, stream>>>(d, out.data_ptr<float>()); break;
-    case at::kBFloat16:
-      resample_kernel<__nv_bfloat16><<<grid, kBlock, 0, stream>>>(
-          d, reinterpret_cast<__nv_bfloat16*>(out.data_ptr<at::BFloat16>()));
-      break;
-    case at::kHalf:
-      resample_kernel<__half><<<grid, kBlock, 0, stream>>>(d, reinterpret_cast<__half*>(out.data_ptr<at::Half>()));
-      break;
-    default: TORCH_CHECK(false, "crop_and_lookup: unsupported out dtype ", out.scalar_type());
+
+  PixelArgs p{};
+  p.images = a.images.data_ptr<uint8_t>();
+  p.geom = geom;
+  p.partner = a.mix_partner.defined() ? a.mix_partner.data_ptr<int64_t>() : nullptr;
+  p.mix = a.mix_boxes.defined() ? a.mix_boxes.data_ptr<int32_t>() : nullptr;
+  p.B = a.B;
+  p.Hmax = a.Hmax;
+  p.Wmax = a.Wmax;
+  p.S = int32_t(a.S);
+  p.antialias = a.antialias;
+  p.channels_last = a.channels_last;
+  for (int c = 0; c < 3; ++c) {
+    p.scale[c] = a.scale[c];
+    p.shift[c] = a.shift[c];
+  }
+  p.out = o.crops.data_ptr();
+  const int64_t pblocks = (a.B * a.S * a.S + kBlock - 1) / kBlock;
+  switch (a.out_dtype) {
+    case at::kFloat: crop_kernel<float><<<pblocks, kBlock, 0, stream>>>(p); break;
+    case at::kHalf: crop_kernel<c10::Half><<<pblocks, kBlock, 0, stream>>>(p); break;
+    default: crop_kernel<c10::BFloat16><<<pblocks, kBlock, 0, stream>>>(p); break;
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-HALD_REGISTER_CROP(CUDA, crop_cuda_kernel)
-
 }  // namespace hald
+
+HALD_REGISTER_CROP(CUDA, hald::crop_and_lookup_cuda_kernel)

@@ -1,0 +1,138 @@
+"""Resident image cache: decode a (small, distilled) image set once, keep it on the device as uint8,
+and gather every step's crops from it with `crop_and_lookup`; stream batches when it does not fit.
+
+Both sources answer `batch(image_ids) -> (images, image_sizes, ids)`, ready for crop_and_lookup:
+the cache hands back its whole resident tensor and the ids unchanged (no copy at all); the streaming
+source copies only the images a batch uses to the device and renumbers the ids into that batch.
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from hald_ext.data.sources import ImageSet
+
+
+class ImageBatch(NamedTuple):
+    images: torch.Tensor  # uint8 [M, Hmax, Wmax, 3] on the device
+    image_sizes: torch.Tensor | None  # int32 [M, 2] true sizes, None when all images are Hmax x Wmax
+    image_ids: torch.Tensor  # int64 [B]: index of each sample's image in `images`
+
+
+def pad_images(images: list) -> tuple[np.ndarray, np.ndarray | None]:
+    """HWC uint8 arrays -> one [N, Hmax, Wmax, 3] array (zero padding, bottom / right) and the true
+    sizes [N, 2], or None for the sizes when every image already has the same shape."""
+    shapes = np.array([im.shape[:2] for im in images], dtype=np.int32).reshape(-1, 2)
+    if len(images) and (shapes == shapes[0]).all():
+        return np.stack(images), None
+    hmax, wmax = shapes.max(0) if len(images) else (1, 1)
+    out = np.zeros((len(images), hmax, wmax, 3), dtype=np.uint8)
+    for i, im in enumerate(images):  # once per image set, not per step
+        out[i, : im.shape[0], : im.shape[1]] = im
+    return out, shapes
+
+
+def padded_nbytes(images: list) -> int:
+    if not images:
+        return 0
+    hmax = max(im.shape[0] for im in images)
+    wmax = max(im.shape[1] for im in images)
+    return len(images) * hmax * wmax * 3
+
+
+def device_budget(device: torch.device, fraction: float = 0.5) -> int:
+    """Bytes we allow a resident cache to take: a fraction of the free device (or host) memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * fraction)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * fraction)
+    except (ValueError, OSError):  # pragma: no cover - non-POSIX
+        return 1 << 30
+
+
+class ResidentImageCache:
+    """The whole image set as one uint8 tensor on the device (decoded once)."""
+
+    resident = True
+
+    def __init__(self, images: torch.Tensor, image_sizes: torch.Tensor | None, labels: torch.Tensor):
+        self.images = images
+        self.image_sizes = image_sizes
+        self.labels = labels
+
+    @classmethod
+    def from_image_set(cls, image_set: ImageSet, device="cpu") -> "ResidentImageCache":
+        device = torch.device(device)
+        padded, sizes = pad_images(image_set.images)
+        images = torch.from_numpy(padded).to(device)
+        sizes_t = None if sizes is None else torch.from_numpy(sizes).to(device)
+        return cls(images, sizes_t, torch.as_tensor(image_set.labels, dtype=torch.int64).to(device))
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def batch(self, image_ids: torch.Tensor) -> ImageBatch:
+        return ImageBatch(self.images, self.image_sizes, image_ids)
+
+    def memory(self) -> dict:
+        """Bytes held on the device, and how much of it is padding (images of different sizes)."""
+        n = self.images.numel() * self.images.element_size()
+        if self.image_sizes is None:
+            payload = n
+        else:
+            payload = int((self.image_sizes[:, 0].long() * self.image_sizes[:, 1].long()).sum()) * 3
+        extra = sum(t.numel() * t.element_size() for t in (self.labels, self.image_sizes) if t is not None)
+        return {"kind": "resident", "device": str(self.device), "images": len(self),
+                "shape": list(self.images.shape), "bytes": n + extra, "pixel_bytes": payload,
+                "padding_fraction": 1.0 - payload / n if n else 0.0}
+
+
+class StreamingImages:
+    """Fallback when the set does not fit on the device: host-resident (pinned when a GPU is used),
+    and each batch copies only the distinct images it uses."""
+
+    resident = False
+
+    def __init__(self, image_set: ImageSet, device="cpu"):
+        self.device = torch.device(device)
+        padded, sizes = pad_images(image_set.images)
+        self.host = torch.from_numpy(padded)
+        if self.device.type == "cuda":
+            self.host = self.host.pin_memory()
+        self.host_sizes = None if sizes is None else torch.from_numpy(sizes)
+        self.labels = torch.as_tensor(image_set.labels, dtype=torch.int64).to(self.device)
+
+    def __len__(self) -> int:
+        return self.host.shape[0]
+
+    def batch(self, image_ids: torch.Tensor) -> ImageBatch:
+        ids = image_ids.cpu()
+        unique, local = torch.unique(ids, return_inverse=True)
+        images = self.host.index_select(0, unique)
+        sizes = None if self.host_sizes is None else self.host_sizes.index_select(0, unique)
+        nb = self.device.type == "cuda"
+        return ImageBatch(images.to(self.device, non_blocking=nb),
+                          None if sizes is None else sizes.to(self.device, non_blocking=nb),
+                          local.to(self.device, non_blocking=nb))
+
+    def memory(self) -> dict:
+        return {"kind": "streaming", "device": str(self.device), "images": len(self),
+                "host_bytes": self.host.numel(), "bytes": 0}
+
+
+def image_source(image_set: ImageSet, device="cpu", max_bytes: int | None = None):
+    """A ResidentImageCache when the padded set fits in `max_bytes` (default: half the free device
+    memory), else StreamingImages. `memory()` on the result reports which, and the bytes taken."""
+    device = torch.device(device)
+    budget = device_budget(device) if max_bytes is None else int(max_bytes)
+    if padded_nbytes(image_set.images) <= budget:
+        return ResidentImageCache.from_image_set(image_set, device)
+    return StreamingImages(image_set, device)

@@ -1,0 +1,316 @@
+"""crop_and_lookup against the torchvision reference (hald_ext.reference.crop_reference)."""
+import math
+
+import pytest
+import torch
+
+from hald_ext.boxes import boxes_to_pixels, dequantize_boxes, quantize_boxes, sample_rrc_pixels
+from hald_ext.ops import CutMix, crop_and_lookup, soft_hard_loss
+from hald_ext.reference import crop_reference, cutmix_lambda_reference, gather_labels_reference
+from conftest import requires_cuda
+
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+# Normalised-output tolerance against the float reference (same function, float rounding only).
+ATOL = {torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}
+
+
+def padded_batch(n, max_h, max_w, seed=0, equal=False):
+    """uint8 [n, max_h, max_w, 3] with random true sizes (garbage in the padding, to catch reads)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, max_h, max_w, 3), dtype=torch.uint8, generator=g)
+    if equal:
+        return images, None
+    hs = torch.randint(max(1, max_h // 4), max_h + 1, (n,), generator=g)
+    ws = torch.randint(max(1, max_w // 4), max_w + 1, (n,), generator=g)
+    return images, torch.stack([hs, ws], 1)
+
+
+def random_boxes(B, seed=0):
+    """(y, x, h, w) fractions inside the unit square, including tiny and full boxes."""
+    g = torch.Generator().manual_seed(seed)
+    hw = torch.rand(B, 2, generator=g) * 0.95 + 0.05
+    hw[0] = 1.0
+    hw[1] = 0.01
+    yx = torch.rand(B, 2, generator=g) * (1 - hw)
+    return torch.cat([yx[:, :1], yx[:, 1:], hw[:, :1], hw[:, 1:]], 1)
+
+
+@pytest.mark.parametrize("antialias", [True, False])
+@pytest.mark.parametrize("size", [7, 32, 64])
+@pytest.mark.parametrize("equal", [True, False])
+def test_replay_matches_reference(antialias, size, equal):
+    images, sizes = padded_batch(5, 90, 70, seed=size, equal=equal)
+    B = 24
+    ids = torch.arange(B) % 5  # several crops per image
+    boxes = random_boxes(B, seed=size)
+    flips = torch.arange(B) % 3 == 0
+    out = crop_and_lookup(images, ids, size, image_sizes=sizes, boxes=boxes, flips=flips, antialias=antialias)
+    ref = crop_reference(images, ids, size, boxes, flips, image_sizes=sizes, antialias=antialias)
+    torch.testing.assert_close(out.crops, ref, atol=ATOL[torch.float32], rtol=0)
+    assert torch.equal(out.flips, flips)
+    # The boxes returned are the pixels cropped, and map back to the same pixels.
+    hw = sizes[ids] if sizes is not None else torch.tensor([[90, 70]]).expand(B, 2)
+    for b in range(B):
+        H, W = int(hw[b, 0]), int(hw[b, 1])
+        assert torch.equal(boxes_to_pixels(out.boxes[b], H, W), boxes_to_pixels(boxes[b], H, W))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dtypes_and_layouts(dtype, channels_last):
+    images, sizes = padded_batch(3, 64, 80, seed=1)
+    ids = torch.tensor([0, 1, 2, 2, 1])
+    out = crop_and_lookup(images, ids, 40, image_sizes=sizes, seed=3, out_dtype=dtype, channels_last=channels_last)
+    ref = crop_reference(images, ids, 40, out.boxes, out.flips, image_sizes=sizes)
+    assert out.crops.dtype == dtype and out.crops.shape == (5, 3, 40, 40)
+    assert out.crops.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    torch.testing.assert_close(out.crops.float(), ref, atol=ATOL[dtype], rtol=ATOL[dtype])
+
+
+def test_uint8_torchvision_path_within_documented_tolerance():
+    """torchvision resizes uint8 -> uint8 (fixed-point weights, rounded); we keep fp32. Documented
+    tolerance: at most 1.5 grey levels (of 255) anywhere, under 0.35 on average (the rounding to
+    uint8 alone accounts for 0.25)."""
+    images, _ = padded_batch(8, 256, 256, seed=2, equal=True)
+    ids = torch.arange(32) % 8
+    for size, aa in [(224, True), (64, True), (32, True), (96, False)]:
+        out = crop_and_lookup(images, ids, size, seed=size, antialias=aa)
+        ref = crop_reference(images, ids, size, out.boxes, out.flips, antialias=aa, uint8_resize=True)
+        levels = ((out.crops - ref) * STD * 255).abs()
+        assert levels.max() <= 1.5, (size, aa, levels.max())
+        assert levels.mean() <= 0.35, (size, aa, levels.mean())
+
+
+def test_uint16_codes_replay_like_fractions():
+    images, _ = padded_batch(4, 50, 60, seed=3, equal=True)
+    ids = torch.tensor([3, 2, 1, 0, 0])
+    codes = quantize_boxes(random_boxes(5, seed=4))
+    flips = torch.tensor([True, False, True, False, True])
+    a = crop_and_lookup(images, ids, 24, boxes=codes, flips=flips)
+    b = crop_and_lookup(images, ids, 24, boxes=dequantize_boxes(codes).double(), flips=flips)
+    assert torch.equal(a.crops, b.crops)
+
+
+def test_label_rows_gathered():
+    images, _ = padded_batch(6, 20, 20, seed=5, equal=True)
+    g = torch.Generator().manual_seed(5)
+    for id_dtype, val in [(torch.int16, torch.rand(6, 4, 5, generator=g).half()),
+                          (torch.int64, (torch.rand(6, 4, 5, generator=g) * 255).to(torch.uint8))]:
+        lid = torch.randint(0, 1000, (6, 4, 5), generator=g).to(id_dtype)
+        ids = torch.tensor([5, 0, 0, 3, 2, 5, 1])
+        slots = torch.tensor([3, 0, 1, 2, 3, 0, 1])
+        out = crop_and_lookup(images, ids, 8, label_ids=lid, label_values=val, slots=slots, seed=0)
+        ref_ids, ref_vals = gather_labels_reference(lid, val, ids, slots)
+        assert out.label_ids.dtype == id_dtype and torch.equal(out.label_ids, ref_ids)
+        assert torch.equal(out.label_values, ref_vals)
+
+
+def test_cutmix_replay_matches_reference():
+    images, sizes = padded_batch(4, 48, 48, seed=6)
+    ids = torch.tensor([0, 1, 2, 3, 1, 0])
+    partner = torch.tensor([5, 2, 1, 0, 4, 3])  # sample 4 mixes with itself
+    mix = torch.tensor([[4, 8, 20, 30], [0, 0, 32, 32], [10, 10, 10, 20], [5, 0, 6, 32], [1, 1, 9, 9],
+                        [0, 0, 0, 0]], dtype=torch.int32)
+    boxes, flips = random_boxes(6, seed=7), torch.tensor([1, 0, 1, 1, 0, 0], dtype=torch.bool)
+    out = crop_and_lookup(images, ids, 32, image_sizes=sizes, boxes=boxes, flips=flips,
+                          cutmix=CutMix(partner, mix))
+    ref = crop_reference(images, ids, 32, boxes, flips, image_sizes=sizes, mix_partner=partner, mix_boxes=mix)
+    torch.testing.assert_close(out.crops, ref, atol=ATOL[torch.float32], rtol=0)
+    torch.testing.assert_close(out.mix_lambda, cutmix_lambda_reference(mix, 32))
+    assert out.mix_lambda[1] == 0 and out.mix_lambda[5] == 1
+
+
+def test_fresh_cutmix_is_seeded_and_consistent():
+    images, _ = padded_batch(4, 40, 40, seed=8, equal=True)
+    ids = torch.arange(16) % 4
+    a = crop_and_lookup(images, ids, 32, seed=11, offset=2, cutmix_alpha=1.0)
+    b = crop_and_lookup(images, ids, 32, seed=11, offset=2, cutmix_alpha=1.0)
+    c = crop_and_lookup(images, ids, 32, seed=11, offset=3, cutmix_alpha=1.0)
+    assert torch.equal(a.crops, b.crops) and torch.equal(a.mix_partner, b.mix_partner)
+    assert not torch.equal(a.mix_partner, c.mix_partner)
+    assert sorted(a.mix_partner.tolist()) == list(range(16))  # a permutation of the batch
+    assert ((a.mix_lambda >= 0) & (a.mix_lambda <= 1)).all()
+    # Lambda ~ Beta(1, 1) sets the box, whose clipping at the border makes the effective lambda
+    # larger on average (about 0.7 at alpha 1); small lambdas (big pastes) still occur.
+    lams = torch.tensor([float(crop_and_lookup(images, ids[:2], 32, seed=1, offset=s, cutmix_alpha=1.0)
+                               .mix_lambda[0]) for s in range(200)])
+    assert 0.55 < float(lams.mean()) < 0.85 and float(lams.min()) < 0.3
+
+
+def test_determinism_by_seed_and_thread_count():
+    images, sizes = padded_batch(5, 120, 100, seed=9)
+    ids = torch.arange(40) % 5
+    a = crop_and_lookup(images, ids, 48, image_sizes=sizes, seed=123, offset=7)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        b = crop_and_lookup(images, ids, 48, image_sizes=sizes, seed=123, offset=7)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(a.crops, b.crops) and torch.equal(a.boxes, b.boxes) and torch.equal(a.flips, b.flips)
+    c = crop_and_lookup(images, ids, 48, image_sizes=sizes, seed=123, offset=8)
+    d = crop_and_lookup(images, ids, 48, image_sizes=sizes, seed=124, offset=7)
+    assert not torch.equal(a.boxes, c.boxes) and not torch.equal(a.boxes, d.boxes)
+
+
+def ks_statistic(x, y):
+    """Two-sample Kolmogorov-Smirnov statistic."""
+    x, y = torch.sort(x.double())[0], torch.sort(y.double())[0]
+    grid = torch.cat([x, y])
+    cdf_x = torch.searchsorted(x, grid, right=True).double() / len(x)
+    cdf_y = torch.searchsorted(y, grid, right=True).double() / len(y)
+    return float((cdf_x - cdf_y).abs().max())
+
+
+def torchvision_rrc_pixels(H, W, scale, ratio, n, seed):
+    from torchvision.transforms import RandomResizedCrop  # the v1 class holds the shared get_params
+
+    torch.manual_seed(seed)
+    img = torch.zeros(3, H, W)
+    return torch.tensor([RandomResizedCrop.get_params(img, list(scale), list(ratio)) for _ in range(n)]).double()
+
+
+def fresh_rrc_pixels(H, W, scale, ratio, n, seed):
+    images = torch.zeros(1, H, W, 3, dtype=torch.uint8)
+    out = crop_and_lookup(images, torch.zeros(n, dtype=torch.long), 4, seed=seed, scale=scale, ratio=ratio)
+    return boxes_to_pixels(out.boxes, H, W).double()
+
+
+RRC_STATS = {"area": lambda p, H, W: p[:, 2] * p[:, 3] / (H * W),
+             "log ratio": lambda p, H, W: (p[:, 3] / p[:, 2]).log(),
+             "top": lambda p, H, W: p[:, 0] / H,
+             "left": lambda p, H, W: p[:, 1] / W}
+
+
+@pytest.mark.parametrize("hw,scale,ratio", [((256, 256), (0.08, 1.0), (3 / 4, 4 / 3)),
+                                            ((120, 300), (0.25, 0.9), (0.5, 2.0))])
+def test_fresh_crop_distribution_matches_torchvision(hw, scale, ratio):
+    """Area fraction, log aspect and position of fresh crops vs torchvision's RandomResizedCrop:
+    two-sample KS statistics at fixed seeds (deterministic) against the 0.1% critical value."""
+    H, W = hw
+    n = 20000
+    ours = fresh_rrc_pixels(H, W, scale, ratio, n, seed=1)
+    tv = torchvision_rrc_pixels(H, W, scale, ratio, n, seed=1)
+    crit = 1.95 * math.sqrt(2 / n)
+    for name, f in RRC_STATS.items():
+        d = ks_statistic(f(ours, H, W), f(tv, H, W))
+        assert d < crit, f"{name}: KS {d:.4f} >= {crit:.4f}"
+    # The test has power: a slightly different scale range is rejected.
+    wrong = fresh_rrc_pixels(H, W, (scale[0] * 1.25, scale[1]), ratio, n, seed=1)
+    assert ks_statistic(RRC_STATS["area"](wrong, H, W), RRC_STATS["area"](tv, H, W)) > crit
+
+
+def test_fallback_is_torchvision_centre_crop():
+    """No attempt can fit (scale near 1 on a very wide image): both take the centre fallback."""
+    H, W = 10, 400
+    images = torch.zeros(1, H, W, 3, dtype=torch.uint8)
+    out = crop_and_lookup(images, torch.zeros(50, dtype=torch.long), 8, seed=0, scale=(0.9, 1.0))
+    expected = torch.tensor(sample_rrc_pixels(H, W, scale=(0.9, 1.0)))
+    assert (boxes_to_pixels(out.boxes, H, W) == expected).all()
+
+
+def test_fresh_flip_rate():
+    images = torch.zeros(1, 8, 8, 3, dtype=torch.uint8)
+    ids = torch.zeros(4000, dtype=torch.long)
+    for p in (0.0, 0.5, 1.0):
+        rate = crop_and_lookup(images, ids, 4, seed=5, flip_prob=p).flips.float().mean()
+        assert abs(float(rate) - p) < 0.03
+
+
+def test_feeds_soft_hard_loss_with_cutmix():
+    """Outputs plug into the loss: label rows for the soft term, partners + lambdas for the hard one."""
+    images, _ = padded_batch(4, 32, 32, seed=10, equal=True)
+    lid = torch.stack([torch.randperm(10)[:3] for _ in range(8)]).view(4, 2, 3)  # distinct classes per row
+    lval = torch.softmax(torch.randn(4, 2, 3), -1)
+    ids, slots = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 1, 0])
+    out = crop_and_lookup(images, ids, 16, label_ids=lid, label_values=lval, slots=slots, cutmix_alpha=1.0)
+    logits = torch.nn.Linear(3 * 16 * 16, 10)(out.crops.flatten(1))
+    y = torch.tensor([1, 2, 3, 4])
+    loss = soft_hard_loss(logits, out.label_ids, out.label_values, y, target_b=y[out.mix_partner],
+                          mix_lambda=out.mix_lambda, hard_weight=1.0)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_opcheck():
+    images, sizes = padded_batch(3, 20, 24, seed=11)
+    args = (images, sizes, torch.tensor([0, 2, 1]), 12, None, None, None, None, None, None, None, 1, 0,
+            [0.08, 1.0], [0.75, 4 / 3], 0.5, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], True, torch.float32, False, True)
+    torch.library.opcheck(torch.ops.hald.crop_and_lookup.default, args)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def _base():
+    images, _ = padded_batch(3, 16, 16, seed=12, equal=True)
+    return images, torch.tensor([0, 1, 2])
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda im, ids: dict(images=im.float()), "images must be uint8"),
+    (lambda im, ids: dict(images=im[..., :1]), r"\[N, H, W, 3\]"),
+    (lambda im, ids: dict(image_ids=torch.tensor([0, 3, 1])), "image_ids out of range"),
+    (lambda im, ids: dict(image_ids=torch.tensor([0, -1, 1])), "image_ids out of range"),
+    (lambda im, ids: dict(image_ids=ids.float()), "image_ids must be an integer"),
+    (lambda im, ids: dict(boxes=torch.tensor([[0.5, 0.0, 0.6, 0.5]] * 3)), "boxes outside the image"),
+    (lambda im, ids: dict(boxes=torch.tensor([[-0.1, 0.0, 0.5, 0.5]] * 3)), "boxes outside the image"),
+    (lambda im, ids: dict(boxes=torch.tensor([[0.0, 0.0, float("nan"), 0.5]] * 3)), "boxes outside the image"),
+    (lambda im, ids: dict(boxes=torch.tensor([[0.0, 0.0, 0.0, 0.5]] * 3)), "boxes outside the image"),
+    (lambda im, ids: dict(boxes=torch.zeros(3, 4, dtype=torch.float16)), "boxes must be float32/float64"),
+    (lambda im, ids: dict(boxes=torch.zeros(2, 4)), r"boxes must be \[3, 4\]"),
+    (lambda im, ids: dict(flips=torch.zeros(3)), "flips must be bool or uint8"),
+    (lambda im, ids: dict(image_sizes=torch.tensor([[16, 16], [17, 16], [4, 4]])), "image_sizes"),
+    (lambda im, ids: dict(label_ids=torch.zeros(3, 2, 4, dtype=torch.long), label_values=torch.zeros(3, 2, 4),
+                          slots=torch.tensor([0, 2, 1])), "slots out of range"),
+    (lambda im, ids: dict(label_ids=torch.zeros(3, 2, 4, dtype=torch.long), label_values=torch.zeros(3, 2, 4)),
+     "need slots"),
+    (lambda im, ids: dict(label_ids=torch.zeros(2, 2, 4, dtype=torch.long), label_values=torch.zeros(2, 2, 4),
+                          slots=torch.tensor([0, 1, 1])), r"label_ids must be \[3, SLI, k\]"),
+    (lambda im, ids: dict(cutmix=CutMix(torch.tensor([0, 1, 3]), torch.zeros(3, 4, dtype=torch.int32))),
+     "mix_partner out of range"),
+    (lambda im, ids: dict(cutmix=CutMix(torch.tensor([0, 1, 2]), torch.full((3, 4), 9, dtype=torch.int32))),
+     "mix_boxes out of range"),
+    (lambda im, ids: dict(out_dtype=torch.float64), "out_dtype"),
+    (lambda im, ids: dict(scale=(0.5, 0.1)), "scale must be"),
+    (lambda im, ids: dict(image_ids=ids.to("meta")), "on one device"),
+    (lambda im, ids: dict(boxes=torch.zeros(3, 4, device="meta")), "on one device"),
+])
+def test_errors(mutate, match):
+    images, ids = _base()
+    kw = dict(images=images, image_ids=ids)
+    kw.update(mutate(images, ids))
+    size = 8
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
+        crop_and_lookup(kw.pop("images"), kw.pop("image_ids"), size, **kw)
+
+
+# ---------------------------------------------------------------------------------------------- CUDA
+@requires_cuda
+@pytest.mark.parametrize("antialias", [True, False])
+@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.bfloat16, True),
+                                                 (torch.float16, False)])
+def test_cuda_matches_cpu(antialias, dtype, channels_last):
+    images, sizes = padded_batch(6, 200, 150, seed=13)
+    ids = torch.arange(64) % 6
+    lid = torch.randint(0, 100, (6, 3, 4))
+    lval = torch.rand(6, 3, 4).half()
+    slots = torch.arange(64) % 3
+    kw = dict(seed=99, offset=5, antialias=antialias, out_dtype=dtype, channels_last=channels_last, cutmix_alpha=1.0)
+    cpu = crop_and_lookup(images, ids, 56, image_sizes=sizes, label_ids=lid, label_values=lval, slots=slots, **kw)
+    dev = crop_and_lookup(images.cuda(), ids.cuda(), 56, image_sizes=sizes.cuda(), label_ids=lid.cuda(),
+                          label_values=lval.cuda(), slots=slots.cuda(), **kw)
+    assert torch.equal(dev.boxes.cpu(), cpu.boxes) and torch.equal(dev.flips.cpu(), cpu.flips)
+    assert torch.equal(dev.label_ids.cpu(), cpu.label_ids) and torch.equal(dev.label_values.cpu(), cpu.label_values)
+    assert torch.equal(dev.mix_partner.cpu(), cpu.mix_partner)
+    assert dev.crops.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    torch.testing.assert_close(dev.crops.cpu().float(), cpu.crops.float(), atol=ATOL[dtype] + 1e-4, rtol=ATOL[dtype])
+    replay = crop_and_lookup(images.cuda(), ids.cuda(), 56, image_sizes=sizes.cuda(), boxes=cpu.boxes.cuda(),
+                             flips=cpu.flips.cuda(), antialias=antialias)
+    ref = crop_reference(images, ids, 56, cpu.boxes, cpu.flips, image_sizes=sizes, antialias=antialias)
+    torch.testing.assert_close(replay.crops.cpu(), ref, atol=1e-4, rtol=0)
+
+
+@requires_cuda
+def test_cuda_mixed_devices_error():
+    images, ids = _base()
+    with pytest.raises((RuntimeError, ValueError), match="on one device"):
+        crop_and_lookup(images.cuda(), ids, 8)

@@ -1,0 +1,56 @@
+"""Resident image cache vs the streaming fallback, and crop_and_lookup under torch.compile."""
+import numpy as np
+import torch
+
+from hald_ext.data.cache import ResidentImageCache, StreamingImages, image_source, pad_images
+from hald_ext.data.sources import ImageSet
+from hald_ext.ops import crop_and_lookup
+
+
+def image_set(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    return ImageSet(images, np.arange(len(images)) % 2, ["a", "b"], [f"array:{i}" for i in range(len(images))])
+
+
+def test_pad_images_keeps_pixels_and_sizes():
+    s = image_set([(5, 7), (9, 3), (2, 2)])
+    padded, sizes = pad_images(s.images)
+    assert padded.shape == (3, 9, 7, 3) and sizes.tolist() == [[5, 7], [9, 3], [2, 2]]
+    assert np.array_equal(padded[1, :9, :3], s.images[1]) and padded[1, :, 3:].sum() == 0
+    same, none = pad_images(image_set([(4, 4), (4, 4)]).images)
+    assert none is None and same.shape == (2, 4, 4, 3)
+
+
+def test_image_source_picks_resident_or_streaming_by_budget():
+    s = image_set([(30, 40), (20, 10), (40, 40), (8, 9)])
+    resident = image_source(s, "cpu")
+    assert isinstance(resident, ResidentImageCache)
+    mem = resident.memory()
+    assert mem["bytes"] >= 4 * 40 * 40 * 3 and 0 < mem["padding_fraction"] < 1
+    streaming = image_source(s, "cpu", max_bytes=1000)
+    assert isinstance(streaming, StreamingImages) and streaming.memory()["kind"] == "streaming"
+
+
+def test_streaming_batches_crop_like_the_resident_cache():
+    s = image_set([(30, 40), (20, 10), (40, 40), (8, 9), (33, 17)], seed=1)
+    resident, streaming = ResidentImageCache.from_image_set(s), StreamingImages(s)
+    ids = torch.tensor([4, 1, 1, 3, 0, 4])
+    a, b = resident.batch(ids), streaming.batch(ids)
+    assert a.images.shape[0] == 5 and b.images.shape[0] == 4  # only the images the batch uses
+    out_a = crop_and_lookup(a.images, a.image_ids, 16, image_sizes=a.image_sizes, seed=3)
+    out_b = crop_and_lookup(b.images, b.image_ids, 16, image_sizes=b.image_sizes, seed=3)
+    assert torch.equal(out_a.crops, out_b.crops) and torch.equal(out_a.boxes, out_b.boxes)
+
+
+def test_compiles_fullgraph():
+    images = torch.randint(0, 256, (3, 20, 24, 3), dtype=torch.uint8)
+    ids = torch.tensor([0, 2, 1, 1])
+    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.5]] * 4)
+    flips = torch.tensor([True, False, True, False])
+
+    def step(images, ids, boxes, flips):
+        return crop_and_lookup(images, ids, 12, boxes=boxes, flips=flips, check=False).crops
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(images, ids, boxes, flips), step(images, ids, boxes, flips))
