@@ -165,7 +165,8 @@ class FusedBatchSource:
     resizes (antialiased bilinear), flips and normalises on the images' device, and gathers the
     labels of the replayed slots in the same call. Soft batches replay the store's boxes and flips
     (the same crops as TorchBatchSource, within torchvision's uint8 rounding); hard batches draw fresh
-    crops on the device from `step_seed`, then CutMix as TorchBatchSource does."""
+    crops and a CutMix paste (one Beta(alpha, alpha) lambda, box and partner permutation per batch)
+    from `step_seed` in the same call."""
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, labels: LabelSource | None, out_size: int,
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu", cutmix_alpha: float = 1.0,
