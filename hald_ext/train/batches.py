@@ -191,7 +191,11 @@ class FusedBatchSource:
                 self._tables = (ids.to(self.device), codes.to(self.device))
 
     def _kw(self) -> dict:
-        return dict(mean=self.mean, std=self.std, out_dtype=self.out_dtype, channels_last=self.channels_last)
+        # The op's range checks read ids back to the host, a sync per batch on a GPU. Here they are
+        # redundant: the store validated its ids on open and the trainer draws image ids and slots
+        # in range itself. On CPU they cost nothing and stay on.
+        return dict(mean=self.mean, std=self.std, out_dtype=self.out_dtype, channels_last=self.channels_last,
+                    check=self.device.type != "cuda")
 
     def soft_batch(self, image_ids: torch.Tensor, slots: torch.Tensor) -> SoftBatch:
         from hald_ext.ops import crop_and_lookup  # noqa: PLC0415  (needs the compiled extension)
