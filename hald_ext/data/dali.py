@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from hald_ext.data.batch import ImageBatch
-from hald_ext.data.folder import epoch_order, find_undecodable, list_image_folder, shard_from_env, shard_range
+from hald_ext.data.folder import (check_image_file, epoch_order, find_undecodable, list_image_folder, shard_from_env,
+                                 shard_range)
 
 
 def _pipeline_tail(fn, types, images, ids, on_gpu: bool):
@@ -86,6 +87,9 @@ class DaliLoader:
         else:
             paths, self.labels, self.classes = list_image_folder(source)
             self.paths = paths
+            lo, hi = shard_range(len(paths), self.rank, self.world)
+            for p in paths[lo:hi]:
+                check_image_file(p)
 
             @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
             def pipe():
