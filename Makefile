@@ -1,5 +1,6 @@
 # One entry point for a fresh machine:
-#   make test    set everything up (virtualenv, pinned deps, extension build) and run the tests
+#   make test    set everything up (virtualenv, pinned deps, extension build, the embedded data set)
+#                and run every test
 #   make demo    the main job: Fashion-MNIST teacher -> IPC 10 -> relabel -> HALD vs soft-only students
 #   make bench   the benchmarks (results land in benchmarks/results/)
 # The virtualenv is reused while requirements.txt is unchanged (its hash is stamped inside it).
@@ -13,7 +14,17 @@ STAMP := $(VENV)/.req-$(REQ_HASH)
 CCACHE_PATH := $(if $(wildcard /usr/lib/ccache/g++),/usr/lib/ccache:,)
 BUILD_ENV := PATH="$(CCACHE_PATH)$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: venv build build-cpu test bench demo data clean
+# The extension is rebuilt only when its sources (csrc/, setup.py), the virtualenv or the build mode
+# change: a stamp file in the virtualenv depends on them. HALD_CPU_ONLY=1 (passed through) skips the
+# CUDA kernels; CUDA_HOME defaults to /usr/local/cuda when its nvcc exists.
+EXT_SOURCES := setup.py $(shell find csrc -type f 2>/dev/null)
+BUILD_MODE := $(if $(filter 1,$(HALD_CPU_ONLY)),cpu,auto)
+MODE_FILE := $(VENV)/.hald-build-mode
+BUILD_STAMP := $(VENV)/.hald-build
+CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
+EXT_ENV := $(if $(HALD_CPU_ONLY),HALD_CPU_ONLY=$(HALD_CPU_ONLY)) $(if $(CUDA_HOME),CUDA_HOME=$(CUDA_HOME))
+
+.PHONY: venv build build-cpu test bench demo data clean FORCE
 
 venv: $(STAMP)
 $(STAMP): requirements.txt
@@ -23,15 +34,21 @@ $(STAMP): requirements.txt
 	@rm -f $(VENV)/.req-* && touch $@
 
 # C++ kernels always; CUDA kernels too when nvcc and a CUDA build of torch are present.
-build: venv
-	$(BUILD_ENV) $(PY) -m pip install -q --no-build-isolation -e .
+build: $(BUILD_STAMP)
+$(BUILD_STAMP): $(STAMP) $(MODE_FILE) $(EXT_SOURCES)
+	$(BUILD_ENV) $(EXT_ENV) $(PY) -m pip install -q --no-build-isolation -e .
 	$(PY) -c "import hald_ext; print('hald_ext build:', hald_ext.build_info())"
+	@touch $@
+
+# Rewritten only when the mode changes, so switching HALD_CPU_ONLY rebuilds and nothing else does.
+$(MODE_FILE): FORCE
+	@mkdir -p $(VENV) && (echo $(BUILD_MODE) | cmp -s - $@ || echo $(BUILD_MODE) > $@)
 
 # CPU-only build, for fast iteration.
-build-cpu: venv
-	$(BUILD_ENV) HALD_CPU_ONLY=1 $(PY) -m pip install -q --no-build-isolation -e .
+build-cpu:
+	$(MAKE) build HALD_CPU_ONLY=1
 
-test: build
+test: build data
 	$(PY) -m pytest python_tests -q -p no:cacheprovider
 
 bench: build
@@ -52,4 +69,4 @@ $(FMNIST):
 	$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist
 
 clean:
-	rm -rf build *.egg-info hald_ext/_C*.so
+	rm -rf build *.egg-info hald_ext/_C*.so $(BUILD_STAMP) $(MODE_FILE)
