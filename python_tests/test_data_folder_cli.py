@@ -1,6 +1,6 @@
 """The commands on an ImageNet-style folder (train/<class>/*.JPEG of mixed sizes and aspect ratios, and
 val/), through the CLI, once with DALI's CPU pipeline and once with the torch loader: teacher, select,
-relabel, train --schedule hald with a timm model, and evaluation. Both loaders decode the same pixels,
+relabel, train --schedule hald with a timm model, evaluation and lvsd. Both loaders decode the same pixels,
 so both runs select the same images, write the same labels and reach the same metrics. Bad input is
 refused naming what is wrong."""
 import argparse
@@ -76,7 +76,10 @@ def pipeline(train, val, out, loader):
                  "--img-size", str(SIZE), "--schedule", "hald", "--epochs", "3", "--batch-size", "3",
                  "--eval-every", "1", "--device", "cpu", "--output", out, "--experiment", "run",
                  "--no-progress", *common]) == 0
-    return teacher, sel_npz, labels, os.path.join(out, "run")
+    run = os.path.join(out, "run")
+    assert hald(["lvsd", "--data", sel, "--teacher", teacher, "--student", os.path.join(run, "last.pth"),
+                 "--crops", "3", "--pairs", "1", "--out", os.path.join(run, "lvsd.json"), *common]) == 0
+    return teacher, sel_npz, labels, run
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +126,8 @@ def test_dali_and_torch_give_the_same_ids_labels_and_metrics(runs):
     mb = json.load(open(os.path.join(run_b, "metrics.json")))
     keys = ("train_loss", "eval_top1", "eval_top5", "eval_loss")
     assert [[r[k] for k in keys] for r in ma] == [[r[k] for k in keys] for r in mb]
+    la, lb = (json.load(open(os.path.join(r, "lvsd.json"))) for r in (run_a, run_b))
+    assert la["trace_sigma"] == lb["trace_sigma"] and la["cosine"] == lb["cosine"] and len(la["cosine"]) == 6
 
 
 # ------------------------------------------------------------------------------------------ bad input

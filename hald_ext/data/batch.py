@@ -7,15 +7,26 @@ import numpy as np
 import torch
 
 
-class ImageBatch(NamedTuple):
-    """What every image source and loader hands to `crop_and_lookup`:
-    sample b is row `image_ids[b]` of `images`, cropped within its true size `image_sizes[image_ids[b]]`,
-    and is sample `sample_ids[b]` of the image set (the id a label store records)."""
-
+class _ImageBatchFields(NamedTuple):
     images: torch.Tensor  # uint8 [M, Hmax, Wmax, 3], zero-padded bottom / right
     image_sizes: torch.Tensor | None  # int32 [M, 2] (height, width); None when all are Hmax x Wmax
     image_ids: torch.Tensor  # int64 [B]: row of `images` of each sample
-    sample_ids: torch.Tensor  # int64 [B]: index of each sample in the image set
+
+
+class ImageBatch(_ImageBatchFields):
+    """What every image source and loader hands to `crop_and_lookup`, `(images, image_sizes, image_ids)`:
+    sample b is row `image_ids[b]` of `images`, cropped within its true size `image_sizes[image_ids[b]]`.
+    `.sample_ids[b]` is its index in the image set (the id a label store records): the same as
+    `image_ids` for the resident cache, the set's ids where a loader or the streaming source renumbered
+    the rows. (An attribute, not a fourth field: the batch unpacks as the three crop_and_lookup inputs.)"""
+
+    def __new__(cls, images, image_sizes, image_ids, sample_ids=None):
+        self = super().__new__(cls, images, image_sizes, image_ids)
+        self.sample_ids = image_ids if sample_ids is None else sample_ids
+        return self
+
+    def __getnewargs__(self):
+        return (*self, self.sample_ids)
 
 
 LoadedBatch = ImageBatch  # the loaders' name for it before there was one type
