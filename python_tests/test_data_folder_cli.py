@@ -173,3 +173,14 @@ def test_a_store_made_on_other_images_is_refused(runs, folder, tmp_path, capsys)
                  "--loader", loader, "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "image set mismatch" in err and "relabel" in err
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_teacher_streams_a_folder_that_is_not_kept_decoded(folder, tmp_path, loader, capsys):
+    out = str(tmp_path / "t.pth")
+    args = ["teacher", "--data", folder[0], "--eval-data", folder[1], "--model", MODEL, "--epochs", "1",
+            "--batch-size", "6", "--device", "cpu", "--out", out, "--no-progress", "--loader", loader, "--stream"]
+    assert hald(args) == 2 and "--img-size" in capsys.readouterr().err
+    assert hald(args + ["--img-size", str(SIZE)]) == 0
+    info = json.load(open(str(tmp_path / "t.json")))
+    assert info["train_images"] == 18 and info["classes"] == CLASSES and 0 <= info["eval_top1"] <= 100

@@ -47,6 +47,9 @@ def add_arguments(parser) -> None:
                         help="image decoder: DALI when installed (auto), or torch")
     parser.add_argument("--eval-crop-ratio", type=float, default=None,
                         help="evaluation resize S / ratio + center crop S (default: 0.875 folders, 1 arrays)")
+    parser.add_argument("--stream", action="store_true",
+                        help="decode the folder's files every epoch (shuffled loader) instead of keeping the "
+                             "decoded set in memory: for sets that do not fit (needs --img-size)")
     parser.add_argument("--save-every", type=int, default=0,
                         help="also keep the expert of every N-th epoch as <out>-epochNNN.pth (earlier-epoch "
                              "experts label better at small IPC); 0: only the last")
@@ -62,50 +65,81 @@ def epoch_checkpoint_path(out: str, epoch: int) -> str:
     return f"{stem}-epoch{epoch:03d}{ext or '.pth'}"
 
 
+class _CachedEpochs:
+    """Epochs over an image source: a seeded permutation per epoch, batches gathered from the source."""
+
+    def __init__(self, src, batch_size: int, gen: torch.Generator):
+        self.src, self.batch_size, self.gen = src, batch_size, gen
+        self.labels = src.labels
+
+    def __len__(self) -> int:
+        return -(-len(self.src) // self.batch_size)
+
+    def epoch(self, epoch: int):
+        order = torch.randperm(len(self.src), generator=self.gen).to(self.labels.device)
+        return (self.src.batch(idx) for idx in order.split(self.batch_size))
+
+
+class _LoaderEpochs:
+    """Epochs decoded from the files every time (a shuffled loader): for sets too big to keep decoded."""
+
+    def __init__(self, loader, device):
+        self.loader = loader
+        self.labels = torch.as_tensor(loader.labels, dtype=torch.int64, device=device)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int):
+        return iter(self.loader)
+
+
 def train_teacher(model: nn.Module, images, targets=None, *, epochs: int, batch_size: int, lr: float,
                   weight_decay: float, seed: int, img_size: int | None = None, rrc_scale=None,
                   mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu", progress: bool = True,
                   on_epoch=None) -> nn.Module:
-    """Plain supervised training through the image path every command uses: the image source
-    (resident cache or streaming; `images` may also be an ImageSet or a uint8 [N, 3, H, W] tensor with
-    `targets`), crop_and_lookup crops (the whole image, or random-resized crops with `rrc_scale`) and
-    random horizontal flips, cross-entropy, AdamW with a cosine to 0. `on_epoch(epoch, model)` runs
-    after every epoch (1-based)."""
+    """Plain supervised training through the image path every command uses: batches from the image
+    source (resident cache or streaming; `images` may also be an ImageSet, a uint8 [N, 3, H, W] tensor
+    with `targets`, or a loader from hald_ext.data.make_loader that decodes every epoch), crop_and_lookup
+    crops (the whole image, or random-resized crops with `rrc_scale`) and random horizontal flips,
+    cross-entropy, AdamW with a cosine to 0. `on_epoch(epoch, model)` runs after every epoch (1-based)."""
     from tqdm.auto import tqdm
 
     from hald_ext.ops import crop_and_lookup
     from hald_ext.train.batches import as_image_source
 
     device = torch.device(device)
-    src = as_image_source(images, targets, device)
+    gen = torch.Generator().manual_seed(seed)
+    if hasattr(images, "backend"):  # a loader
+        epochs_of = _LoaderEpochs(images, device)
+    else:
+        src = as_image_source(images, targets, device)
+        if img_size is None and src.resident and src.image_sizes is None and src.images.shape[1] == src.images.shape[2]:
+            img_size = src.images.shape[1]
+        epochs_of = _CachedEpochs(src, batch_size, gen)
     if img_size is None:
-        if not (src.resident and src.image_sizes is None and src.images.shape[1] == src.images.shape[2]):
-            raise ValueError("img_size is needed: the images are not all one square size")
-        img_size = src.images.shape[1]
+        raise ValueError("img_size is needed: the images are not all one square size")
     size = int(img_size)
-    labels = src.labels.to(device)
+    labels = epochs_of.labels.to(device)
     model.to(device).train()
     opt = create_optimizer(model, lr, weight_decay)
     sched = HalfCosineLR(opt, epochs, eta=1.0, on_updates=True)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(src)
-    steps = (n + batch_size - 1) // batch_size
+    steps = len(epochs_of)
     whole = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=device)
     for epoch in range(epochs):
-        order = torch.randperm(n, generator=gen).to(device)
-        bar = tqdm(order.split(batch_size), desc=f"teacher epoch {epoch + 1}/{epochs}", disable=not progress,
-                   leave=False)
-        for step, idx in enumerate(bar):
+        bar = tqdm(epochs_of.epoch(epoch), total=steps, desc=f"teacher epoch {epoch + 1}/{epochs}",
+                   disable=not progress, leave=False)
+        for step, b in enumerate(bar):
             sched.set_position(epoch + step / steps)
-            b = src.batch(idx)
+            B = b.image_ids.shape[0]
             if rrc_scale is None:
-                flips = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
+                flips = (torch.rand(B, generator=gen) < 0.5).to(device)
                 x = crop_and_lookup(b.images, b.image_ids, size, image_sizes=b.image_sizes,
-                                    boxes=whole.expand(len(idx), 4), flips=flips, mean=mean, std=std).crops
+                                    boxes=whole.expand(B, 4), flips=flips, mean=mean, std=std).crops
             else:
                 x = crop_and_lookup(b.images, b.image_ids, size, image_sizes=b.image_sizes, seed=seed,
                                     offset=epoch * steps + step, scale=tuple(rrc_scale), mean=mean, std=std).crops
-            loss = nn.functional.cross_entropy(model(x), labels[idx])
+            loss = nn.functional.cross_entropy(model(x), labels[b.sample_ids.to(device)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -141,7 +175,16 @@ def run(args) -> int:
     try:
         if args.save_every < 0:
             raise ValueError(f"--save-every must be >= 0, got {args.save_every}")
-        train = load_image_set(args.data, split="train", loader=args.loader)
+        if args.stream:
+            if not os.path.isdir(args.data) or args.train_images is not None or not args.img_size:
+                raise ValueError("--stream reads an image folder every epoch: give a folder as --data and "
+                                 "--img-size, without --train-images")
+            from hald_ext.data import make_loader
+
+            train = make_loader(args.data, args.batch_size, device=device, shuffle=True, seed=args.seed,
+                                backend=args.loader, shard=(0, 1))
+        else:
+            train = load_image_set(args.data, split="train", loader=args.loader)
         if args.train_images is not None:
             if not 0 < args.train_images <= len(train):
                 raise ValueError(f"--train-images must be in [1, {len(train)}], got {args.train_images}")
@@ -152,14 +195,17 @@ def run(args) -> int:
         eval_data = None
         if held is not None:
             eval_data = EvalData(held, img_size, device, 256, args.loader, args.eval_crop_ratio)
-            check_same_classes(train, eval_data.classes, f"--data {args.data}", f"--eval-data {args.eval_data or args.data}")
+            check_same_classes(list(train.classes), eval_data.classes, f"--data {args.data}",
+                               f"--eval-data {args.eval_data or args.data}")
         torch.manual_seed(args.seed)
-        model = create_model(args.model, train.num_classes, img_size=img_size)
+        num_classes = len(train.classes)
+        model = create_model(args.model, num_classes, img_size=img_size)
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"hald teacher: error: {e}", file=sys.stderr)
         return 2
-    meta = {"model_name": args.model, "num_classes": train.num_classes, "img_size": img_size,
-            "classes": list(train.classes), "data": args.data, "train_images": len(train)}
+    n_train = train.num_samples() if args.stream else len(train)
+    meta = {"model_name": args.model, "num_classes": num_classes, "img_size": img_size,
+            "classes": list(train.classes), "data": args.data, "train_images": n_train}
 
     def save(path: str, epoch: int, model: nn.Module, extra: dict | None = None) -> None:
         ckpt.save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, **meta, "epochs": epoch,
@@ -170,7 +216,7 @@ def run(args) -> int:
             save(epoch_checkpoint_path(args.out, epoch), epoch, model)
 
     t0 = time.perf_counter()
-    train_teacher(model, image_source(train, device), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    train_teacher(model, train if args.stream else image_source(train, device), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   weight_decay=args.weight_decay, seed=args.seed, img_size=img_size,
                   rrc_scale=args.rrc_scale, device=device, progress=args.progress, on_epoch=on_epoch)
     train_time = time.perf_counter() - t0
