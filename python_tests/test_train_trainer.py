@@ -140,3 +140,11 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
     assert proc.returncode == -9, proc.stderr.decode()
     assert ckpt.load(str(path))["step"].item() == 1
     assert any(name.endswith(".tmp") for name in os.listdir(tmp_path))  # the half-written file, aside
+
+
+def test_a_training_temperature_other_than_the_stores_is_reported(problem, capsys):
+    make_trainer(problem, temperature=problem[2].temperature)
+    assert "differs" not in capsys.readouterr().out
+    t = make_trainer(problem, temperature=problem[2].temperature + 3)
+    out = capsys.readouterr().out
+    assert "differs from the label store's" in out and t.temperature == problem[2].temperature + 3
