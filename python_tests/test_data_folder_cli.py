@@ -70,7 +70,7 @@ def pipeline(train, val, out, loader):
         assert hald(["select", "--data", train, "--ipc", "2", "--seed", "3", "--out", dest, *common]) == 0
     labels = os.path.join(out, "labels.safetensors")
     assert hald(["relabel", sel, "--out", labels, "--model", MODEL, "--checkpoint", teacher, "--sli", "2",
-                 "--k", "3", "--size", str(SIZE), "--seed", "0", "--device", "cpu", "--no-progress",
+                 "--k", "2", "--size", str(SIZE), "--seed", "0", "--device", "cpu", "--no-progress",
                  *relabel_flags()]) == 0
     assert hald(["train", "--data", sel, "--labels", labels, "--eval-data", val, "--model", MODEL,
                  "--img-size", str(SIZE), "--schedule", "hald", "--epochs", "3", "--batch-size", "3",
