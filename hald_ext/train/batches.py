@@ -104,7 +104,8 @@ def as_image_source(images, targets=None, device="cpu"):
 
 
 def mix_rows(mix, image_ids: torch.Tensor, slots: torch.Tensor, size: int):
-    """The rows a soft batch crops to replay a stored CutMix record, and the record in batch terms.
+    """The rows a soft batch crops to replay a stored CutMix record (a MixRecord on the ids' device),
+    and the record in batch terms.
 
     Returns (row_ids [2B], row_slots [2B], partner [2B], paste boxes int32 [2B, 4]): rows B..2B-1
     are each sample's partner crop (the partner image at the same slot; the sample's own image where
@@ -112,11 +113,11 @@ def mix_rows(mix, image_ids: torch.Tensor, slots: torch.Tensor, size: int):
     2B rows: no data-dependent shapes, so no host sync on a GPU."""
     B = image_ids.shape[0]
     dev = image_ids.device
-    partner = mix.partner.to(dev)[image_ids, slots].to(torch.int64)
+    partner = mix.partner[image_ids, slots].to(torch.int64)
     mixed = partner >= 0
     row_ids = torch.cat([image_ids, torch.where(mixed, partner, image_ids)])
     row_slots = torch.cat([slots, slots])
-    paste = mix_boxes_to_pixels(mix.boxes.to(dev)[image_ids, slots], size)
+    paste = mix_boxes_to_pixels(mix.boxes[image_ids, slots], size)
     paste = torch.where(mixed[:, None], paste, torch.zeros_like(paste))
     partner_rows = torch.cat([torch.arange(B, 2 * B, device=dev), torch.arange(B, 2 * B, device=dev)])
     boxes = torch.cat([paste, torch.zeros_like(paste)])
@@ -193,7 +194,9 @@ class _SourceBase:
         self.mean, self.std = tuple(mean), tuple(std)
         self.cutmix_alpha = cutmix_alpha
         self.rrc_scale, self.rrc_ratio, self.hflip = tuple(rrc_scale), tuple(rrc_ratio), hflip
-        self.mix = getattr(labels, "mix", None) if labels is not None else None
+        mix = getattr(labels, "mix", None) if labels is not None else None
+        # Moved to the device once: a soft step gathers its rows there without a copy.
+        self.mix = None if mix is None else type(mix)(*(t.to(self.device) for t in mix))
 
     def _soft_rows(self, image_ids: torch.Tensor, slots: torch.Tensor):
         """(rows' image ids, rows' slots, CutMix record in batch terms or None) of a soft batch."""
@@ -208,8 +211,9 @@ class TorchBatchSource(_SourceBase):
 
     def soft_batch(self, image_ids: torch.Tensor, slots: torch.Tensor) -> SoftBatch:
         B = len(image_ids)
-        row_ids, row_slots, mix = self._soft_rows(image_ids.cpu(), slots.cpu())
-        b = self.images.batch(row_ids.to(self.device))
+        row_ids, row_slots, mix = self._soft_rows(image_ids.to(self.device), slots.to(self.device))
+        b = self.images.batch(row_ids)
+        row_ids, row_slots = row_ids.cpu(), row_slots.cpu()  # the store's tables live on the host
         dq = dequantize_boxes(self.labels.boxes[row_ids, row_slots])
         sizes = true_sizes(b)
         pixels = torch.stack([boxes_to_pixels(box, *sizes[i]) for box, i in zip(dq, b.image_ids.tolist())])

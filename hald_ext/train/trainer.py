@@ -69,7 +69,9 @@ class Trainer:
                 print("label store holds a CutMix record: soft steps replay each stored crop with its pasted "
                       "partner crop", flush=True)
             self.decode = cfg.decode or store.default_decode
-            self.codebook = store.codebook.to(self.device)
+            # None for a store of lossless fp16 probabilities (nothing to decode).
+            self.codebook = store.codebook_on(self.device) if hasattr(store, "codebook_on") else \
+                store.codebook.to(self.device)
         self.num_classes = num_classes or (store.num_classes if store is not None else None)
 
     # ---------------------------------------------------------------------------------- samples
