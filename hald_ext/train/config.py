@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import typing
 from typing import Optional
 
 import yaml
@@ -91,6 +92,18 @@ class ConfigError(ValueError):
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+def _field_type(name: str) -> tuple[type, bool]:
+    """(base type, optional) of a field, from its real type hint (not its annotation's spelling)."""
+    hint = _HINTS[name]
+    args = typing.get_args(hint)
+    if type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field. Flags default to "not given" (SUPPRESS) so that `resolve` can
     layer dataclass defaults < YAML < flags given on the command line."""
@@ -99,14 +112,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         meta = f.metadata
         help_ = f"{meta['help']} (default: {f.default})"
-        if f.type == "bool":
+        base, _ = _field_type(name)
+        if base is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=help_)
         elif "nargs" in meta:
             parser.add_argument(flag, dest=name, nargs=meta["nargs"], type=meta["type"], default=argparse.SUPPRESS,
                                 help=help_)
         else:
-            typ = {"int": int, "float": float, "Optional[int]": int, "Optional[float]": float}.get(f.type, str)
+            typ = base if base in (int, float) else str
             parser.add_argument(flag, dest=name, type=typ, default=argparse.SUPPRESS, help=help_)
 
 
@@ -128,31 +142,32 @@ def _coerce(name: str, value):
     """A YAML value as the field's type. YAML 1.1 reads `1e-3` (no dot) as a string, and a typo'd
     type would otherwise fail deep inside training."""
     f = FIELDS[name]
+    base, optional = _field_type(name)
     if value is None:
-        if f.type.startswith("Optional"):
+        if optional:
             return None
         raise ConfigError(f"option {name} cannot be empty")
     try:
-        if f.type == "bool":
+        if base is bool:
             if isinstance(value, bool):
                 return value
             if str(value).lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
                 return str(value).lower() in ("true", "yes", "on", "1")
             raise ValueError
-        if f.type == "tuple":
+        if base is tuple:
             items = tuple(float(v) for v in value)
             if len(items) != f.metadata["nargs"]:
                 raise ValueError
             return items
-        if f.type in ("int", "Optional[int]"):
+        if base is int:
             if float(value) != int(float(value)):
                 raise ValueError
             return int(float(value))
-        if f.type in ("float", "Optional[float]"):
+        if base is float:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"option {name}: cannot read {value!r} as {f.type}") from None
+        raise ConfigError(f"option {name}: cannot read {value!r} as {base.__name__}") from None
 
 
 def resolve(args: argparse.Namespace) -> TrainConfig:
