@@ -32,14 +32,12 @@ from hald_ext.ops import crop_and_lookup, soft_hard_loss  # noqa: E402
 FMNIST_MEAN, FMNIST_STD = (0.286,) * 3, (0.353,) * 3
 
 
-def subset(images: ImageSet, per_class: int) -> ImageSet:
-    """The first `per_class` images of every class (a random-real 'distilled' set, IPC = per_class)."""
-    keep = []
-    for c in range(images.num_classes):
-        keep += [i for i in range(len(images)) if images.labels[i] == c][:per_class]
-    keep.sort()
-    return ImageSet([images.images[i] for i in keep], images.labels[keep], images.classes,
-                    [images.names[i] for i in keep])
+def subset(images: ImageSet, per_class: int, seed: int = 0) -> ImageSet:
+    """`per_class` random images of every class (a random-real 'distilled' set, IPC = per_class), drawn
+    by the package's one IPC selection, so `hald select --ipc N --seed S` picks the same images."""
+    from hald_ext.train import select
+
+    return select.subset(images, select.select_per_class(images, per_class, seed))
 
 
 def stand_in_store(cache, size: int, sli: int, k: int, num_classes: int, seed: int):
