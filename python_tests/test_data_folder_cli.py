@@ -184,3 +184,13 @@ def test_teacher_streams_a_folder_that_is_not_kept_decoded(folder, tmp_path, loa
     assert hald(args + ["--img-size", str(SIZE)]) == 0
     info = json.load(open(str(tmp_path / "t.json")))
     assert info["train_images"] == 18 and info["classes"] == CLASSES and 0 <= info["eval_top1"] <= 100
+
+
+def test_class_check_accepts_the_order_prefix_select_writes():
+    from hald_ext.data import check_same_classes
+
+    check_same_classes(["0_shirt", "1_boot", "2_bag"], ["shirt", "boot", "bag"], "--data", "--eval-data")
+    with pytest.raises(ValueError, match="another order"):
+        check_same_classes(["bag", "boot"], ["boot", "bag"], "--data", "--eval-data")
+    with pytest.raises(ValueError, match="only in --eval-data: \\['emu'\\]"):
+        check_same_classes(["bag", "boot"], ["bag", "emu"], "--data", "--eval-data")

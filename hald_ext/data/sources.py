@@ -191,10 +191,20 @@ def check_same_classes(train: "ImageSet | list", held, train_name: str, held_nam
     of the model's outputs); refuse, naming both, when it does not."""
     a = list(train.classes if isinstance(train, ImageSet) else train)
     b = list(held.classes if isinstance(held, ImageSet) else held)
-    if a == b:
+    if a == b or _without_index_prefix(a) == _without_index_prefix(b):
         return
     only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
     detail = (f"only in {train_name}: {only_a[:5]}; only in {held_name}: {only_b[:5]}" if only_a or only_b
               else "the same names in another order")
     raise ValueError(f"{held_name} has classes other than {train_name} ({len(b)} vs {len(a)} classes; {detail}): "
                      "the held-out set must hold the training set's classes")
+
+
+def _without_index_prefix(classes: list) -> list:
+    """Class names without the "<index>_" prefix `hald select` writes into folder names to keep a
+    set's class order (e.g. Fashion-MNIST's "0_T-shirt_top"), when every name carries it."""
+    width = len(str(len(classes) - 1))
+    prefixes = [f"{i:0{width}d}_" for i in range(len(classes))]
+    if all(c.startswith(p) for c, p in zip(classes, prefixes)):
+        return [c[len(p):] for c, p in zip(classes, prefixes)]
+    return list(classes)
