@@ -65,12 +65,18 @@ class Header:
     mix: bool = False
     source: str = "relabel"
     progress: int | None = None  # labels done, only in an unfinished relabel's partial file
+    # Measured quality, JSON numbers by name, e.g. {"kl_to_teacher": mean nats, "kl_uniform": mean
+    # nats of a uniform label} (hald_ext.labels.quality); `hald labels info` prints it.
+    stats: dict = dataclasses.field(default_factory=dict)
 
     @property
     def code_bits(self) -> int:
         return self.quantizer.bits
 
     def to_json(self) -> str:
+        problem = stats_problem(self.stats)
+        if problem:
+            raise ValueError(f"Header.stats {problem}")
         d = dataclasses.asdict(self)
         d["quantizer"] = self.quantizer.to_header()
         d["code_bits"] = self.quantizer.bits
@@ -81,8 +87,9 @@ class Header:
         return {MAGIC_KEY: MAGIC, VERSION_KEY: str(VERSION), HEADER_KEY: self.to_json()}
 
     def same_recipe(self, other: "Header") -> bool:
-        """Equal except for progress (a partial relabel may resume into this header)."""
-        a, b = dataclasses.replace(self, progress=None), dataclasses.replace(other, progress=None)
+        """Equal except for progress and stats (a partial relabel may resume into this header; stats
+        are measured on the finished labels)."""
+        a, b = (dataclasses.replace(h, progress=None, stats={}) for h in (self, other))
         return a.to_json() == b.to_json()
 
     @classmethod
@@ -101,6 +108,18 @@ class Header:
         if not isinstance(d, dict):
             raise LabelStoreError(f"{where}: the header must be a JSON object")
         return _header_from_dict(d, where)
+
+
+def stats_problem(stats) -> str | None:
+    """Why `stats` is not a mapping of names to finite JSON numbers, or None when it is."""
+    if not isinstance(stats, dict):
+        return f"must be a mapping of names to numbers, got {type(stats).__name__}"
+    for key, v in stats.items():
+        if not isinstance(key, str):
+            return f"keys must be strings, got {key!r}"
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"{key!r} = {v!r} is not a finite number"
+    return None
 
 
 def _field(d: dict, name: str, where: str, kind, check=None, what: str = ""):
@@ -147,9 +166,13 @@ def _header_from_dict(d: dict, where: str) -> Header:
     progress = d.get("progress")
     if progress is not None and not (isinstance(progress, int) and 0 <= progress <= n * s):
         raise LabelStoreError(f"{where}: header field 'progress' = {progress!r} is invalid")
+    stats = d.get("stats", {})  # absent in stores written before stats existed
+    problem = stats_problem(stats)
+    if problem:
+        raise LabelStoreError(f"{where}: header field 'stats' {problem}")
     return Header(num_images=n, slots=s, num_classes=c, k=k, temperature=float(t), quantizer=q,
                   default_decode=dec, teacher=teacher, images=images, crops=crops, seed=seed, mix=mix,
-                  source=source, progress=progress)
+                  source=source, progress=progress, stats=dict(stats))
 
 
 def expected_tensors(h: Header) -> dict:
