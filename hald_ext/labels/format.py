@@ -3,9 +3,11 @@
 Tensors, for N images x S slots (one slot = one stored crop label; a label epoch replays a slot):
   boxes        uint16 [N, S, 4]  crop (y, x, h, w) as fractions * 65535 (hald_ext.boxes)
   flips        bool   [N, S]     horizontal flip after the crop
-  topk_ids     uint16 [N, S, k]  class ids by decreasing probability (int32 when C > 65535)
-  codes        uint8  [N, S, k]  quantised probabilities (uint16 for 16-bit codes)
-  codebook     float32 [2^bits]  code -> probability (what soft_hard_loss takes)
+  topk_ids     uint16 [N, S, k]  class ids by decreasing probability (int32 when C > 65535);
+                                 absent when k == C (a full-width label: values in class order)
+  codes        uint8  [N, S, k]  quantised probabilities (uint16 for 16-bit codes; float16
+                                 probabilities themselves with the "fp16" quantizer)
+  codebook     float32 [2^bits]  code -> probability (what soft_hard_loss takes); absent for fp16
   optional CutMix replay record (all three or none; the label was made on the mixed crop):
   mix_partner  int32  [N, S]     image whose crop of the same slot was pasted in (-1: no mix)
   mix_boxes    uint16 [N, S, 4]  pasted region (y, x, h, w) as fractions of the crop
@@ -29,11 +31,9 @@ VERSION_KEY = "hald.version"
 VERSION = 1
 HEADER_KEY = "hald.header"
 DECODES = ("marginal", "renorm", "truncate")
-MAX_K = 64  # the encoder's limit
 # safetensors' own limit is 100 MB; a label store header is a few hundred bytes plus tensor entries.
 MAX_HEADER_BYTES = 1 << 20
 
-REQUIRED = ("boxes", "flips", "topk_ids", "codes", "codebook")
 MIX = ("mix_partner", "mix_boxes", "mix_lambda")
 
 
@@ -72,6 +72,11 @@ class Header:
     @property
     def code_bits(self) -> int:
         return self.quantizer.bits
+
+    @property
+    def full_width(self) -> bool:
+        """k == C: every class stored, in class order, with no ids."""
+        return self.k == self.num_classes
 
     def to_json(self) -> str:
         problem = stats_problem(self.stats)
@@ -140,7 +145,7 @@ def _header_from_dict(d: dict, where: str) -> Header:
     n = _field(d, "num_images", where, int, lambda v: 0 <= v < 2**31, "an image count")
     s = _field(d, "slots", where, int, lambda v: 1 <= v < 2**20, "slots per image >= 1")
     c = _field(d, "num_classes", where, int, lambda v: 1 <= v < 2**31, "class count >= 1")
-    k = _field(d, "k", where, int, lambda v: 1 <= v <= min(c, MAX_K), f"1 <= k <= min(C, {MAX_K})")
+    k = _field(d, "k", where, int, lambda v: 1 <= v <= c, "1 <= k <= C")
     t = _field(d, "temperature", where, (int, float), lambda v: math.isfinite(v) and v > 0, "finite, > 0")
     try:
         q = Quantizer.from_header(d.get("quantizer"))
@@ -178,13 +183,14 @@ def _header_from_dict(d: dict, where: str) -> Header:
 def expected_tensors(h: Header) -> dict:
     """name -> (safetensors dtype, shape) that a store with header `h` must hold."""
     N, S, k = h.num_images, h.slots, h.k
-    out = {
-        "boxes": ("U16", [N, S, 4]),
-        "flips": ("BOOL", [N, S]),
-        "topk_ids": (ids_dtype_name(h.num_classes), [N, S, k]),
-        "codes": ("U8" if h.code_bits == 8 else "U16", [N, S, k]),
-        "codebook": ("F32", [1 << h.code_bits]),
-    }
+    out = {"boxes": ("U16", [N, S, 4]), "flips": ("BOOL", [N, S])}
+    if not h.full_width:
+        out["topk_ids"] = (ids_dtype_name(h.num_classes), [N, S, k])
+    if h.quantizer.is_float:
+        out["codes"] = ("F16", [N, S, k])
+    else:
+        out["codes"] = ("U8" if h.code_bits == 8 else "U16", [N, S, k])
+        out["codebook"] = ("F32", [1 << h.code_bits])
     if h.mix:
         out.update(mix_partner=("I32", [N, S]), mix_boxes=("U16", [N, S, 4]), mix_lambda=("F32", [N, S]))
     return out
