@@ -286,8 +286,9 @@ def _epoch_number(path: str, position: int) -> int:
 
 
 def _read_epochs(root: str) -> tuple[list, list]:
-    """([(epoch number, [(where, batch item)])], input files). HALD: epoch_<e>.tar files, each a
-    list over batches; SRe2L / LPLD: epoch_<e>/ folders of batch_<b>.tar (or files directly in root)."""
+    """([(epoch number, batches)], input files), `batches()` yielding (where, batch item) and loading
+    one file at a time. HALD: epoch_<e>.tar files, each a list over batches; SRe2L / LPLD:
+    epoch_<e>/ folders of batch_<b>.tar (or files directly in root)."""
     if not os.path.isdir(root):
         raise LabelImportError(f"{root}: not a directory of label epochs")
     names = sorted(os.listdir(root), key=_natural_key)
@@ -297,12 +298,7 @@ def _read_epochs(root: str) -> tuple[list, list]:
         for n in epoch_files:
             path = os.path.join(root, n)
             files.append(path)
-            obj = safe_load(path)
-            if not isinstance(obj, list) or not obj or not all(isinstance(b, (list, tuple)) for b in obj):
-                raise LabelImportError(f"{path}: a HALD epoch file holds a list over batches of [coords, flip, "
-                                       f"mix_index, mix_lambda, mix_bbox, soft_labels], got {type(obj).__name__}")
-            epochs.append((_epoch_number(n, len(epochs)), [(f"{path} (batch {b})", item) for b, item in
-                                                           enumerate(obj)]))
+            epochs.append((_epoch_number(n, len(epochs)), lambda path=path: _hald_batches(path)))
         return epochs, files
     dirs = [os.path.join(root, n) for n in names if os.path.isdir(os.path.join(root, n))]
     for pos, d in enumerate(dirs or [root]):
@@ -310,10 +306,19 @@ def _read_epochs(root: str) -> tuple[list, list]:
         if not batch_files:
             continue
         files += batch_files
-        epochs.append((_epoch_number(d, pos) if dirs else 0, [(f, safe_load(f)) for f in batch_files]))
+        epochs.append((_epoch_number(d, pos) if dirs else 0,
+                       lambda batch_files=batch_files: ((f, safe_load(f)) for f in batch_files)))
     if not epochs:
         raise LabelImportError(f"{root}: no batch files to import (expected epoch_<e>/batch_<b>.tar or epoch_<e>.tar)")
     return epochs, files
+
+
+def _hald_batches(path: str):
+    obj = safe_load(path)
+    if not isinstance(obj, list) or not obj or not all(isinstance(b, (list, tuple)) for b in obj):
+        raise LabelImportError(f"{path}: a HALD epoch file holds a list over batches of [coords, flip, "
+                               f"mix_index, mix_lambda, mix_bbox, soft_labels], got {type(obj).__name__}")
+    return [(f"{path} (batch {b})", item) for b, item in enumerate(obj)]
 
 
 def read_epoch_count(root: str) -> int:
@@ -384,7 +389,7 @@ def import_batches(root: str, out: str, num_classes: int, *, values: str = "logi
     per_epoch = []
     for _, batches in epochs:
         rows = {"boxes": [], "flips": [], "ids": [], "codes": [], "partner": [], "mix_boxes": [], "lam": []}
-        for where, obj in batches:
+        for where, obj in batches():
             coords, flip, soft, mix = _batch_fields(where, obj, num_classes, values, crop_size)
             p = torch.softmax(soft.float() / temperature, 1) if values == "logits" else soft
             bi, bc = _encode(p if q.is_float and k == num_classes else p.double(), k, q)
