@@ -357,40 +357,70 @@ def test_payload_pickles_are_refused_and_never_run(tmp_path):
     assert marker.exists()
 
 
-def test_cli_import_info_and_train(tmp_path, capsys):
+def _blob_set(tmp_path):
     from hald_ext.data import load_image_set
     from hald_ext.train.synthetic import color_blobs
 
     train = color_blobs(4, seed=0)  # 16 images, 4 classes, 16 px
     np.savez(tmp_path / "train.npz", images=train.stacked(), labels=train.labels, classes=np.asarray(train.classes))
-    images = load_image_set(str(tmp_path / "train.npz"))
-    write_hald(str(tmp_path / "h"), list(images.labels), 4, slc=8, ipc=4, batch_size=8, crop_size=16)
-    rc = hald(["labels", "import-sre2l", str(tmp_path / "h"), "--out", str(tmp_path / "full.safetensors"), "-C", "4",
-               "--flavor", "hald", "--crop-size", "16", "--images", str(tmp_path / "train.npz")])
+    return load_image_set(str(tmp_path / "train.npz"))
+
+
+# writer -> (write the files for the image set, import flags); every import keeps top-2 so it trains today
+WRITERS = {
+    "fkd": (lambda d, labels: write_fkd(d, [f"/d/train/all/img_{i}.png" for i in range(len(labels))], labels, 4, k=2),
+            ["import-fkd"]),
+    "sre2l": (lambda d, labels: write_sre2l(d, labels, 4, epochs=2, batch_size=8, crop_size=16),
+              ["import-sre2l", "--sampler-seed", "42", "--crop-size", "16", "--k", "2", "--quantizer", "power"]),
+    "lpld": (lambda d, labels: write_sre2l(d, labels, 4, epochs=2, batch_size=8, crop_size=16, lpld_json=True),
+             ["import-sre2l", "--flavor", "lpld", "--crop-size", "16", "--k", "2", "--quantizer", "power"]),
+    "hald": (lambda d, labels: write_hald(d, labels, 4, slc=8, ipc=4, batch_size=8, crop_size=16),
+             ["import-sre2l", "--flavor", "hald", "--crop-size", "16", "--k", "2", "--quantizer", "power"]),
+}
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_cli_import_info_and_train(writer, tmp_path, capsys):
+    images = _blob_set(tmp_path)
+    write, flags = WRITERS[writer]
+    write(str(tmp_path / "in"), [int(c) for c in images.labels])
+    store = str(tmp_path / "labels.safetensors")
+    rc = hald(["labels", flags[0], str(tmp_path / "in"), "--out", store, "-C", "4", "--images",
+               str(tmp_path / "train.npz"), *flags[1:]])
     assert rc == 0, capsys.readouterr().err
-    write_sre2l(str(tmp_path / "s"), list(images.labels), 4, epochs=2, batch_size=8, crop_size=16)
-    rc = hald(["labels", "import-sre2l", str(tmp_path / "s"), "--out", str(tmp_path / "top.safetensors"), "-C", "4",
-               "--k", "2", "--quantizer", "power", "--crop-size", "16", "--images", str(tmp_path / "train.npz"),
-               "--sampler-seed", "42"])
-    assert rc == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert hald(["labels", "info", store, "--images", str(tmp_path / "train.npz")]) == 0
+    out = capsys.readouterr().out
+    slots = 3 if writer == "fkd" else 2
+    assert f"SLI {slots}" in out and f"SLC {16 * slots // 4} per class" in out and "top-k = 2" in out
+    assert "(fp16, C wide, 33 bytes/label)" in out and "as FKD's generator writes them (float32 top-2, 33 bytes" in out
+    if writer != "fkd":  # imported from full labels: the KL the top-2 import lost is recorded
+        assert "kl_to_teacher" in out and "kl_uniform" in out
+    assert hald(["labels", "info", store, "--json"]) == 0
+    z = json.loads(capsys.readouterr().out)["sizes"]
+    assert (z["sli"], z["slc"], z["sre2l_bytes_per_label"], z["fkd_bytes_per_label"]) == (slots, 4 * slots, 33, 33)
+    assert z["sre2l_mb"] == 16 * slots * 33 / 1e6
+    rc = hald(["train", "--data", str(tmp_path / "train.npz"), "--labels", store, "--epochs", "2", "--batch-size", "8",
+               "--schedule", "soft-only", "--output", str(tmp_path / "runs"), "--experiment", writer, "--threads", "1",
+               "--no-progress"])
+    assert rc == 0, capsys.readouterr()
+    rows = json.loads((tmp_path / "runs" / writer / "metrics.json").read_text())
+    assert len(rows) == 2 and all(np.isfinite(r["train_loss"]) for r in rows)
+
+
+def test_cli_full_width_info(tmp_path, capsys):
+    images = _blob_set(tmp_path)
+    write_hald(str(tmp_path / "h"), [int(c) for c in images.labels], 4, slc=8, ipc=4, batch_size=8, crop_size=16)
+    assert hald(["labels", "import-sre2l", str(tmp_path / "h"), "--out", str(tmp_path / "full.safetensors"), "-C",
+                 "4", "--flavor", "hald", "--crop-size", "16", "--images", str(tmp_path / "train.npz")]) == 0
     capsys.readouterr()
     assert hald(["labels", "info", str(tmp_path / "full.safetensors")]) == 0
     out = capsys.readouterr().out
-    assert "full width (k = C, no ids)" in out and "SLI 2" in out and "SLC 8 per class" in out
-    assert "float16 probabilities (fp16, lossless)" in out
-    assert "(fp16, C wide, 33 bytes/label)" in out and "kl_to_teacher 0" in out and "kl_uniform" in out
-    assert hald(["labels", "info", str(tmp_path / "top.safetensors"), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    z = info["sizes"]
-    assert (z["sli"], z["slc"], z["sre2l_bytes_per_label"], z["fkd_bytes_per_label"]) == (2, 8, 33, 17 + 16)
-    assert z["total_mb"] == info["nbytes"] / 1e6 and z["sre2l_mb"] == 32 * 33 / 1e6
-    # The top-k import trains with `hald train` (full-width replay needs the dense-target loss).
-    rc = hald(["train", "--data", str(tmp_path / "train.npz"), "--labels", str(tmp_path / "top.safetensors"),
-               "--epochs", "2", "--batch-size", "8", "--schedule", "soft-only", "--output", str(tmp_path / "runs"),
-               "--experiment", "imported", "--threads", "1", "--no-progress"])
-    assert rc == 0, capsys.readouterr()
-    rows = json.loads((tmp_path / "runs" / "imported" / "metrics.json").read_text())
-    assert len(rows) == 2 and all(np.isfinite(r["train_loss"]) for r in rows)
+    assert "full width (k = C, no ids)" in out and "float16 probabilities (fp16, lossless)" in out
+    assert "kl_to_teacher 0," in out and "33.00 bytes/label" in out  # 2 x 4 + 9 + 16 (CutMix record)
+    assert hald(["labels", "import-sre2l", str(tmp_path / "h"), "--out", str(tmp_path / "x"), "-C", "4",
+                 "--quantizer", "fp16", "--bits", "8"]) == 2
+    assert "16-bit floats" in capsys.readouterr().err
 
 
 def _dense_loss_available() -> bool:
@@ -405,12 +435,7 @@ def _dense_loss_available() -> bool:
 
 @pytest.mark.skipif(not _dense_loss_available(), reason="needs the fused loss's dense targets (ids None, [B, C])")
 def test_full_width_hald_import_trains(tmp_path, capsys):
-    from hald_ext.data import load_image_set
-    from hald_ext.train.synthetic import color_blobs
-
-    train = color_blobs(4, seed=0)
-    np.savez(tmp_path / "train.npz", images=train.stacked(), labels=train.labels, classes=np.asarray(train.classes))
-    images = load_image_set(str(tmp_path / "train.npz"))
+    images = _blob_set(tmp_path)
     write_hald(str(tmp_path / "h"), list(images.labels), 4, slc=8, ipc=4, batch_size=8, crop_size=16)
     assert hald(["labels", "import-sre2l", str(tmp_path / "h"), "--out", str(tmp_path / "full.safetensors"), "-C",
                  "4", "--flavor", "hald", "--crop-size", "16", "--images", str(tmp_path / "train.npz")]) == 0

@@ -128,7 +128,8 @@ def _info(args) -> int:
     h, z = s["header"], s["sizes"]
     C, k = h["num_classes"], h["k"]
     print(f"{s['file']}: HALD label store v{h['version']} ({h['source']})")
-    print(f"  images {s['images']} x SLI {z['sli']} = {s['labels']} labels, SLC {z['slc']:g} per class; C = {C}, "
+    print(f"  images {s['images']} x slots {z['sli']} = {s['labels']} labels (SLI {z['sli']}, SLC {z['slc']:g} per "
+          f"class); C = {C}, "
           f"{'full width (k = C, no ids)' if k == C else f'top-k = {k}'}, T = {h['temperature']:g}")
     q = h["quantizer"]
     print(f"  values: " + ("float16 probabilities (fp16, lossless)" if q["kind"] == "fp16" else
