@@ -446,3 +446,23 @@ def test_full_width_hald_import_trains(tmp_path, capsys):
         assert rc == 0, capsys.readouterr()
         rows = json.loads((tmp_path / "runs" / source / "metrics.json").read_text())
         assert len(rows) == 2 and all(np.isfinite(r["train_loss"]) and r["train_loss"] > 0 for r in rows)
+
+
+def test_files_pickled_under_numpy_1_load(tmp_path):
+    """numpy 1.x pickles name numpy.core.multiarray; the allow-list maps those names to the same functions."""
+    import io
+    import zipfile
+
+    torch.save([np.arange(4, dtype=np.float32), np.float64(0.25), np.int64(3)], tmp_path / "new.tar")
+    src = zipfile.ZipFile(tmp_path / "new.tar")
+    with zipfile.ZipFile(tmp_path / "old.tar", "w", zipfile.ZIP_STORED) as out:
+        for info in src.infolist():
+            body = src.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray\n" in body  # protocol 2: GLOBAL names are text lines
+                body = body.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+            out.writestr(info.filename, body)
+    with zipfile.ZipFile(tmp_path / "old.tar") as z:
+        assert b"numpy._core" not in z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    arr, lam, box = safe_load(str(tmp_path / "old.tar"))
+    assert arr.tolist() == [0, 1, 2, 3] and lam == 0.25 and type(box) is np.int64
