@@ -395,7 +395,7 @@ def test_cli_import_info_and_train(writer, tmp_path, capsys):
     assert f"SLI {slots}" in out and f"SLC {16 * slots // 4} per class" in out and "top-k = 2" in out
     assert "(fp16, C wide, 33 bytes/label)" in out and "as FKD's generator writes them (float32 top-2, 33 bytes" in out
     if writer != "fkd":  # imported from full labels: the KL the top-2 import lost is recorded
-        assert "kl_to_teacher" in out and "kl_uniform" in out
+        assert "kl_to_teacher" in out and "kl_uniform" in out and "as far from the teacher's as a uniform" in out
     assert hald(["labels", "info", store, "--json"]) == 0
     z = json.loads(capsys.readouterr().out)["sizes"]
     assert (z["sli"], z["slc"], z["sre2l_bytes_per_label"], z["fkd_bytes_per_label"]) == (slots, 4 * slots, 33, 33)
@@ -418,6 +418,14 @@ def test_cli_full_width_info(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "full width (k = C, no ids)" in out and "float16 probabilities (fp16, lossless)" in out
     assert "kl_to_teacher 0," in out and "33.00 bytes/label" in out  # 2 x 4 + 9 + 16 (CutMix record)
+    assert "0% as far from the teacher's as a uniform label\n" in out
+    # At C = 1000 and T = 20 a top-5 label keeps next to nothing, and info says so.
+    write_hald(str(tmp_path / "h1k"), [int(c) for c in images.labels], 1000, slc=4, ipc=4, batch_size=8, crop_size=16)
+    assert hald(["labels", "import-sre2l", str(tmp_path / "h1k"), "--out", str(tmp_path / "top5.safetensors"), "-C",
+                 "1000", "--flavor", "hald", "--crop-size", "16", "--k", "5", "--quantizer", "power"]) == 0
+    capsys.readouterr()
+    assert hald(["labels", "info", str(tmp_path / "top5.safetensors")]) == 0
+    assert "warning: they keep little of the teacher's distribution" in capsys.readouterr().out
     assert hald(["labels", "import-sre2l", str(tmp_path / "h"), "--out", str(tmp_path / "x"), "-C", "4",
                  "--quantizer", "fp16", "--bits", "8"]) == 2
     assert "16-bit floats" in capsys.readouterr().err

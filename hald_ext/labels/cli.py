@@ -149,6 +149,11 @@ def _info(args) -> int:
         print("  quality: " + ", ".join(parts) + (
             "  (mean nats: KL(teacher's full label || stored label), and a uniform label's for comparison)"
             if "kl_to_teacher" in st else ""))
+        if st.get("kl_uniform", 0) > 0 and "kl_to_teacher" in st:
+            ratio = st["kl_to_teacher"] / st["kl_uniform"]
+            print(f"  the stored labels are {ratio:.0%} as far from the teacher's as a uniform label" +
+                  ("; warning: they keep little of the teacher's distribution (raise k, or store full width)"
+                   if ratio > 0.5 else ""))
     hist = s["top1_histogram"]
     shown = sorted(range(len(hist)), key=lambda c: -hist[c])[:20]
     print("  top-1 class histogram" + (" (20 most frequent)" if len(hist) > 20 else "") + ": " +
