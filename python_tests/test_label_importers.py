@@ -474,3 +474,24 @@ def test_files_pickled_under_numpy_1_load(tmp_path):
         assert b"numpy._core" not in z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
     arr, lam, box = safe_load(str(tmp_path / "old.tar"))
     assert arr.tolist() == [0, 1, 2, 3] and lam == 0.25 and type(box) is np.int64
+
+
+class _BigArray:
+    """Pickles as numpy.ndarray((5e9,), float32): 20 GB of uninitialised memory if it were called."""
+
+    def __reduce__(self):
+        return (np.ndarray, ((5 * 10**9,), np.dtype("float32")))
+
+
+class _BigReconstruct:
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (5 * 10**9,), b"b"))
+
+
+@pytest.mark.parametrize("obj", [_BigArray(), _BigReconstruct()])
+def test_pickled_numpy_calls_other_than_array_data_are_refused(obj, tmp_path):
+    torch.save([obj], tmp_path / "big.tar")
+    with pytest.raises(LabelImportError, match="big.tar: refused: refused numpy.*(called directly|plain ndarray)"):
+        safe_load(str(tmp_path / "big.tar"))

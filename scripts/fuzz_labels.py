@@ -73,6 +73,12 @@ def make_seed_stores(d: str) -> list:
                       torch.rand(N, S, generator=g)) if mix else None
         path = os.path.join(d, name + ".safetensors")
         LabelStore.create(path, h, boxes, flips, ids, values, mix=m)
+        # safetensors writes its JSON header in hash-map order, which varies from run to run; sorted,
+        # the same bit flip hits the same byte of the same file in every run
+        with open(path, "rb") as f:
+            hdr, body = _split_store(f.read())
+        with open(path, "wb") as f:
+            f.write(_join_store(dict(sorted(hdr.items())), body))
         out.append(path)
 
     store("topk8_mix", 10, 3, Quantizer("power", 8), True)
@@ -120,7 +126,7 @@ def _split_store(data: bytes):
 
 
 def _join_store(hdr: dict, body: bytes) -> bytes:
-    raw = json.dumps(hdr).encode()
+    raw = json.dumps(hdr, sort_keys=True).encode()
     raw += b" " * (-len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw + body
 

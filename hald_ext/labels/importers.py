@@ -69,16 +69,38 @@ def _plain_dtype(*args):
     return dt
 
 
+class _NdarrayName:
+    """What the pickle name numpy.ndarray resolves to: only a marker for _reconstruct, so a pickle
+    cannot call numpy.ndarray(shape) itself (an uninitialised array of any size)."""
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError("refused numpy.ndarray(...) called directly (it would allocate an array of "
+                                     "any size); only pickled arrays are read")
+
+
+def _reconstruct(subtype, shape, dtype):
+    """numpy's pickle entry point for arrays, restricted to the empty plain ndarray it always starts
+    from; the data then comes from the file (ndarray.__setstate__ checks its length)."""
+    from numpy._core import multiarray
+
+    if subtype is not _NdarrayName or tuple(shape) != (0,):
+        raise pickle.UnpicklingError("refused numpy array reconstruction other than a plain ndarray")
+    return multiarray._reconstruct(np.ndarray, shape, dtype)
+
+
 def _numpy_allow_list() -> list:
     from numpy._core import multiarray
 
-    dtype_classes = sorted({type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"}, key=lambda t: t.__name__)
-    allowed = [(multiarray._reconstruct, "numpy._core.multiarray._reconstruct"),
-               (multiarray.scalar, "numpy._core.multiarray.scalar"), (_plain_dtype, "numpy.dtype"), np.ndarray]
-    # Files written under numpy 1.x name the same functions numpy.core.multiarray.*.
-    allowed += [(multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
-                (multiarray.scalar, "numpy.core.multiarray.scalar")]
-    return allowed + dtype_classes
+    allowed = [(_NdarrayName, "numpy.ndarray"), (_plain_dtype, "numpy.dtype")]
+    # Files written under numpy 1.x name the functions numpy.core.multiarray.*.
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        allowed += [(_reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
+    # Arrays and dtypes are built through __setstate__, which torch allows for allow-listed types only.
+    # A name with a newline cannot be written in a pickle's GLOBAL, so these types are never callable.
+    dtype_classes = {type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"}
+    for t in [np.ndarray, *sorted(dtype_classes, key=lambda t: t.__name__)]:
+        allowed.append((t, f"numpy\n(build only).{t.__name__}"))
+    return allowed
 
 
 _ALLOWED = None
@@ -100,8 +122,9 @@ def safe_load(path: str):
             raise LabelImportError(f"{path}: refused: loading it would call {m.group(1)} (a pickled object that runs "
                                    "code when loaded); only tensors, plain containers and numeric numpy arrays / "
                                    "scalars are read, and nothing in the file was run") from None
-        if "refused numpy dtype" in msg:
-            raise LabelImportError(f"{path}: refused: {msg.splitlines()[0]}") from None
+        refused = re.search(r"refused numpy[^\n]*", msg)
+        if refused:
+            raise LabelImportError(f"{path}: refused: {refused.group(0)}") from None
         line = next((ln.strip() for ln in msg.splitlines() if ln.strip() and "Weights only load failed" not in ln
                      and "weights_only" not in ln), "")
         raise LabelImportError(f"{path}: not a readable torch file (corrupt pickle: {line[:200] or 'unreadable'})"
