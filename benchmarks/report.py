@@ -65,7 +65,26 @@ def crop_table(payload: dict) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"loss_": loss_table, "train_": train_table, "crop_": crop_table}
+def storage_table(payload: dict) -> str:
+    """Bytes per label and KL kept (mean KL(teacher's full label || stored label), nats) at T = 1 / 20."""
+    m = payload["machine"]
+    rows = payload["rows"]
+    out = [f"Label storage per label and what it keeps of the teacher's full label ({m['cpu']}, "
+           f"{m['cpu_threads']} threads):", ""]
+    for C in sorted({r["C"] for r in rows}):
+        at = {(r["format"], r["T"]): r for r in rows if r["C"] == C}
+        formats = list(dict.fromkeys(r["format"] for r in rows if r["C"] == C))
+        teacher = next(r["teacher"] for r in rows if r["C"] == C)
+        out += [f"C = {C} ({teacher}):", "", "| format | bytes/label | KL kept, T = 1 | KL kept, T = 20 |",
+                "|---|---:|---:|---:|"]
+        for f in formats:
+            cells = [f"{at[f, T]['kl_to_teacher']:.3g}" if (f, T) in at else "-" for T in (1.0, 20.0)]
+            out.append(f"| {f} | {at[f, 1.0]['bytes_per_label'] if (f, 1.0) in at else '-'} | {cells[0]} | {cells[1]} |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+TABLES = {"loss_": loss_table, "train_": train_table, "crop_": crop_table, "storage_": storage_table}
 BEGIN, END = "<!-- results:begin (benchmarks/report.py) -->", "<!-- results:end -->"
 
 

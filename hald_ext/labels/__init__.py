@@ -1,4 +1,5 @@
-"""The label store: quantised top-k soft labels with their crop boxes, one safetensors file per store.
+"""The label store: top-k (or full-width, k == C) soft labels, as codes or float16, with their crop
+boxes, one safetensors file per store.
 
     from hald_ext.labels import LabelStore, relabel
 """

@@ -3,6 +3,11 @@
   hald labels info FILE [--json]
   hald labels import-fkd DIR --out FILE --num-classes C
   hald labels import-sre2l DIR --out FILE --num-classes C [--flavor sre2l|lpld|hald]
+
+Sizes are reported in the papers' units: total MB (10^6 bytes), SLI (stored labels per image), SLC
+(stored labels per class = SLI x IPC), and what the same labels take as SRe2L / LPLD / HALD write
+them (fp16 C-wide: 2*C + 25 bytes per label, METHOD.md) and as FKD's generator writes them (float32
+numpy: coords 16 + flip 1 + 2 x k x 4 bytes per label).
 """
 from __future__ import annotations
 
@@ -19,29 +24,33 @@ def add_arguments(p) -> None:
     info.add_argument("--images", help="also check the store against this image set (fingerprint)")
     info.add_argument("--ipc", type=int, help="with --images: its first IPC images per class (as `hald relabel --ipc`)")
 
-    def common(q):
+    def common(q, default_quantizer):
         q.add_argument("input", help="directory of files (or one file)")
         q.add_argument("--out", "-o", required=True, help="label store to write")
         q.add_argument("--num-classes", "-C", type=int, required=True)
-        q.add_argument("--bits", type=int, choices=(8, 16), default=8)
-        q.add_argument("--quantizer", choices=("power", "uniform", "log"), default="power")
+        q.add_argument("--bits", type=int, choices=(8, 16), help="code bits (default 8; fp16 is 16)")
+        q.add_argument("--quantizer", choices=("power", "uniform", "log", "fp16"), default=default_quantizer,
+                       help=f"how probabilities are stored (default {default_quantizer}; fp16 keeps them as float16)")
         q.add_argument("--images", help="the image set the labels belong to (recorded as its fingerprint)")
         q.add_argument("--split", default="train")
         q.add_argument("--ipc", type=int, help="with --images: its first IPC images per class (as `hald relabel --ipc`)")
         q.add_argument("--teacher", help="teacher name to record")
 
     fkd = sub.add_parser("import-fkd", help="FKD per-image soft label files -> store")
-    common(fkd)
+    common(fkd, "power")
     fkd.add_argument("--temperature", "-T", type=float, default=1.0, help="temperature the labels were made at")
     b = sub.add_parser("import-sre2l", help="SRe2L / LPLD / HALD per-batch soft label files -> store")
-    common(b)
+    common(b, "fp16")
     b.add_argument("--flavor", choices=("sre2l", "lpld", "hald"), default="sre2l",
                    help="sre2l / lpld files store logits; hald files store softmax(logits / 20)")
     b.add_argument("--temperature", "-T", type=float,
                    help="labels are softmax(logits / T) (default: 20 for hald, else 1)")
-    b.add_argument("--k", type=int, default=5)
+    b.add_argument("--k", type=int, help="classes kept per label (default: all C, full width, lossless with fp16)")
     b.add_argument("--crop-size", type=int, default=224, help="crop size the CutMix boxes are in pixels of")
-    b.add_argument("--order", help="NPY file: image id of every row, [N] or [epochs, N] (default: identity)")
+    b.add_argument("--order", help="NPY file: image id of every row, [N] or [epochs, N]")
+    b.add_argument("--sampler", help="sampler file (default: sampler_indices_dict.pt / sampler_indices_epoch.json "
+                                     "in the input folder)")
+    b.add_argument("--sampler-seed", type=int, help="rebuild SRe2L's image order from its --fkd-seed (42)")
 
 
 def run(args) -> int:
@@ -52,14 +61,42 @@ def run(args) -> int:
 
     try:
         return {"info": _info, "import-fkd": _import_fkd, "import-sre2l": _import_sre2l}[args.labels_command](args)
-    except (LabelStoreError, LabelImportError) as e:
+    except (LabelStoreError, LabelImportError, ValueError) as e:  # bad files and bad flag values
         print(f"hald labels {args.labels_command}: error: {e}", file=sys.stderr)
         return 2
 
 
+def sizes(store) -> dict:
+    """The store's size in the papers' units, and the same labels in the SRe2L and FKD formats."""
+    h, labels = store.header, store.num_labels
+    fkd_per_label = 4 * 4 + 1 + 2 * min(h.k, h.num_classes) * 4
+    return {
+        "total_mb": store.nbytes / 1e6,
+        "bytes_per_label": store.bytes_per_label,
+        "sli": store.slots,
+        "slc": labels / h.num_classes,
+        "sre2l_mb": labels * (2 * h.num_classes + 25) / 1e6,
+        "sre2l_bytes_per_label": 2 * h.num_classes + 25,
+        "fkd_mb": labels * fkd_per_label / 1e6,
+        "fkd_bytes_per_label": fkd_per_label,
+    }
+
+
+def top1_histogram(store, rows: int = 1 << 14) -> torch.Tensor:
+    """Count of each class as a label's most probable class (codes rise with probability)."""
+    hist = torch.zeros(store.num_classes, dtype=torch.int64)
+    if store.topk_ids is not None:
+        top1 = store.topk_ids[..., 0].reshape(-1).to(torch.int64)
+        return hist + torch.bincount(top1, minlength=store.num_classes) if top1.numel() else hist
+    values = store.codes.reshape(-1, store.num_classes)
+    for lo in range(0, values.shape[0], rows):
+        v = values[lo:lo + rows]
+        hist += torch.bincount(v.to(torch.float32 if v.is_floating_point() else torch.int32).argmax(1),
+                               minlength=store.num_classes)
+    return hist
+
+
 def store_summary(store) -> dict:
-    top1 = store.topk_ids[..., 0].reshape(-1).to(torch.int64)
-    hist = torch.bincount(top1, minlength=store.num_classes) if top1.numel() else torch.zeros(store.num_classes)
     return {
         "file": store.path,
         "header": json.loads(store.header.to_json()),
@@ -68,7 +105,8 @@ def store_summary(store) -> dict:
         "labels": store.num_labels,
         "bytes_per_label": store.bytes_per_label,
         "nbytes": store.nbytes,
-        "top1_histogram": hist.tolist(),
+        "sizes": sizes(store),
+        "top1_histogram": top1_histogram(store).tolist(),
     }
 
 
@@ -87,17 +125,35 @@ def _info(args) -> int:
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
-    h = s["header"]
+    h, z = s["header"], s["sizes"]
+    C, k = h["num_classes"], h["k"]
     print(f"{s['file']}: HALD label store v{h['version']} ({h['source']})")
-    print(f"  images {s['images']} x slots {s['slots']} = {s['labels']} labels; C = {h['num_classes']}, k = {h['k']}, "
-          f"T = {h['temperature']:g}")
-    print(f"  codes: {h['code_bits']}-bit {h['quantizer']['kind']} quantizer {h['quantizer']}; default decode "
-          f"{h['default_decode']}; CutMix record: {'yes' if h['mix'] else 'no'}")
+    print(f"  images {s['images']} x slots {z['sli']} = {s['labels']} labels (SLI {z['sli']}, SLC {z['slc']:g} per "
+          f"class); C = {C}, "
+          f"{'full width (k = C, no ids)' if k == C else f'top-k = {k}'}, T = {h['temperature']:g}")
+    q = h["quantizer"]
+    print(f"  values: " + ("float16 probabilities (fp16, lossless)" if q["kind"] == "fp16" else
+                           f"{h['code_bits']}-bit {q['kind']} codes {q}") +
+          f"; default decode {h['default_decode']}; CutMix record: {'yes' if h['mix'] else 'no'}")
     print(f"  teacher: {h['teacher'] or '-'}")
     print(f"  images fingerprint: {h['images'] or '-'}" + ("  (matches)" if images is not None else ""))
     print(f"  crops: {h['crops']}; seed {h['seed']}")
-    print(f"  size: {s['bytes_per_label']:.2f} bytes/label, {s['nbytes']} bytes in all "
-          f"(SRe2L fp16 would take {2 * h['num_classes'] + 25} bytes/label)")
+    print(f"  size: {z['total_mb']:.3f} MB ({s['nbytes']} bytes), {z['bytes_per_label']:.2f} bytes/label")
+    print(f"  the same labels as SRe2L / LPLD / HALD write them (fp16, C wide, {z['sre2l_bytes_per_label']} bytes/label): "
+          f"{z['sre2l_mb']:.3f} MB ({z['sre2l_mb'] / max(z['total_mb'], 1e-12):.1f}x this store)")
+    print(f"  as FKD's generator writes them (float32 top-{min(k, C)}, {z['fkd_bytes_per_label']} bytes/label): "
+          f"{z['fkd_mb']:.3f} MB")
+    st = h.get("stats") or {}
+    if st:
+        parts = [f"{key} {v:.4g}" for key, v in sorted(st.items())]
+        print("  quality: " + ", ".join(parts) + (
+            "  (mean nats: KL(teacher's full label || stored label), and a uniform label's for comparison)"
+            if "kl_to_teacher" in st else ""))
+        if st.get("kl_uniform", 0) > 0 and "kl_to_teacher" in st:
+            ratio = st["kl_to_teacher"] / st["kl_uniform"]
+            print(f"  the stored labels are {ratio:.0%} as far from the teacher's as a uniform label" +
+                  ("; warning: they keep little of the teacher's distribution (raise k, or store full width)"
+                   if ratio > 0.5 else ""))
     hist = s["top1_histogram"]
     shown = sorted(range(len(hist)), key=lambda c: -hist[c])[:20]
     print("  top-1 class histogram" + (" (20 most frequent)" if len(hist) > 20 else "") + ": " +
@@ -127,16 +183,36 @@ def _import_fkd(args) -> int:
 
 
 def _import_sre2l(args) -> int:
+    import sys
+
     import numpy as np
 
-    from hald_ext.labels.importers import import_batches
+    from hald_ext.labels.importers import LabelImportError
+
+    import warnings
+
+    from hald_ext.labels.importers import import_batches, read_epoch_count, sre2l_order
 
     values = "probs" if args.flavor == "hald" else "logits"
     temperature = args.temperature if args.temperature is not None else (20.0 if args.flavor == "hald" else 1.0)
-    order = np.load(args.order, allow_pickle=False) if args.order else None
-    rep = import_batches(args.input, args.out, args.num_classes, values=values, temperature=temperature, k=args.k,
-                         bits=args.bits, quantizer=args.quantizer, crop_size=args.crop_size, order=order,
-                         images=_load_images(args), teacher={"name": args.teacher} if args.teacher else None,
-                         flavor=args.flavor)
+    images = _load_images(args)
+    order = None
+    if args.order:
+        try:
+            order = np.load(args.order, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise LabelImportError(f"{args.order}: not a readable NPY file of image ids ({e})") from None
+    elif args.sampler_seed is not None:
+        if images is None:
+            raise LabelImportError("--sampler-seed needs --images (the image count fixes the permutation)")
+        order = sre2l_order(len(images), read_epoch_count(args.input), args.sampler_seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep = import_batches(args.input, args.out, args.num_classes, values=values, temperature=temperature,
+                             k=args.k, bits=args.bits, quantizer=args.quantizer, crop_size=args.crop_size,
+                             order=order, sampler=args.sampler, images=images,
+                             teacher={"name": args.teacher} if args.teacher else None, flavor=args.flavor)
+    for w in caught:
+        print(f"hald labels import-sre2l: warning: {w.message}", file=sys.stderr)
     print(rep.summary())
     return 0

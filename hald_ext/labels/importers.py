@@ -1,32 +1,49 @@
-"""Importers of public soft-label formats (METHOD.md section 4) into a label store.
+"""Importers of public soft-label files (METHOD.md section 4) into a label store, reading them as the
+public writers write them:
 
-  FKD                       one file per image: [coords (N, 4) (y, x, h, w) fractions, flip (N,),
-                            labels (N, 2, k): row 0 class ids (as floats), row 1 probabilities]
-  SRe2L / LPLD / HALD code  one file per batch per label epoch (epoch_<e>/batch_<b>.tar):
-                            [coords (B, 4), flip (B,), mix_index (B,), mix_lambda, mix_bbox (4 ints),
-                             soft labels (B, C)]: logits (SRe2L, LPLD) or softmax(logits / T) (HALD)
+  FKD (FKD_SLG/generate_soft_label.py)   one file per image, <class>/<name>.tar:
+      torch.save([coords.numpy() float32 (N, 4) (y, x, h, w) fractions, flip.numpy() bool (N,),
+                  labels float32 numpy (N, 2, k): row 0 class ids (as floats), row 1 probabilities])
+  SRe2L (relabel/generate_soft_label.py), LPLD (generate_soft_label_pruning.py)
+      epoch_<e>/batch_<b>.tar: [coords float32 (B, 4), flip bool (B,), mix_index int64 (B,) | None,
+      mix_lambda (a float from np.random.beta) | None, mix_bbox [4 numpy.int64 from rand_bbox] | None,
+      logits (B, C) float32 or float16]; LPLD adds sampler_indices_epoch.json {epoch: image ids}
+  HALD (relabel/relabel_slc.py)
+      epoch_<e>.tar: a list over batches of the same six items, coords float16 and labels
+      softmax(logits / T).half() (T = 20); sampler_indices_dict.pt {str(epoch): image ids in order}
 
-These files are pickles, and unpickling runs arbitrary code: they are read with
-torch.load(weights_only=True) only, which admits tensors and plain containers and refuses the rest.
+These are pickles, and unpickling runs code. They are read with torch.load(weights_only=True) plus an
+explicit allow-list that admits plain numpy arrays and scalars (numeric dtypes, no object arrays) and
+nothing else: a file whose loading would call anything other (a `__reduce__` payload such as
+os.system) is refused before the call, and the error says which callable it asked for.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pickle
 import re
+import warnings
 
 import numpy as np
 import torch
 
 from hald_ext.boxes import quantize_boxes
 from hald_ext.labels.format import Header
+from hald_ext.labels.quality import kl_to_full, uniform_kl
 from hald_ext.labels.quantizer import Quantizer
 from hald_ext.labels.store import LabelStore, MixRecord
 
+SAMPLER_FILES = ("sampler_indices_dict.pt", "sampler_indices_epoch.json")
+
 
 class LabelImportError(ValueError):
-    """An input file that is unsafe (not tensor-only), malformed, or inconsistent with the others."""
+    """An input file that is unsafe (would run code), malformed, or inconsistent with the others."""
+
+
+class ImportOrderWarning(UserWarning):
+    """Rows were matched to images by file order, not by a record of which images formed each batch."""
 
 
 @dataclasses.dataclass
@@ -42,29 +59,93 @@ class ImportReport:
                 f"{self.store.num_images} images x {self.store.slots} slots, {self.store.bytes_per_label:.1f} bytes/label")
 
 
+# ---------------------------------------------------------------------------------------- safe loading
+def _plain_dtype(*args):
+    """numpy.dtype for unpickling: numeric and bool dtypes only (an object dtype would let the
+    array's state carry arbitrary pickled objects)."""
+    dt = np.dtype(*args)
+    if dt.hasobject or dt.kind not in "biufc?" or dt.fields is not None:
+        raise pickle.UnpicklingError(f"refused numpy dtype {dt} (only numeric arrays are read)")
+    return dt
+
+
+class _NdarrayName:
+    """What the pickle name numpy.ndarray resolves to: only a marker for _reconstruct, so a pickle
+    cannot call numpy.ndarray(shape) itself (an uninitialised array of any size)."""
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError("refused numpy.ndarray(...) called directly (it would allocate an array of "
+                                     "any size); only pickled arrays are read")
+
+
+def _reconstruct(subtype, shape, dtype):
+    """numpy's pickle entry point for arrays, restricted to the empty plain ndarray it always starts
+    from; the data then comes from the file (ndarray.__setstate__ checks its length)."""
+    from numpy._core import multiarray
+
+    if subtype is not _NdarrayName or tuple(shape) != (0,):
+        raise pickle.UnpicklingError("refused numpy array reconstruction other than a plain ndarray")
+    return multiarray._reconstruct(np.ndarray, shape, dtype)
+
+
+def _numpy_allow_list() -> list:
+    from numpy._core import multiarray
+
+    allowed = [(_NdarrayName, "numpy.ndarray"), (_plain_dtype, "numpy.dtype")]
+    # Files written under numpy 1.x name the functions numpy.core.multiarray.*.
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        allowed += [(_reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
+    # Arrays and dtypes are built through __setstate__, which torch allows for allow-listed types only.
+    # A name with a newline cannot be written in a pickle's GLOBAL, so these types are never callable.
+    dtype_classes = {type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"}
+    for t in [np.ndarray, *sorted(dtype_classes, key=lambda t: t.__name__)]:
+        allowed.append((t, f"numpy\n(build only).{t.__name__}"))
+    return allowed
+
+
+_ALLOWED = None
+
+
 def safe_load(path: str):
-    """torch.load restricted to tensors and plain containers; anything else is refused by name."""
+    """torch.load restricted to tensors, plain containers and plain numpy arrays / scalars; a file
+    that would call anything else while loading is refused without calling it."""
+    global _ALLOWED
+    if _ALLOWED is None:
+        _ALLOWED = _numpy_allow_list()
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_ALLOWED):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's message suggests weights_only=False; the one line worth showing names the object.
-        lines = [ln.strip() for ln in str(e).splitlines() if "global" in ln.lower() and ln.strip()]
-        if lines:
-            raise LabelImportError(f"{path}: refused: the file holds objects other than tensors and plain "
-                                   f"containers, and unpickling them would run code ({lines[0]})") from None
-        raise LabelImportError(f"{path}: not a readable torch tensor file (corrupt or not made by torch.save)") from None
-    except Exception as e:  # truncated zip, garbage bytes, ...
-        raise LabelImportError(f"{path}: not a readable torch tensor file ({e.__class__.__name__}: "
-                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        msg = str(e)
+        m = re.search(r"GLOBAL ([\w.]+)", msg) or re.search(r"[Uu]nsupported global: (?:GLOBAL )?([\w.]+)", msg)
+        if m:
+            raise LabelImportError(f"{path}: refused: loading it would call {m.group(1)} (a pickled object that runs "
+                                   "code when loaded); only tensors, plain containers and numeric numpy arrays / "
+                                   "scalars are read, and nothing in the file was run") from None
+        refused = re.search(r"refused numpy[^\n]*", msg)
+        if refused:
+            raise LabelImportError(f"{path}: refused: {refused.group(0)}") from None
+        line = next((ln.strip() for ln in msg.splitlines() if ln.strip() and "Weights only load failed" not in ln
+                     and "weights_only" not in ln), "")
+        raise LabelImportError(f"{path}: not a readable torch file (corrupt pickle: {line[:200] or 'unreadable'})"
+                               ) from None
+    except Exception as e:  # truncated zip, garbage bytes, bad storage records, ...
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        raise LabelImportError(f"{path}: not a readable torch file ({e.__class__.__name__}: {first})") from None
 
 
+# ---------------------------------------------------------------------------------------- field checks
 def _tensor(x, path: str, what: str) -> torch.Tensor:
     if torch.is_tensor(x):
         return x
-    try:
-        return torch.as_tensor(np.asarray(x))
-    except (TypeError, ValueError):
-        raise LabelImportError(f"{path}: {what} must be a tensor, got {type(x).__name__}") from None
+    if isinstance(x, (np.ndarray, np.generic, list, tuple, int, float, bool)):
+        try:
+            a = np.asarray(x)
+            if a.dtype.kind in "biufc":
+                return torch.as_tensor(a)
+        except (TypeError, ValueError):
+            pass
+    raise LabelImportError(f"{path}: {what} must be a tensor or numeric array, got {type(x).__name__}")
 
 
 def _check_probs(p: torch.Tensor, path: str, full_rows: bool) -> None:
@@ -73,6 +154,8 @@ def _check_probs(p: torch.Tensor, path: str, full_rows: bool) -> None:
     if (p < 0).any():
         hint = "; are these logits? (SRe2L / LPLD files hold logits)" if full_rows else ""
         raise LabelImportError(f"{path}: soft labels contain negative probabilities{hint}")
+    if not torch.isfinite(p).all() or (p > 1).any():
+        raise LabelImportError(f"{path}: soft labels above 1 or infinite; are these logits?")
     sums = p.double().sum(-1)
     if full_rows and ((sums - 1).abs() > 0.02).any():
         raise LabelImportError(f"{path}: probability rows must sum to 1 (found {float(sums.min()):.4f}.."
@@ -83,9 +166,47 @@ def _check_probs(p: torch.Tensor, path: str, full_rows: bool) -> None:
 
 def _boxes(coords: torch.Tensor, path: str) -> torch.Tensor:
     c = coords.double()
-    if not torch.isfinite(c).all() or (c < -1e-6).any() or (c > 1 + 1e-6).any():
+    if not torch.isfinite(c).all() or (c < -1e-3).any() or (c > 1 + 1e-3).any():
         raise LabelImportError(f"{path}: crop coords must be (y, x, h, w) fractions in [0, 1]")
-    return quantize_boxes(c.clamp(0, 1))
+    c = c.clamp(0, 1)
+    # HALD stores coords as float16: y + h may round past the edge by a few 1e-4.
+    c[..., 2:] = torch.minimum(c[..., 2:], 1 - c[..., :2])
+    if ((c[..., 2] <= 0) | (c[..., 3] <= 0)).any():
+        raise LabelImportError(f"{path}: a crop box has zero height or width")
+    return quantize_boxes(c)
+
+
+def _encode(p: torch.Tensor, k: int, q: Quantizer) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Rows of probabilities [B, C] -> (ids [B, k] by decreasing probability, ties to the lower
+    id, or None when k == C; stored values)."""
+    C = p.shape[1]
+    if k == C:
+        return None, q.encode(p)
+    order = torch.sort(-p, dim=1, stable=True).indices[:, :k]
+    ids = order.to(torch.int32)
+    return (ids.to(torch.uint16) if C <= 65535 else ids), q.encode(p.gather(1, order))
+
+
+class _KLMeter:
+    """Mean KL(full || stored label) and of a uniform label, over every label an import keeps from
+    a source that holds full labels (0 for a lossless import)."""
+
+    def __init__(self, decode: str = "marginal"):
+        self.decode, self.kl, self.uniform, self.n = decode, 0.0, 0.0, 0
+
+    def add(self, full: torch.Tensor, ids, values, q: Quantizer) -> None:
+        self.kl += float(kl_to_full(full, ids, values, q.codebook(), self.decode).sum())
+        self.uniform += float(uniform_kl(full).sum())
+        self.n += full.shape[0]
+
+    def stats(self) -> dict:
+        if not self.n:
+            return {}
+        return {"kl_to_teacher": self.kl / self.n, "kl_uniform": self.uniform / self.n}
+
+
+def _natural_key(s: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
 def _list_files(root: str) -> list:
@@ -97,22 +218,43 @@ def _list_files(root: str) -> list:
     return sorted(out, key=_natural_key)
 
 
-def _natural_key(s: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+# ---------------------------------------------------------------------------------------- FKD
+def _match_fkd_files(root: str, files: list, images) -> list:
+    """FKD names a label file after its image (<class>/<stem>.tar): files in the image set's order."""
+    names = getattr(images, "names", None)
+    if names is None or any(str(n).startswith("array:") for n in names):
+        return files
+    by_key = {}
+    for f in files:
+        rel = os.path.splitext(os.path.relpath(f, root) if os.path.isdir(root) else os.path.basename(f))[0]
+        by_key[tuple(rel.replace(os.sep, "/").split("/"))] = f
+    out = []
+    for n in names:
+        want = tuple(os.path.splitext(str(n))[0].replace(os.sep, "/").split("/"))
+        hits = [f for key, f in by_key.items() if key[-len(want):] == want or key[-1:] == want[-1:]]
+        exact = [f for key, f in by_key.items() if key[-len(want):] == want]
+        hits = exact or hits
+        if len(hits) != 1:
+            raise LabelImportError(f"{root}: {'no' if not hits else len(hits)} FKD label file(s) for image {n!r} "
+                                   "(FKD names each file <class>/<image name>.tar)")
+        out.append(hits[0])
+    return out
 
 
-def import_fkd(root: str, out: str, num_classes: int, *, bits: int = 8, quantizer: str = "power",
+def import_fkd(root: str, out: str, num_classes: int, *, bits: int | None = None, quantizer: str = "power",
                temperature: float = 1.0, images=None, teacher: dict | None = None) -> ImportReport:
-    """FKD per-image files (sorted by path, natural order: image i = i-th file) -> store at `out`."""
+    """FKD per-image files -> store at `out`. With `images` (an ImageSet with file names) each image
+    takes the file named after it; otherwise image i is the i-th file in natural path order."""
     from hald_ext.data import fingerprint
 
     files = _list_files(root)
     if not files:
         raise LabelImportError(f"{root}: no files to import")
-    if images is not None and len(images) != len(files):
-        raise LabelImportError(f"{root}: {len(files)} FKD files but the image set has {len(images)} images")
+    if images is not None:
+        if len(images) != len(files):
+            raise LabelImportError(f"{root}: {len(files)} FKD files but the image set has {len(images)} images")
+        files = _match_fkd_files(root, files, images)
     q = Quantizer(quantizer, bits)
-    thresholds = q.thresholds().double()
     boxes, flips, ids, codes = [], [], [], []
     shape = None
     for path in files:
@@ -122,8 +264,8 @@ def import_fkd(root: str, out: str, num_classes: int, *, bits: int = 8, quantize
                                    f"{' of length ' + str(len(obj)) if isinstance(obj, (list, tuple)) else ''}")
         coords, flip, lab = (_tensor(x, path, w) for x, w in zip(obj, ("coords", "flip", "labels")))
         if lab.dim() != 3 or lab.shape[1] != 2 or coords.shape != (lab.shape[0], 4) or flip.shape != (lab.shape[0],):
-            raise LabelImportError(f"{path}: expected coords [N, 4], flip [N], labels [N, 2, k]; got "
-                                   f"{list(coords.shape)}, {list(flip.shape)}, {list(lab.shape)}")
+            raise LabelImportError(f"{path}: expected coords [N, 4], flip [N], labels [N, 2, k] (FKD's marginal_* "
+                                   f"label types); got {list(coords.shape)}, {list(flip.shape)}, {list(lab.shape)}")
         if shape is None:
             shape = tuple(lab.shape)
         elif tuple(lab.shape) != shape:
@@ -132,108 +274,168 @@ def import_fkd(root: str, out: str, num_classes: int, *, bits: int = 8, quantize
         if not torch.isfinite(raw_ids).all() or (raw_ids != raw_ids.round()).any():
             raise LabelImportError(f"{path}: class ids must be whole numbers")
         if (raw_ids < 0).any() or (raw_ids >= num_classes).any():
-            raise LabelImportError(f"{path}: class id {int(raw_ids.max() if raw_ids.max() >= num_classes else raw_ids.min())} "
-                                   f"is out of range for C = {num_classes}")
+            bad = raw_ids.max() if raw_ids.max() >= num_classes else raw_ids.min()
+            raise LabelImportError(f"{path}: class id {int(bad)} is out of range for C = {num_classes}")
+        if lab.shape[2] > 1 and (raw_ids.sort(1).values.diff(dim=1) == 0).any():
+            raise LabelImportError(f"{path}: a label lists the same class id twice")
         _check_probs(p, path, full_rows=False)
         order = torch.sort(-p, dim=1, stable=True).indices  # the store keeps decreasing probability
         p, raw_ids = p.gather(1, order), raw_ids.gather(1, order)
         boxes.append(_boxes(coords, path))
         flips.append(flip.bool())
         ids.append(raw_ids.long())
-        codes.append(torch.searchsorted(thresholds, p.contiguous(), right=True))
+        codes.append(q.encode(p))
     n_slots, k = shape[0], shape[2]
-    if k > min(num_classes, 64):
-        raise LabelImportError(f"{root}: k = {k} exceeds min(C, 64)")
+    if k > num_classes:
+        raise LabelImportError(f"{root}: k = {k} exceeds C = {num_classes}")
     header = Header(num_images=len(files), slots=n_slots, num_classes=num_classes, k=k,
                     temperature=float(temperature), quantizer=q, teacher=teacher or {},
                     images=fingerprint(images) if images is not None else None,
                     crops={"rule": "imported from FKD"}, source="import-fkd")
     ids_t = torch.stack(ids).to(torch.int32)
-    store = LabelStore.create(out, header, torch.stack(boxes), torch.stack(flips),
-                              ids_t.to(torch.uint16) if num_classes <= 65535 else ids_t,
-                              torch.stack(codes).to(torch.int32).to(q.code_dtype))
+    if k == num_classes:  # full width: values into class order
+        codes = [torch.zeros_like(c).scatter_(1, i, c) for c, i in zip(codes, ids)]
+        ids_t = None
+    elif num_classes <= 65535:
+        ids_t = ids_t.to(torch.uint16)
+    store = LabelStore.create(out, header, torch.stack(boxes), torch.stack(flips), ids_t, torch.stack(codes))
     return ImportReport(store, len(files), sum(os.path.getsize(f) for f in files), store.nbytes)
 
 
-def _epoch_dirs(root: str) -> list:
-    eps = [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]
-    return [os.path.join(root, d) for d in sorted(eps, key=_natural_key)] if eps else [root]
+# ---------------------------------------------------------------------------------------- SRe2L / LPLD / HALD
+def _epoch_number(path: str, position: int) -> int:
+    m = re.search(r"epoch_(\d+)", os.path.basename(path.rstrip(os.sep)))
+    return int(m.group(1)) if m else position
+
+
+def _read_epochs(root: str) -> tuple[list, list]:
+    """([(epoch number, batches)], input files), `batches()` yielding (where, batch item) and loading
+    one file at a time. HALD: epoch_<e>.tar files, each a list over batches; SRe2L / LPLD:
+    epoch_<e>/ folders of batch_<b>.tar (or files directly in root)."""
+    if not os.path.isdir(root):
+        raise LabelImportError(f"{root}: not a directory of label epochs")
+    names = sorted(os.listdir(root), key=_natural_key)
+    epoch_files = [n for n in names if re.fullmatch(r"epoch_\d+\.tar", n)]
+    epochs, files = [], []
+    if epoch_files:  # HALD
+        for n in epoch_files:
+            path = os.path.join(root, n)
+            files.append(path)
+            epochs.append((_epoch_number(n, len(epochs)), lambda path=path: _hald_batches(path)))
+        return epochs, files
+    dirs = [os.path.join(root, n) for n in names if os.path.isdir(os.path.join(root, n))]
+    for pos, d in enumerate(dirs or [root]):
+        batch_files = [f for f in _list_files(d) if os.path.basename(f) not in SAMPLER_FILES]
+        if not batch_files:
+            continue
+        files += batch_files
+        epochs.append((_epoch_number(d, pos) if dirs else 0,
+                       lambda batch_files=batch_files: ((f, safe_load(f)) for f in batch_files)))
+    if not epochs:
+        raise LabelImportError(f"{root}: no batch files to import (expected epoch_<e>/batch_<b>.tar or epoch_<e>.tar)")
+    return epochs, files
+
+
+def _hald_batches(path: str):
+    obj = safe_load(path)
+    if not isinstance(obj, list) or not obj or not all(isinstance(b, (list, tuple)) for b in obj):
+        raise LabelImportError(f"{path}: a HALD epoch file holds a list over batches of [coords, flip, "
+                               f"mix_index, mix_lambda, mix_bbox, soft_labels], got {type(obj).__name__}")
+    return [(f"{path} (batch {b})", item) for b, item in enumerate(obj)]
+
+
+def read_epoch_count(root: str) -> int:
+    """How many label epochs `root` holds (epoch_<e>.tar files or epoch_<e>/ folders), without loading them."""
+    if not os.path.isdir(root):
+        raise LabelImportError(f"{root}: not a directory of label epochs")
+    return sum(1 for n in os.listdir(root) if re.fullmatch(r"epoch_\d+(\.tar)?", n))
+
+
+def read_sampler(path: str) -> dict:
+    """{epoch: [image ids in the order the relabel drew them]} from HALD's sampler_indices_dict.pt
+    or LPLD's sampler_indices_epoch.json."""
+    if path.endswith(".json"):
+        try:
+            with open(path) as f:
+                obj = json.load(f)
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise LabelImportError(f"{path}: not a readable JSON sampler file ({e.__class__.__name__})") from None
+    else:
+        obj = safe_load(path)
+    if not isinstance(obj, dict):
+        raise LabelImportError(f"{path}: a sampler file maps each epoch to its image ids, got {type(obj).__name__}")
+    out = {}
+    for key, v in obj.items():
+        try:
+            e = int(key)
+            ids = _tensor(v, path, f"epoch {key!r}'s image ids").reshape(-1)
+            if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+                raise ValueError
+        except (ValueError, TypeError, LabelImportError):
+            raise LabelImportError(f"{path}: sampler entry {key!r} must map an epoch number to integer image ids") from None
+        out[e] = ids.long()
+    return out
+
+
+def sre2l_order(num_images: int, epochs: int, seed: int = 42) -> torch.Tensor:
+    """[epochs, N]: the images of each label epoch in the order SRe2L's relabel (and LPLD's) drew
+    them: one torch RandomSampler with a generator seeded `--fkd-seed` (42), iterated once per epoch.
+    Reproduces the file only under a torch whose RandomSampler draws like the writer's did."""
+    g = torch.Generator()
+    g.manual_seed(seed)
+    sampler = torch.utils.data.RandomSampler(range(num_images), generator=g)
+    return torch.tensor([list(sampler) for _ in range(epochs)], dtype=torch.long)
 
 
 def import_batches(root: str, out: str, num_classes: int, *, values: str = "logits", temperature: float = 1.0,
-                   k: int = 5, bits: int = 8, quantizer: str = "power", crop_size: int = 224, order=None,
-                   images=None, teacher: dict | None = None, flavor: str = "sre2l") -> ImportReport:
-    """SRe2L / LPLD / HALD per-batch files -> store. One sub-folder per label epoch (= one slot),
-    batch files in natural order; `order` ([E, N] or [N] image ids of the rows, in file order; the
-    identity by default) says which image each row labels."""
+                   k: int | None = None, bits: int | None = None, quantizer: str = "fp16", crop_size: int = 224,
+                   order=None, sampler: str | None = None, images=None, teacher: dict | None = None,
+                   flavor: str = "sre2l") -> ImportReport:
+    """SRe2L / LPLD / HALD label epochs -> store (slot e = label epoch e).
+
+    Which image each row labels: `order` ([E, N] or [N] image ids of the rows, in file order), else
+    the sampler file (`sampler`, or sampler_indices_dict.pt / sampler_indices_epoch.json in `root`),
+    else row r is image r, with an ImportOrderWarning. `k` = C (the default) keeps every class;
+    with the fp16 quantizer a HALD file's float16 probabilities are stored bit for bit. Logits
+    (SRe2L, LPLD) become softmax(logits / temperature). When the store keeps less than the full
+    label, Header.stats records the mean KL it loses (and a uniform label's, for comparison)."""
     from hald_ext.data import fingerprint
-    from hald_ext.ops import label_encode
 
     if values not in ("logits", "probs"):
         raise ValueError(f"values must be 'logits' or 'probs', got {values!r}")
+    k = num_classes if k is None else k
+    if not 1 <= k <= num_classes:
+        raise ValueError(f"k must be in [1, C = {num_classes}], got {k}")
     q = Quantizer(quantizer, bits)
-    thresholds = q.thresholds()
-    epochs = [_list_files(d) for d in _epoch_dirs(root)]
-    epochs = [e for e in epochs if e]
-    if not epochs:
-        raise LabelImportError(f"{root}: no batch files to import")
-    per_epoch, all_files = [], []
-    for files in epochs:
+    epochs, all_files = _read_epochs(root)
+    meter = _KLMeter()
+    per_epoch = []
+    for _, batches in epochs:
         rows = {"boxes": [], "flips": [], "ids": [], "codes": [], "partner": [], "mix_boxes": [], "lam": []}
-        for path in files:
-            all_files.append(path)
-            obj = safe_load(path)
-            if not isinstance(obj, (list, tuple)) or len(obj) != 6:
-                raise LabelImportError(f"{path}: a batch file holds [coords, flip, mix_index, mix_lambda, mix_bbox, "
-                                       "soft_labels]")
-            coords, flip, mix_index, lam, bbox, soft = obj
-            soft = _tensor(soft, path, "soft labels")
-            coords, flip = _tensor(coords, path, "coords"), _tensor(flip, path, "flip")
-            if soft.dim() != 2 or soft.shape[1] != num_classes:
-                raise LabelImportError(f"{path}: soft labels must be [B, C = {num_classes}], got {list(soft.shape)}")
-            B = soft.shape[0]
-            if coords.shape != (B, 4) or flip.shape != (B,):
-                raise LabelImportError(f"{path}: coords {list(coords.shape)} / flip {list(flip.shape)} do not match "
-                                       f"{B} labels")
-            soft = soft.float()
-            if values == "probs":
-                _check_probs(soft, path, full_rows=True)
-            elif not torch.isfinite(soft).all():
-                raise LabelImportError(f"{path}: logits contain NaN or inf")
-            bi, bc = label_encode(soft, k, thresholds, temperature=temperature if values == "logits" else 1.0,
-                                  from_logits=values == "logits")
-            rows["boxes"].append(_boxes(coords, path))
+        for where, obj in batches():
+            coords, flip, soft, mix = _batch_fields(where, obj, num_classes, values, crop_size)
+            p = torch.softmax(soft.float() / temperature, 1) if values == "logits" else soft
+            bi, bc = _encode(p if q.is_float and k == num_classes else p.double(), k, q)
+            meter.add(p, bi, bc, q)
+            rows["boxes"].append(_boxes(coords, where))
             rows["flips"].append(flip.bool())
             rows["ids"].append(bi)
             rows["codes"].append(bc)
-            partner, mbox, mlam = _mix_rows(path, mix_index, lam, bbox, B, crop_size)
+            partner, mbox, mlam = mix
             offset = sum(len(r) for r in rows["partner"])  # batch rows -> rows of the epoch
             rows["partner"].append(torch.where(partner >= 0, partner + offset, partner))
             rows["mix_boxes"].append(mbox)
             rows["lam"].append(mlam)
-        per_epoch.append({key: torch.cat(v) for key, v in rows.items()})
-    n = per_epoch[0]["ids"].shape[0]
-    if any(e["ids"].shape[0] != n for e in per_epoch):
-        raise LabelImportError(f"{root}: label epochs hold different numbers of rows "
-                               f"({[e['ids'].shape[0] for e in per_epoch]})")
-    if images is not None and len(images) != n:
-        raise LabelImportError(f"{root}: each epoch labels {n} crops but the image set has {len(images)} images")
-    E = len(per_epoch)
-    if order is None:
-        order = torch.arange(n).expand(E, n)
-    else:
-        order = torch.as_tensor(np.asarray(order)).long()
-        order = order.expand(E, n) if order.dim() == 1 else order
-        if tuple(order.shape) != (E, n):
-            raise LabelImportError(f"order must be [N = {n}] or [E = {E}, N], got {list(order.shape)}")
-        if ((order.sort(1).values != torch.arange(n)).any()):
-            raise LabelImportError("order must be a permutation of the images in every epoch")
-    # Row r of epoch e labels image order[e, r]: scatter rows into [N, E] (slot e = epoch e).
+        per_epoch.append({key: (torch.cat(v) if v[0] is not None else None) for key, v in rows.items()})
+    order, per_epoch = _row_order(root, epochs, per_epoch, order, sampler, images)
+    E, n = order.shape
+    # Row r of epoch e labels image order[e, r]: image i's row is at argsort(order[e])[i].
     out_t = {}
     for key in per_epoch[0]:
-        # Image i's row is at position argsort(order[e])[i] (a gather: uint16 has no index_put).
-        dest = [e_rows[key][torch.argsort(order[e])] for e, e_rows in enumerate(per_epoch)]
-        out_t[key] = torch.stack(dest, 1).contiguous()  # [n, E, ...]
+        if per_epoch[0][key] is None:
+            out_t[key] = None
+            continue
+        out_t[key] = torch.stack([rows[key][torch.argsort(order[e])] for e, rows in enumerate(per_epoch)], 1)
     # Partners are rows of the epoch; as image ids they follow the same permutation.
     partner_rows = out_t["partner"].long()
     for e in range(E):
@@ -243,22 +445,95 @@ def import_batches(root: str, out: str, num_classes: int, *, values: str = "logi
     header = Header(num_images=n, slots=E, num_classes=num_classes, k=k, temperature=float(temperature),
                     quantizer=q, teacher=teacher or {}, images=fingerprint(images) if images is not None else None,
                     crops={"rule": f"imported from {flavor}", "crop_size": crop_size}, mix=has_mix,
-                    source=f"import-{flavor}")
+                    source=f"import-{flavor}", stats=meter.stats())
     mix = MixRecord(partner_rows.to(torch.int32), out_t["mix_boxes"], out_t["lam"]) if has_mix else None
     store = LabelStore.create(out, header, out_t["boxes"], out_t["flips"], out_t["ids"], out_t["codes"], mix=mix)
     return ImportReport(store, len(all_files), sum(os.path.getsize(f) for f in all_files), store.nbytes)
 
 
+def _batch_fields(where: str, obj, num_classes: int, values: str, crop_size: int):
+    if not isinstance(obj, (list, tuple)) or len(obj) != 6:
+        raise LabelImportError(f"{where}: a batch holds [coords, flip, mix_index, mix_lambda, mix_bbox, "
+                               f"soft_labels], got {type(obj).__name__}"
+                               f"{' of length ' + str(len(obj)) if isinstance(obj, (list, tuple)) else ''}")
+    coords, flip, mix_index, lam, bbox, soft = obj
+    soft = _tensor(soft, where, "soft labels")
+    coords, flip = _tensor(coords, where, "coords"), _tensor(flip, where, "flip")
+    if soft.dim() != 2 or soft.shape[1] != num_classes:
+        raise LabelImportError(f"{where}: soft labels must be [B, C = {num_classes}], got {list(soft.shape)}")
+    B = soft.shape[0]
+    if B == 0 or coords.shape != (B, 4) or flip.shape != (B,):
+        raise LabelImportError(f"{where}: coords {list(coords.shape)} / flip {list(flip.shape)} do not match "
+                               f"{B} labels")
+    if not soft.is_floating_point():
+        raise LabelImportError(f"{where}: soft labels must be floating point, got {soft.dtype}")
+    if values == "probs":
+        _check_probs(soft.float(), where, full_rows=True)
+    elif not torch.isfinite(soft).all():
+        raise LabelImportError(f"{where}: logits contain NaN or inf")
+    return coords, flip, soft, _mix_rows(where, mix_index, lam, bbox, B, crop_size)
+
+
+def _row_order(root: str, epochs: list, per_epoch: list, order, sampler: str | None, images):
+    """[E, N] image id of every row, and the epochs kept (a last, unfinished epoch is dropped)."""
+    rows = [e["boxes"].shape[0] for e in per_epoch]
+    numbers = [num for num, _ in epochs]
+    if order is not None:
+        order = torch.as_tensor(np.asarray(order)).long()
+        order = order.expand(len(per_epoch), -1) if order.dim() == 1 else order
+        source = "--order"
+    else:
+        path = sampler or next((os.path.join(root, f) for f in SAMPLER_FILES if os.path.isfile(os.path.join(root, f))),
+                               None)
+        if path is not None:
+            table = read_sampler(path)
+            missing = [num for num in numbers if num not in table]
+            if missing:
+                raise LabelImportError(f"{path}: no image order for label epoch(s) {missing[:5]}")
+            order = [table[num] for num in numbers]
+            source = path
+        else:
+            n = len(images) if images is not None else max(rows)
+            warnings.warn(f"{root}: no sampler file ({' / '.join(SAMPLER_FILES)}): row r of every label epoch is "
+                          f"taken to label image r (file order). SRe2L / LPLD shuffle images with a seeded sampler "
+                          f"(pass --order, or --sampler-seed 42 to rebuild SRe2L's)", ImportOrderWarning, stacklevel=3)
+            order = [torch.arange(n)] * len(per_epoch)
+            source = "file order"
+    n = len(images) if images is not None else len(order[0])
+    keep = []
+    for e, (o, r) in enumerate(zip(order, rows)):
+        o = torch.as_tensor(o).long().reshape(-1)
+        if r < n and e == len(rows) - 1 and e > 0:  # LPLD stops mid-epoch after its last step
+            warnings.warn(f"{root}: label epoch {numbers[e]} holds {r} of {n} rows (an unfinished last epoch); "
+                          "it is left out", ImportOrderWarning, stacklevel=3)
+            continue
+        if r != n or o.numel() != n:
+            raise LabelImportError(f"{root}: label epoch {numbers[e]} holds {r} rows and its order ({source}) lists "
+                                   f"{o.numel()} images, for {n} images; every epoch must label each image once")
+        if not torch.equal(o.sort().values, torch.arange(n)):
+            raise LabelImportError(f"{root}: the image order of label epoch {numbers[e]} ({source}) is not a "
+                                   f"permutation of the {n} images")
+        keep.append(e)
+    return torch.stack([torch.as_tensor(order[e]).long().reshape(-1) for e in keep]), [per_epoch[e] for e in keep]
+
+
 def _mix_rows(path, mix_index, lam, bbox, B: int, crop_size: int):
     """Per-row (partner row in the batch or -1, pasted box uint16 (y, x, h, w), own-crop weight)."""
     none = (torch.full((B,), -1, dtype=torch.long), torch.zeros(B, 4, dtype=torch.uint16), torch.ones(B))
-    if mix_index is None or lam is None or bbox is None:
+    if mix_index is None and lam is None and bbox is None:
         return none
-    idx = _tensor(mix_index, path, "mix_index").long().view(-1)
-    lam_v = float(_tensor(lam, path, "mix_lambda").double().view(-1)[0])
-    box = _tensor(bbox, path, "mix_bbox").double().view(-1)
-    if idx.shape != (B,) or box.shape != (4,):
-        raise LabelImportError(f"{path}: mix_index must be [B] and mix_bbox 4 numbers")
+    if mix_index is not None and lam is not None and bbox is None:
+        raise LabelImportError(f"{path}: a mixup record (mix_index and mix_lambda without a box): a blended crop "
+                               "cannot be replayed from a store, which keeps CutMix boxes only")
+    if mix_index is None or lam is None or bbox is None:
+        raise LabelImportError(f"{path}: mix_index, mix_lambda and mix_bbox must all be given or all be None")
+    idx = _tensor(mix_index, path, "mix_index")
+    lam_t = _tensor(lam, path, "mix_lambda")
+    box = _tensor(bbox, path, "mix_bbox").double().reshape(-1)
+    if idx.is_floating_point() or idx.shape != (B,) or box.shape != (4,) or lam_t.numel() != 1:
+        raise LabelImportError(f"{path}: mix_index must be [B] integers, mix_lambda one number and mix_bbox 4 numbers")
+    idx = idx.long()
+    lam_v = float(lam_t.double().reshape(-1)[0])
     if (idx < 0).any() or (idx >= B).any():
         raise LabelImportError(f"{path}: mix_index points outside the batch")
     if not (0 <= lam_v <= 1):
@@ -269,6 +544,7 @@ def _mix_rows(path, mix_index, lam, bbox, B: int, crop_size: int):
     # the first pair indexes rows (y), the second columns (x).
     x1, y1, x2, y2 = box.tolist()
     frac = torch.tensor([x1, y1, x2 - x1, y2 - y1], dtype=torch.float64) / crop_size
-    if (frac < 0).any() or (frac > 1).any() or frac[0] + frac[2] > 1 or frac[1] + frac[3] > 1:
+    if not torch.isfinite(frac).all() or (frac < 0).any() or (frac > 1).any() or frac[0] + frac[2] > 1 \
+            or frac[1] + frac[3] > 1:
         raise LabelImportError(f"{path}: mix_bbox {box.tolist()} lies outside a {crop_size}-pixel crop (--crop-size)")
     return idx, quantize_boxes(frac).expand(B, 4).clone(), torch.full((B,), lam_v)
