@@ -105,6 +105,20 @@ def test_mix_record_round_trip(tmp_path):
         LabelStore.create(tmp_path / "m3.safetensors", make_header(), *arrays, mix=mix)
 
 
+def test_stats_round_trip_and_checked_on_write(tmp_path, store_path):
+    assert LabelStore.open(store_path).header.stats == {}
+    h = make_header(stats={"kl_to_teacher": 0.125, "kl_uniform": 1.5, "count": 3})
+    s = LabelStore.create(tmp_path / "st.safetensors", h, *make_arrays(h))
+    assert LabelStore.open(s.path).header.stats == {"kl_to_teacher": 0.125, "kl_uniform": 1.5, "count": 3}
+    # A store written before stats existed (no "stats" key in its header) reads as {}.
+    old = rewrite(s.path, tmp_path / "old", header={"stats": None})
+    assert LabelStore.open(old).header.stats == {}
+    with pytest.raises(ValueError, match="stats 'kl' = inf is not a finite number"):
+        make_header(stats={"kl": float("inf")}).to_json()
+    # stats are measurements, not the recipe: a finished relabel's header matches its partial one
+    assert h.same_recipe(make_header(progress=4))
+
+
 def test_fingerprint_check(store_path):
     s = LabelStore.open(store_path, images={"count": 6, "sha256": "ab" * 32})
     with pytest.raises(FingerprintMismatch, match="made for 6 images, this set has 5"):
@@ -125,6 +139,7 @@ def rewrite(path, out, *, metadata=None, tensors=None, header=None):
     if header is not None:
         d = json.loads(meta[HEADER_KEY])
         d.update(header)
+        d = {k: v for k, v in d.items() if v is not None or k in ("images", "seed", "progress")}
         meta[HEADER_KEY] = json.dumps(d)
     meta.update(metadata or {})
     t.update(tensors or {})
@@ -164,6 +179,10 @@ def test_not_a_store_and_wrong_version(store_path, tmp_path):
     (dict(tensors={"extra": torch.zeros(2)}), "unexpected \\['extra'\\]"),
     (dict(tensors={"flips": torch.zeros(6, 3, dtype=torch.uint8)}), "flips is U8"),
     (dict(header={"num_classes": 3, "k": 3}), "header and arrays disagree"),
+    (dict(header={"stats": {"kl_to_teacher": "small"}}), "'stats' 'kl_to_teacher' = 'small' is not a finite"),
+    (dict(header={"stats": {"kl_to_teacher": True}}), "'stats'"),
+    (dict(header={"stats": [1.0]}), "'stats' must be a mapping"),
+    (dict(header={"stats": {"kl": float("nan")}}), "'stats' 'kl' = nan"),
 ])
 def test_header_and_arrays_disagree(store_path, tmp_path, edit, match):
     with pytest.raises(LabelStoreError, match=match):

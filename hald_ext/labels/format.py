@@ -3,9 +3,11 @@
 Tensors, for N images x S slots (one slot = one stored crop label; a label epoch replays a slot):
   boxes        uint16 [N, S, 4]  crop (y, x, h, w) as fractions * 65535 (hald_ext.boxes)
   flips        bool   [N, S]     horizontal flip after the crop
-  topk_ids     uint16 [N, S, k]  class ids by decreasing probability (int32 when C > 65535)
-  codes        uint8  [N, S, k]  quantised probabilities (uint16 for 16-bit codes)
-  codebook     float32 [2^bits]  code -> probability (what soft_hard_loss takes)
+  topk_ids     uint16 [N, S, k]  class ids by decreasing probability (int32 when C > 65535);
+                                 absent when k == C (a full-width label: values in class order)
+  codes        uint8  [N, S, k]  quantised probabilities (uint16 for 16-bit codes; float16
+                                 probabilities themselves with the "fp16" quantizer)
+  codebook     float32 [2^bits]  code -> probability (what soft_hard_loss takes); absent for fp16
   optional CutMix replay record (all three or none; the label was made on the mixed crop):
   mix_partner  int32  [N, S]     image whose crop of the same slot was pasted in (-1: no mix)
   mix_boxes    uint16 [N, S, 4]  pasted region (y, x, h, w) as fractions of the crop
@@ -29,11 +31,9 @@ VERSION_KEY = "hald.version"
 VERSION = 1
 HEADER_KEY = "hald.header"
 DECODES = ("marginal", "renorm", "truncate")
-MAX_K = 64  # the encoder's limit
 # safetensors' own limit is 100 MB; a label store header is a few hundred bytes plus tensor entries.
 MAX_HEADER_BYTES = 1 << 20
 
-REQUIRED = ("boxes", "flips", "topk_ids", "codes", "codebook")
 MIX = ("mix_partner", "mix_boxes", "mix_lambda")
 
 
@@ -65,12 +65,23 @@ class Header:
     mix: bool = False
     source: str = "relabel"
     progress: int | None = None  # labels done, only in an unfinished relabel's partial file
+    # Measured quality, JSON numbers by name, e.g. {"kl_to_teacher": mean nats, "kl_uniform": mean
+    # nats of a uniform label} (hald_ext.labels.quality); `hald labels info` prints it.
+    stats: dict = dataclasses.field(default_factory=dict)
 
     @property
     def code_bits(self) -> int:
         return self.quantizer.bits
 
+    @property
+    def full_width(self) -> bool:
+        """k == C: every class stored, in class order, with no ids."""
+        return self.k == self.num_classes
+
     def to_json(self) -> str:
+        problem = stats_problem(self.stats)
+        if problem:
+            raise ValueError(f"Header.stats {problem}")
         d = dataclasses.asdict(self)
         d["quantizer"] = self.quantizer.to_header()
         d["code_bits"] = self.quantizer.bits
@@ -81,8 +92,9 @@ class Header:
         return {MAGIC_KEY: MAGIC, VERSION_KEY: str(VERSION), HEADER_KEY: self.to_json()}
 
     def same_recipe(self, other: "Header") -> bool:
-        """Equal except for progress (a partial relabel may resume into this header)."""
-        a, b = dataclasses.replace(self, progress=None), dataclasses.replace(other, progress=None)
+        """Equal except for progress and stats (a partial relabel may resume into this header; stats
+        are measured on the finished labels)."""
+        a, b = (dataclasses.replace(h, progress=None, stats={}) for h in (self, other))
         return a.to_json() == b.to_json()
 
     @classmethod
@@ -103,6 +115,18 @@ class Header:
         return _header_from_dict(d, where)
 
 
+def stats_problem(stats) -> str | None:
+    """Why `stats` is not a mapping of names to finite JSON numbers, or None when it is."""
+    if not isinstance(stats, dict):
+        return f"must be a mapping of names to numbers, got {type(stats).__name__}"
+    for key, v in stats.items():
+        if not isinstance(key, str):
+            return f"keys must be strings, got {key!r}"
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"{key!r} = {v!r} is not a finite number"
+    return None
+
+
 def _field(d: dict, name: str, where: str, kind, check=None, what: str = ""):
     if name not in d:
         raise LabelStoreError(f"{where}: header field {name!r} is missing")
@@ -121,7 +145,7 @@ def _header_from_dict(d: dict, where: str) -> Header:
     n = _field(d, "num_images", where, int, lambda v: 0 <= v < 2**31, "an image count")
     s = _field(d, "slots", where, int, lambda v: 1 <= v < 2**20, "slots per image >= 1")
     c = _field(d, "num_classes", where, int, lambda v: 1 <= v < 2**31, "class count >= 1")
-    k = _field(d, "k", where, int, lambda v: 1 <= v <= min(c, MAX_K), f"1 <= k <= min(C, {MAX_K})")
+    k = _field(d, "k", where, int, lambda v: 1 <= v <= c, "1 <= k <= C")
     t = _field(d, "temperature", where, (int, float), lambda v: math.isfinite(v) and v > 0, "finite, > 0")
     try:
         q = Quantizer.from_header(d.get("quantizer"))
@@ -147,21 +171,26 @@ def _header_from_dict(d: dict, where: str) -> Header:
     progress = d.get("progress")
     if progress is not None and not (isinstance(progress, int) and 0 <= progress <= n * s):
         raise LabelStoreError(f"{where}: header field 'progress' = {progress!r} is invalid")
+    stats = d.get("stats", {})  # absent in stores written before stats existed
+    problem = stats_problem(stats)
+    if problem:
+        raise LabelStoreError(f"{where}: header field 'stats' {problem}")
     return Header(num_images=n, slots=s, num_classes=c, k=k, temperature=float(t), quantizer=q,
                   default_decode=dec, teacher=teacher, images=images, crops=crops, seed=seed, mix=mix,
-                  source=source, progress=progress)
+                  source=source, progress=progress, stats=dict(stats))
 
 
 def expected_tensors(h: Header) -> dict:
     """name -> (safetensors dtype, shape) that a store with header `h` must hold."""
     N, S, k = h.num_images, h.slots, h.k
-    out = {
-        "boxes": ("U16", [N, S, 4]),
-        "flips": ("BOOL", [N, S]),
-        "topk_ids": (ids_dtype_name(h.num_classes), [N, S, k]),
-        "codes": ("U8" if h.code_bits == 8 else "U16", [N, S, k]),
-        "codebook": ("F32", [1 << h.code_bits]),
-    }
+    out = {"boxes": ("U16", [N, S, 4]), "flips": ("BOOL", [N, S])}
+    if not h.full_width:
+        out["topk_ids"] = (ids_dtype_name(h.num_classes), [N, S, k])
+    if h.quantizer.is_float:
+        out["codes"] = ("F16", [N, S, k])
+    else:
+        out["codes"] = ("U8" if h.code_bits == 8 else "U16", [N, S, k])
+        out["codebook"] = ("F32", [1 << h.code_bits])
     if h.mix:
         out.update(mix_partner=("I32", [N, S]), mix_boxes=("U16", [N, S, 4]), mix_lambda=("F32", [N, S]))
     return out

@@ -12,6 +12,8 @@ Kinds (all map 0 -> code 0 and 1 -> the last code; L = 2^bits levels):
   log      code 0 is 0; codes 1..L-1 geometric from `p_min` to 1, thresholds at geometric means:
            equal relative error at every scale; best for flat labels (large C at high T), worst for
            peaked ones (a 2.8 % step near p = 1 at 8 bits).
+  fp16     no codes: the values are float16 probabilities, stored as they are (what SRe2L / HALD
+           files hold, so an import keeps them bit for bit); no codebook, no thresholds.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import math
 
 import torch
 
-KINDS = ("power", "uniform", "log")
+KINDS = ("power", "uniform", "log", "fp16")
 DEFAULT_GAMMA = 1.5
 # Smallest non-zero level of the log quantiser: a stored probability below half of it codes as 0.
 DEFAULT_P_MIN = {8: 1e-6, 16: 1e-12}
@@ -29,13 +31,17 @@ DEFAULT_P_MIN = {8: 1e-6, 16: 1e-12}
 @dataclasses.dataclass(frozen=True)
 class Quantizer:
     kind: str = "power"
-    bits: int = 8
+    bits: int | None = None  # None -> 8 (16 for fp16)
     p_min: float | None = None  # log only; None -> DEFAULT_P_MIN[bits]
     gamma: float | None = None  # power only; None -> DEFAULT_GAMMA
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"quantizer kind must be one of {KINDS}, got {self.kind!r}")
+        if self.bits is None:
+            object.__setattr__(self, "bits", 16 if self.kind == "fp16" else 8)
+        if self.kind == "fp16" and self.bits != 16:
+            raise ValueError(f"the fp16 quantizer stores 16-bit floats, got bits={self.bits!r}")
         if self.bits not in (8, 16):
             raise ValueError(f"code bits must be 8 or 16, got {self.bits!r}")
         if self.kind == "log":
@@ -58,11 +64,27 @@ class Quantizer:
         return 1 << self.bits
 
     @property
+    def is_float(self) -> bool:
+        """True when values are stored probabilities (fp16), not codes into a codebook."""
+        return self.kind == "fp16"
+
+    @property
     def code_dtype(self) -> torch.dtype:
+        if self.is_float:
+            return torch.float16
         return torch.uint8 if self.bits == 8 else torch.uint16
 
-    def codebook(self) -> torch.Tensor:
-        """float32 [2^bits], sorted; entry i is the probability that code i stands for."""
+    def encode(self, probs: torch.Tensor) -> torch.Tensor:
+        """Probabilities (any float dtype, any shape) -> stored values of `code_dtype`."""
+        if self.is_float:
+            return probs.to(torch.float16)
+        t = self.thresholds().to(device=probs.device, dtype=torch.float64)
+        return torch.searchsorted(t, probs.double().contiguous(), right=True).to(torch.int32).to(self.code_dtype)
+
+    def codebook(self) -> torch.Tensor | None:
+        """float32 [2^bits], sorted; entry i is the probability that code i stands for (None for fp16)."""
+        if self.is_float:
+            return None
         L = self.levels
         i = torch.arange(L, dtype=torch.float64)
         if self.kind == "uniform":
@@ -77,6 +99,8 @@ class Quantizer:
 
     def thresholds(self) -> torch.Tensor:
         """float32 [2^bits - 1]: probability p gets code = number of thresholds <= p."""
+        if self.is_float:
+            raise ValueError("the fp16 quantizer has no thresholds: it stores probabilities as float16")
         L = self.levels
         mid = (torch.arange(L - 1, dtype=torch.float64) + 0.5) / (L - 1)
         if self.kind == "uniform":

@@ -1,5 +1,6 @@
-"""`LabelStore`: the top-k soft labels of N images x S slots with their crop boxes and flips, in one
-safetensors file (format: hald_ext.labels.format), opened lazily through memory maps."""
+"""`LabelStore`: the top-k (or full-width, k == C) soft labels of N images x S slots with their crop
+boxes and flips, in one safetensors file (format: hald_ext.labels.format), opened lazily through
+memory maps."""
 from __future__ import annotations
 
 import os
@@ -14,9 +15,9 @@ from hald_ext.labels.atomic import atomic_path
 from hald_ext.labels.format import FingerprintMismatch, Header, LabelStoreError
 
 _TORCH_DTYPES = {"U16": torch.uint16, "BOOL": torch.bool, "U8": torch.uint8, "I32": torch.int32,
-                 "F32": torch.float32}
+                 "F32": torch.float32, "F16": torch.float16}
 _NP_DTYPES = {"U16": np.dtype("<u2"), "BOOL": np.dtype("?"), "U8": np.dtype("u1"), "I32": np.dtype("<i4"),
-              "F32": np.dtype("<f4")}
+              "F32": np.dtype("<f4"), "F16": np.dtype("<f2")}
 _DTYPE_NAMES = {v: k for k, v in _TORCH_DTYPES.items()}
 
 
@@ -25,8 +26,8 @@ class SlotLabels(NamedTuple):
     slot: int
     boxes: torch.Tensor  # uint16 [n, 4]
     flips: torch.Tensor  # bool [n]
-    topk_ids: torch.Tensor  # [n, k]
-    codes: torch.Tensor  # [n, k]
+    topk_ids: torch.Tensor | None  # [n, k]; None for full-width labels
+    codes: torch.Tensor  # [n, k] codes, or float16 probabilities (fp16 quantizer)
 
 
 class MixRecord(NamedTuple):
@@ -39,10 +40,13 @@ def _check_arrays(h: Header, t: dict, where: str, image_offset: int = 0) -> None
     """Value checks the dtypes cannot express: ids in range and distinct per label, a sane codebook,
     boxes inside the image, mix records that point at real images."""
     C = h.num_classes
-    ids = t["topk_ids"].reshape(-1, h.k)
-    if h.progress is not None:  # an unfinished relabel: labels past `progress` are not written yet
-        ids = ids[: h.progress]
-    if ids.numel():
+    done = h.progress  # an unfinished relabel: labels past `progress` are not written yet
+    if h.quantizer.is_float:
+        _check_float_values(t["codes"].reshape(-1, h.k)[:done], where)
+    else:
+        _check_codebook(t["codebook"], where)
+    ids = t["topk_ids"].reshape(-1, h.k)[:done] if "topk_ids" in t else None
+    if ids is not None and ids.numel():
         ids = ids.to(torch.int64)
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= C:
@@ -51,13 +55,6 @@ def _check_arrays(h: Header, t: dict, where: str, image_offset: int = 0) -> None
             srt = ids.sort(dim=-1).values
             if (srt[..., 1:] == srt[..., :-1]).any():
                 raise LabelStoreError(f"{where}: a label lists the same class id twice in its top-k")
-    cb = t["codebook"]
-    if torch.isnan(cb).any():
-        raise LabelStoreError(f"{where}: the codebook contains NaN probabilities")
-    if (cb < 0).any() or (cb > 1).any() or not torch.isfinite(cb).all():
-        raise LabelStoreError(f"{where}: the codebook has probabilities outside [0, 1] (negative or > 1)")
-    if (cb[1:] < cb[:-1]).any():
-        raise LabelStoreError(f"{where}: the codebook is not sorted (corrupt quantiser table)")
     _check_boxes(t["boxes"], "boxes", where, allow_empty=False)
     if h.mix:
         partner = t["mix_partner"].to(torch.int64)
@@ -68,6 +65,27 @@ def _check_arrays(h: Header, t: dict, where: str, image_offset: int = 0) -> None
         if not torch.isfinite(lam).all() or (lam < 0).any() or (lam > 1).any():
             raise LabelStoreError(f"{where}: CutMix lambdas must be finite and in [0, 1]")
         _check_boxes(t["mix_boxes"], "mix_boxes", where, allow_empty=True)
+
+
+def _check_float_values(v: torch.Tensor, where: str, rows: int = 1 << 16) -> None:
+    """fp16 probabilities: finite, in [0, 1], rows summing to at most 1 (plus float16 rounding)."""
+    for lo in range(0, v.shape[0], rows):
+        x = v[lo:lo + rows].float()
+        if not torch.isfinite(x).all():
+            raise LabelStoreError(f"{where}: stored float16 probabilities contain NaN or inf")
+        if (x < 0).any() or (x > 1).any():
+            raise LabelStoreError(f"{where}: stored float16 probabilities lie outside [0, 1]")
+        if x.numel() and float(x.sum(1).max()) > 1.01:  # float16 rounding adds at most 2^-11
+            raise LabelStoreError(f"{where}: a stored label's probabilities sum to more than 1")
+
+
+def _check_codebook(cb: torch.Tensor, where: str) -> None:
+    if torch.isnan(cb).any():
+        raise LabelStoreError(f"{where}: the codebook contains NaN probabilities")
+    if (cb < 0).any() or (cb > 1).any() or not torch.isfinite(cb).all():
+        raise LabelStoreError(f"{where}: the codebook has probabilities outside [0, 1] (negative or > 1)")
+    if (cb[1:] < cb[:-1]).any():
+        raise LabelStoreError(f"{where}: the codebook is not sorted (corrupt quantiser table)")
 
 
 def _check_boxes(b: torch.Tensor, name: str, where: str, allow_empty: bool) -> None:
@@ -95,7 +113,7 @@ class LabelStore:
     """Top-k soft labels, crop boxes and flips of every (image, slot) of an image set.
 
         store = LabelStore.open("labels.safetensors", images=image_set)
-        ids, codes = store.labels(image_ids, slots, device="cuda")
+        ids, codes = store.labels(image_ids, slots, device="cuda")  # ids None when k == C
         loss = soft_hard_loss(logits, ids, codes, codebook=store.codebook_on("cuda"),
                               temperature=store.temperature, decode=store.default_decode)
 
@@ -147,7 +165,8 @@ class LabelStore:
     @classmethod
     def create(cls, path, header: Header, boxes, flips, topk_ids, codes, codebook=None, mix: MixRecord | None = None,
                ) -> "LabelStore":
-        """Validate and write a store atomically (temp file + rename), then open it."""
+        """Validate and write a store atomically (temp file + rename), then open it. A full-width
+        header (k == C) takes `topk_ids=None`; the fp16 quantizer takes float16 `codes` and no codebook."""
         path = os.fspath(path)
         if codebook is None:
             codebook = header.quantizer.codebook()
@@ -157,7 +176,13 @@ class LabelStore:
                                   f"{'given' if mix is not None else 'not given'}")
         if mix is not None:
             tensors.update(mix_partner=mix.partner, mix_boxes=mix.boxes, mix_lambda=mix.lam)
-        for name, (dtype, shape) in fmt.expected_tensors(header).items():
+        want = fmt.expected_tensors(header)
+        extra = sorted(n for n, t in tensors.items() if t is not None and n not in want)
+        if extra:
+            raise LabelStoreError(f"{path}: {extra} given but a store with this header holds none (full-width "
+                                  "stores, k == C, hold no topk_ids; fp16 stores no codebook)")
+        tensors = {n: tensors[n] for n in want}
+        for name, (dtype, shape) in want.items():
             t = tensors[name]
             if not torch.is_tensor(t) or _DTYPE_NAMES.get(t.dtype) != dtype or list(t.shape) != shape:
                 got = f"{t.dtype} {list(t.shape)}" if torch.is_tensor(t) else type(t).__name__
@@ -212,19 +237,27 @@ class LabelStore:
         return self._t["flips"]
 
     @property
-    def topk_ids(self) -> torch.Tensor:
-        return self._t["topk_ids"]
+    def full_width(self) -> bool:
+        return self.header.full_width
+
+    @property
+    def topk_ids(self) -> torch.Tensor | None:
+        """[n, S, k] class ids, or None for a full-width store (values are in class order)."""
+        return self._t.get("topk_ids")
 
     @property
     def codes(self) -> torch.Tensor:
+        """[n, S, k] codes into `codebook`, or float16 probabilities (fp16 quantizer)."""
         return self._t["codes"]
 
     @property
-    def codebook(self) -> torch.Tensor:
-        """float32 [2^bits] (CPU): code -> probability, the `codebook` of soft_hard_loss."""
-        return self._t["codebook"]
+    def codebook(self) -> torch.Tensor | None:
+        """float32 [2^bits] (CPU): code -> probability, the `codebook` of soft_hard_loss (None for fp16)."""
+        return self._t.get("codebook")
 
-    def codebook_on(self, device) -> torch.Tensor:
+    def codebook_on(self, device) -> torch.Tensor | None:
+        if self.codebook is None:
+            return None
         device = torch.device(device)
         if device not in self._codebooks:
             self._codebooks[device] = self.codebook.to(device)
@@ -238,14 +271,15 @@ class LabelStore:
 
     @property
     def bytes_per_label(self) -> float:
-        """Bytes of one (image, slot) label: box, flip, ids, codes (and the mix record if any)."""
+        """Bytes of one (image, slot) label: box, flip, ids (none when k == C), codes (and the mix
+        record if any)."""
         per_image = sum(t.element_size() * t[0].numel() for name, t in self._t.items() if name != "codebook"
                         ) if self.num_images else self._bytes_per_label_from_header()
         return per_image / self.slots
 
     def _bytes_per_label_from_header(self) -> int:
         h = self.header
-        ids = 2 if h.num_classes <= 65535 else 4
+        ids = 0 if h.full_width else 2 if h.num_classes <= 65535 else 4
         return (8 + 1 + h.k * (ids + h.code_bits // 8) + (16 if h.mix else 0)) * h.slots
 
     @property
@@ -267,16 +301,13 @@ class LabelStore:
                 raise IndexError(f"slots must be in [0, {self.slots})")
         return local, slots
 
-    def labels(self, image_ids, slots, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def labels(self, image_ids, slots, device=None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(topk_ids, codes) [B, k] of the given (image, slot) pairs, ready for soft_hard_loss with
-        `codebook=store.codebook_on(device)`. Ids and slots are CPU integer tensors (or sequences)."""
+        `codebook=store.codebook_on(device)`; (None, values [B, C]) for a full-width store. Ids and
+        slots are CPU integer tensors (or sequences)."""
         local, slots = self._local(image_ids, slots)
-        ids, codes = self.topk_ids[local, slots], self.codes[local, slots]
-        if device is not None and torch.device(device).type != "cpu":
-            pin = torch.cuda.is_available()
-            ids = (ids.pin_memory() if pin else ids).to(device, non_blocking=pin)
-            codes = (codes.pin_memory() if pin else codes).to(device, non_blocking=pin)
-        return ids, codes
+        ids = None if self.topk_ids is None else _to_device(self.topk_ids[local, slots], device)
+        return ids, _to_device(self.codes[local, slots], device)
 
     def crops(self, image_ids, slots) -> tuple[torch.Tensor, torch.Tensor]:
         """(boxes uint16 [B, 4], flips bool [B]) of the given (image, slot) pairs."""
@@ -285,7 +316,8 @@ class LabelStore:
 
     def iter_slots(self) -> Iterator[SlotLabels]:
         for s in range(self.slots):
-            yield SlotLabels(s, self.boxes[:, s], self.flips[:, s], self.topk_ids[:, s], self.codes[:, s])
+            ids = None if self.topk_ids is None else self.topk_ids[:, s]
+            yield SlotLabels(s, self.boxes[:, s], self.flips[:, s], ids, self.codes[:, s])
 
     def shard(self, rank: int, world_size: int, validate: bool = True) -> "LabelStore":
         """The contiguous block of images that `rank` of `world_size` replays (balanced split)."""
@@ -318,7 +350,14 @@ class LabelStore:
 
     def __repr__(self) -> str:
         return (f"LabelStore({self.path!r}, images={self.num_images}, slots={self.slots}, C={self.num_classes}, "
-                f"k={self.k}, bits={self.quantizer.bits}, {self.bytes_per_label:.1f} B/label)")
+                f"k={self.k}, {self.quantizer.kind}/{self.quantizer.bits}, {self.bytes_per_label:.1f} B/label)")
+
+
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    if device is None or torch.device(device).type == "cpu":
+        return t
+    pin = torch.cuda.is_available()
+    return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
 
 
 def write_tensors(path: str, header: Header, tensors: dict) -> None:
