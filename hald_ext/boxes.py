@@ -70,3 +70,16 @@ def sample_rrc_pixels(height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
+
+
+def mix_boxes_to_pixels(codes: torch.Tensor, size: int) -> torch.Tensor:
+    """A label store's CutMix boxes ((y, x, h, w) fractions of the crop, uint16 codes or floats) ->
+    int32 (y0, x0, y1, x1) pixels of a `size` x `size` crop, end exclusive: what crop_and_lookup's
+    CutMix replay pastes. y0 = round(y * S), y1 = round((y + h) * S), clipped to the crop; a box
+    imported from pixel coordinates of an S-pixel crop comes back exactly."""
+    f = dequantize_boxes(codes).double() if codes.dtype == torch.uint16 else codes.double()
+    y0 = (f[..., 0] * size).round()
+    x0 = (f[..., 1] * size).round()
+    y1 = ((f[..., 0] + f[..., 2]) * size).round()
+    x1 = ((f[..., 1] + f[..., 3]) * size).round()
+    return torch.stack([y0, x0, y1, x1], -1).clamp(0, size).to(torch.int32)

@@ -7,11 +7,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from hald_ext.models import create_model
-from hald_ext.train.batches import TorchBatchSource, images_to_tensor
+from hald_ext.train.batches import TorchBatchSource
 from hald_ext.train.config import TrainConfig
 from hald_ext.train.schedule import build_schedule
 from hald_ext.train.synthetic import color_blob_labels, color_blobs
-from hald_ext.train.trainer import EvalSet, Trainer
+from hald_ext.train.evaluate import EvalData
+from hald_ext.train.trainer import Trainer
 
 SIZE = 16
 # 28 images x SLI 2 = 56 pairs = 8 global batches of 7, split 4 + 3 across two ranks: uneven pieces
@@ -24,11 +25,11 @@ def train_weights(out_path=None):
     images = color_blobs(7, num_classes=4, size=SIZE, seed=0)
     held = color_blobs(5, num_classes=4, size=SIZE, seed=1, prefix="held")
     store = color_blob_labels(images, sli=2, k=3)
-    cfg = TrainConfig(epochs=2, batch_size=BATCH, lr=3e-3, eval_every=1, progress=False)
-    source = TorchBatchSource(images_to_tensor(images.images), torch.from_numpy(images.labels), store, SIZE)
+    cfg = TrainConfig(epochs=2, batch_size=BATCH, lr=3e-3, eval_every=1, progress=False, slots_per_epoch=0)
+    source = TorchBatchSource(images, None, store, SIZE)
     torch.manual_seed(0)
     model = create_model("convnet3", 4, img_size=SIZE, width=16)
-    eval_set = EvalSet(images_to_tensor(held.images), torch.from_numpy(held.labels), SIZE)
+    eval_set = EvalData(held, SIZE, loader="torch")
     trainer = Trainer(cfg, model, source, build_schedule("soft-only", 2), eval_set)
     history = trainer.fit()
     state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}

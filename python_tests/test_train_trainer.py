@@ -9,11 +9,12 @@ import torch
 
 from hald_ext.models import create_model
 from hald_ext.train import checkpoint as ckpt
-from hald_ext.train.batches import TorchBatchSource, images_to_tensor
+from hald_ext.train.batches import TorchBatchSource
 from hald_ext.train.config import ConfigError, TrainConfig
 from hald_ext.train.schedule import build_schedule
 from hald_ext.train.synthetic import color_blob_labels, color_blobs
-from hald_ext.train.trainer import EvalSet, Trainer, evaluate
+from hald_ext.train.evaluate import EvalData, evaluate
+from hald_ext.train.trainer import Trainer
 
 SIZE = 16
 
@@ -31,12 +32,12 @@ def make_trainer(problem, schedule="hald", epochs=6, run_dir=None, init_seed=0, 
     kw = dict(epochs=epochs, batch_size=8, lr=3e-3, eval_every=2, label_smoothing=0.1, progress=False)
     kw.update(overrides)
     cfg = TrainConfig(**kw)
-    source = TorchBatchSource(images_to_tensor(train.images), torch.from_numpy(train.labels), store, SIZE)
+    source = TorchBatchSource(train, None, store, SIZE)
     torch.manual_seed(init_seed)
     model = create_model("convnet3", 4, img_size=SIZE, width=16)
     if dropout:  # a model that draws from the global RNG, so resume must restore it
         model = torch.nn.Sequential(torch.nn.Dropout(dropout), model)
-    eval_set = EvalSet(images_to_tensor(held.images), torch.from_numpy(held.labels), SIZE)
+    eval_set = EvalData(held, SIZE, loader="torch")
     return Trainer(cfg, model, source, build_schedule(schedule, epochs), eval_set, run_dir)
 
 
@@ -50,15 +51,22 @@ def test_short_run_lowers_the_loss_and_beats_chance(problem, tmp_path):
     assert after["eval_top1"] > 60.0  # chance is 25 %
     soft = [r["train_loss"] for r in history if r["phase"] == "soft"]
     assert soft[-1] < soft[0]
-    # Soft epochs replay every (image, slot) pair; hard epochs see every image once.
-    assert [r["train_samples"] for r in history] == [64, 32, 32, 32, 64, 64]
+    # HALD's soft epoch (the default): every image once, as in a hard epoch.
+    assert [r["train_samples"] for r in history] == [32] * 6
     assert {f for f in os.listdir(tmp_path)} >= {"last.pth", "summary.csv", "metrics.json", "curves.png"}
     lines = (tmp_path / "summary.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,phase,lr,train_loss") and len(lines) == 7
 
 
+def test_all_slots_per_soft_epoch_stays_an_option(problem):
+    t = make_trainer(problem, schedule="soft-only", epochs=2, slots_per_epoch=0)
+    batches, sizes = t.epoch_batches(1)
+    pairs = sorted(zip(torch.cat([b[0] for b in batches]).tolist(), torch.cat([b[1] for b in batches]).tolist()))
+    assert pairs == [(i, s) for i in range(32) for s in range(2)] and sum(sizes) == 64
+
+
 def test_soft_epoch_replays_each_pair_once_and_walks_slots(problem):
-    t = make_trainer(problem, schedule="soft-only", epochs=3, slots_per_epoch=1)
+    t = make_trainer(problem, schedule="soft-only", epochs=3)  # the default: HALD's soft epoch
     for epoch, slot in ((0, 0), (1, 1), (2, 0)):
         batches, sizes = t.epoch_batches(epoch)
         ids = torch.cat([b[0] for b in batches])

@@ -1,46 +1,19 @@
 """Resident image cache: decode a (small, distilled) image set once, keep it on the device as uint8,
 and gather every step's crops from it with `crop_and_lookup`; stream batches when it does not fit.
 
-Both sources answer `batch(image_ids) -> (images, image_sizes, ids)`, ready for crop_and_lookup:
-the cache hands back its whole resident tensor and the ids unchanged (no copy at all); the streaming
-source copies only the images a batch uses to the device and renumbers the ids into that batch.
+Both sources answer `batch(image_ids) -> ImageBatch(images, image_sizes, image_ids, sample_ids)`, ready
+for crop_and_lookup: the cache hands back its whole resident tensor and the ids unchanged (no copy at
+all); the streaming source copies only the images a batch uses to the device and renumbers the ids
+into that batch (`sample_ids` keeps the set's ids, for label lookups).
 """
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
 
-import numpy as np
 import torch
 
+from hald_ext.data.batch import ImageBatch, pad_images, padded_nbytes
 from hald_ext.data.sources import ImageSet
-
-
-class ImageBatch(NamedTuple):
-    images: torch.Tensor  # uint8 [M, Hmax, Wmax, 3] on the device
-    image_sizes: torch.Tensor | None  # int32 [M, 2] true sizes, None when all images are Hmax x Wmax
-    image_ids: torch.Tensor  # int64 [B]: index of each sample's image in `images`
-
-
-def pad_images(images: list) -> tuple[np.ndarray, np.ndarray | None]:
-    """HWC uint8 arrays -> one [N, Hmax, Wmax, 3] array (zero padding, bottom / right) and the true
-    sizes [N, 2], or None for the sizes when every image already has the same shape."""
-    shapes = np.array([im.shape[:2] for im in images], dtype=np.int32).reshape(-1, 2)
-    if len(images) and (shapes == shapes[0]).all():
-        return np.stack(images), None
-    hmax, wmax = shapes.max(0) if len(images) else (1, 1)
-    out = np.zeros((len(images), hmax, wmax, 3), dtype=np.uint8)
-    for i, im in enumerate(images):  # once per image set, not per step
-        out[i, : im.shape[0], : im.shape[1]] = im
-    return out, shapes
-
-
-def padded_nbytes(images: list) -> int:
-    if not images:
-        return 0
-    hmax = max(im.shape[0] for im in images)
-    wmax = max(im.shape[1] for im in images)
-    return len(images) * hmax * wmax * 3
 
 
 def device_budget(device: torch.device, fraction: float = 0.5) -> int:
@@ -80,7 +53,7 @@ class ResidentImageCache:
         return self.images.device
 
     def batch(self, image_ids: torch.Tensor) -> ImageBatch:
-        return ImageBatch(self.images, self.image_sizes, image_ids)
+        return ImageBatch(self.images, self.image_sizes, image_ids, image_ids)
 
     def memory(self) -> dict:
         """Bytes held on the device, and how much of it is padding (images of different sizes)."""
@@ -121,7 +94,7 @@ class StreamingImages:
         nb = self.device.type == "cuda"
         return ImageBatch(images.to(self.device, non_blocking=nb),
                           None if sizes is None else sizes.to(self.device, non_blocking=nb),
-                          local.to(self.device, non_blocking=nb))
+                          local.to(self.device, non_blocking=nb), image_ids.to(self.device))
 
     def memory(self) -> dict:
         return {"kind": "streaming", "device": str(self.device), "images": len(self),

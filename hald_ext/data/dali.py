@@ -1,7 +1,7 @@
 """The DALI loader: the same batches as hald_ext.data.loader.TorchLoader, decoded by DALI.
 
-  * image folders: `fn.readers.file` (given the file list in load_image_set's order, with each file's
-    sample id as its "label", so ids survive shuffling and sharding) + `fn.decoders.image`;
+  * image folders: `fn.readers.file` (given the file list in hald_ext.data.folder's order, with each
+    file's sample id as its "label", so ids survive shuffling and sharding) + `fn.decoders.image`;
   * arrays (an ImageSet): `fn.external_source` feeding the same pipeline tail;
   * on a GPU the decoder runs as `mixed` (nvJPEG: host parse, device decode) and the batch never
     visits the host again: the DALI PyTorch plugin copies DALI's device buffers into torch tensors
@@ -9,14 +9,15 @@
   * sharding: `shard_id` / `num_shards` from RANK / WORLD_SIZE, each rank sticking to its block;
     the reader pads the last batch (the iterator drops the padding), so every epoch starts at the
     shard's first sample, as the torch loader's do.
+This module imports only the folder walk and the batch type, never the torch loader.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from hald_ext.data.loader import LoadedBatch, epoch_order, list_image_folder, shard_from_env, shard_range
-from hald_ext.data.sources import ImageSet
+from hald_ext.data.batch import ImageBatch
+from hald_ext.data.folder import epoch_order, find_undecodable, list_image_folder, shard_from_env, shard_range
 
 
 def _pipeline_tail(fn, types, images, ids, on_gpu: bool):
@@ -58,6 +59,8 @@ class DaliLoader:
         from nvidia.dali import fn, pipeline_def, types
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+        from hald_ext.data.sources import ImageSet
+
         self.device = torch.device(device)
         on_gpu = self.device.type == "cuda"
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
@@ -65,9 +68,10 @@ class DaliLoader:
         self.rank, self.world = shard if shard is not None else shard_from_env()
         self.batch_size = batch_size
         decoder_device = "mixed" if on_gpu else "cpu"
+        self.paths = None
 
         if isinstance(source, ImageSet):
-            self.labels = np.asarray(source.labels)
+            self.labels, self.classes = np.asarray(source.labels), list(source.classes)
             feed = _ArrayEpochs(source.images, batch_size, self.rank, self.world, shuffle, seed)
 
             @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
@@ -80,7 +84,8 @@ class DaliLoader:
 
             reader_name = None
         else:
-            paths, self.labels, _ = list_image_folder(source)
+            paths, self.labels, self.classes = list_image_folder(source)
+            self.paths = paths
 
             @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
             def pipe():
@@ -105,9 +110,22 @@ class DaliLoader:
         lo, hi = shard_range(self.num_samples(), self.rank, self.world)
         return -(-(hi - lo) // self.batch_size)
 
+    def _batches(self):
+        try:
+            yield from self.iterator
+        except RuntimeError as e:
+            # DALI names the failing operator, not always the file: find and name it.
+            if self.paths is None:
+                raise
+            bad = find_undecodable(self.paths)
+            if bad is None:
+                raise
+            raise ValueError(f"{bad}: cannot decode this image file (corrupt or not an image); DALI said: "
+                             f"{str(e).splitlines()[0] if str(e) else e!r}") from None
+
     def __iter__(self):
-        for out in self.iterator:
+        for out in self._batches():
             d = out[0]
-            sizes = d["sizes"][:, :2]
-            yield LoadedBatch(d["images"], sizes.to(self.device, torch.int32),
-                              d["ids"].reshape(-1).to(self.device, torch.int64))
+            sizes = d["sizes"][:, :2].to(self.device, torch.int32)
+            ids = d["ids"].reshape(-1).to(self.device, torch.int64)
+            yield ImageBatch(d["images"], sizes, torch.arange(len(ids), device=self.device), ids)

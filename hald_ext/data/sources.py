@@ -1,7 +1,9 @@
 """Reading small image sets: IDX (Fashion-MNIST), NPY/NPZ arrays and image folders.
 
-Everything returns an `ImageSet`: uint8 images (a list of HWC arrays, 3 channels) plus int64 labels,
-the class names and a fingerprint that label stores record so a store is never replayed on other images.
+Everything returns an `ImageSet`: uint8 images (a list of HWC arrays of any size, 3 channels) plus int64
+labels, the class names and a fingerprint that label stores record so a store is never replayed on
+other images. Image folders are decoded by the loaders of hald_ext.data.loader (DALI or torch, the
+same pixels), never by a decoder of their own.
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ import struct
 
 import numpy as np
 
+from hald_ext.data.folder import IMAGE_EXTENSIONS, list_image_folder  # noqa: F401  (re-exported)
+
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle_boot"]
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -26,6 +29,7 @@ class ImageSet:
     labels: np.ndarray  # int64 [N]
     classes: list
     names: list  # one stable name per image (file path relative to the root, or "array:<i>")
+    kind: str = "arrays"  # "folder" (natural images, decoded from files) or "arrays" (IDX / NPZ / NPY)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -36,6 +40,12 @@ class ImageSet:
 
     def fingerprint(self) -> dict:
         return fingerprint(self)
+
+    def padded(self) -> tuple:
+        """([N, Hmax, Wmax, 3] uint8 zero-padded, int32 [N, 2] true sizes or None when all are equal)."""
+        from hald_ext.data.batch import pad_images
+
+        return pad_images(self.images)
 
     def stacked(self) -> np.ndarray:
         """[N, H, W, 3] uint8 when every image has the same size."""
@@ -97,6 +107,13 @@ def _load_arrays(path: str) -> ImageSet:
         with np.load(path, allow_pickle=False) as z:
             images, labels = z["images"], z["labels"]
             classes = [str(c) for c in z["classes"]] if "classes" in z else None
+            sizes = z["image_sizes"] if "image_sizes" in z else None
+        if images.dtype != np.uint8:
+            raise ValueError(f"{path}: images must be uint8, got {images.dtype}")
+        if sizes is not None:  # a padded stack of images of different sizes (hald select writes it)
+            if sizes.shape != (len(images), 2) or (sizes < 1).any() or (sizes > images.shape[1:3]).any():
+                raise ValueError(f"{path}: image_sizes {sizes.shape} does not describe images {images.shape}")
+            images = [images[i, :h, :w] for i, (h, w) in enumerate(sizes.tolist())]
     else:
         images = np.load(path, allow_pickle=False)
         lab = path[: -len(".npy")] + "_labels.npy" if path.endswith(".npy") else None
@@ -104,8 +121,8 @@ def _load_arrays(path: str) -> ImageSet:
             raise FileNotFoundError(f"{path}: expected labels beside it in {lab}")
         labels = np.load(lab, allow_pickle=False)
         classes = None
-    if images.dtype != np.uint8:
-        raise ValueError(f"{path}: images must be uint8, got {images.dtype}")
+        if images.dtype != np.uint8:
+            raise ValueError(f"{path}: images must be uint8, got {images.dtype}")
     labels = labels.astype(np.int64)
     if len(images) != len(labels):
         raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
@@ -114,34 +131,27 @@ def _load_arrays(path: str) -> ImageSet:
     return ImageSet([_to_rgb(im) for im in images], labels, classes, [f"array:{i}" for i in range(len(images))])
 
 
-def _load_folder(root: str) -> ImageSet:
-    from PIL import Image
+def _load_folder(root: str, loader: str = "auto", batch_size: int = 64) -> ImageSet:
+    """Decode a class-per-folder tree through the loader (DALI or torch), in the folder's order."""
+    from hald_ext.data.loader import decode_all, make_loader
 
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    if not classes:
-        raise ValueError(f"{root}: no class sub-folders (expected one folder per class)")
-    images, labels, names = [], [], []
-    for ci, cname in enumerate(classes):
-        for fname in sorted(os.listdir(os.path.join(root, cname))):
-            if not fname.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            rel = f"{cname}/{fname}"
-            with Image.open(os.path.join(root, rel)) as im:
-                images.append(_to_rgb(np.asarray(im.convert("RGB"))))
-            labels.append(ci)
-            names.append(rel)
-    if not images:
-        raise ValueError(f"{root}: no images with extensions {IMAGE_EXTENSIONS}")
-    return ImageSet(images, np.asarray(labels, dtype=np.int64), classes, names)
+    ld = make_loader(root, batch_size, backend=loader, shard=(0, 1))
+    images = decode_all(ld)
+    names = [os.path.relpath(p, root).replace(os.sep, "/") for p in ld.paths]
+    return ImageSet(images, np.asarray(ld.labels, dtype=np.int64), list(ld.classes), names, kind="folder")
 
 
-def load_image_set(source: str, split: str = "train") -> ImageSet:
+def load_image_set(source: str, split: str = "train", loader: str = "auto") -> ImageSet:
     """`fashion-mnist` (Debian's copy), a folder of class sub-folders, an IDX images file (labels
-    beside it as *labels-idx1-ubyte*), or NPZ / NPY arrays."""
+    beside it as *labels-idx1-ubyte*), or NPZ / NPY arrays. `loader` (auto | dali | torch) decodes a
+    folder; both give the same pixels. A file that does not decode raises ValueError naming it."""
+    from hald_ext.data.loader import loader_backend
+
+    loader_backend(loader)  # an unknown name is an error whatever the source
     if source in ("fashion-mnist", "fashion_mnist"):
         return load_fashion_mnist(split)
     if os.path.isdir(source):
-        return _load_folder(source)
+        return _load_folder(source, loader)
     if not os.path.exists(source):
         raise FileNotFoundError(f"image source {source!r} does not exist")
     if "idx3-ubyte" in source:
@@ -174,3 +184,17 @@ def fingerprint(images: ImageSet) -> dict:
         h.update(repr(im.shape).encode())
         h.update(np.ascontiguousarray(im).tobytes())
     return {"count": len(images), "sha256": h.hexdigest()}
+
+
+def check_same_classes(train: "ImageSet | list", held, train_name: str, held_name: str) -> None:
+    """A held-out set must name the classes of the training set, in the same order (the class ids
+    of the model's outputs); refuse, naming both, when it does not."""
+    a = list(train.classes if isinstance(train, ImageSet) else train)
+    b = list(held.classes if isinstance(held, ImageSet) else held)
+    if a == b:
+        return
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    detail = (f"only in {train_name}: {only_a[:5]}; only in {held_name}: {only_b[:5]}" if only_a or only_b
+              else "the same names in another order")
+    raise ValueError(f"{held_name} has classes other than {train_name} ({len(b)} vs {len(a)} classes; {detail}): "
+                     "the held-out set must hold the training set's classes")

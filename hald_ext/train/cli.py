@@ -58,37 +58,65 @@ def check_store(store, images, img_fp: dict) -> None:
         raise C.ConfigError(f"the label store has {store.num_classes} classes but --data has {images.num_classes}")
 
 
+def common_img_size(images, asked: int | None, flag: str = "--img-size") -> int:
+    """The crop / input size: `asked`, else the images' size when they all have one square size."""
+    if asked:
+        return int(asked)
+    shapes = {im.shape[:2] for im in images.images}
+    if len(shapes) == 1:
+        h, w = next(iter(shapes))
+        if h == w:
+            return int(h)
+    raise C.ConfigError(f"the images have {len(shapes)} different sizes (e.g. {sorted(shapes)[:3]}): set {flag} "
+                        "(the crop size the model sees)")
+
+
+def eval_data_for(cfg, images, img_size: int, device):
+    """The held-out set as streamed evaluation batches, with the training set's classes."""
+    from hald_ext.data import check_same_classes, load_image_set
+    from hald_ext.train.evaluate import EvalData
+
+    if os.path.isdir(cfg.eval_data):  # a folder streams from its files: decoded batch by batch
+        held = cfg.eval_data
+    else:
+        held = load_image_set(cfg.eval_data, split=cfg.eval_split, loader=cfg.loader)
+    data = EvalData(held, img_size, device, cfg.eval_batch_size, cfg.loader, cfg.eval_crop_ratio)
+    check_same_classes(images, data.classes, f"--data {cfg.data}", f"--eval-data {cfg.eval_data}")
+    return data
+
+
 def build_trainer(cfg: C.TrainConfig, run_dir: str | None):
     """Everything a run needs, from a validated config (raises ConfigError on bad input)."""
-    from hald_ext.data import load_image_set
+    from hald_ext.data import image_source, load_image_set
     from hald_ext.models import create_model
-    from hald_ext.train.batches import FusedBatchSource, TorchBatchSource, images_to_tensor, open_label_store
+    from hald_ext.train.batches import FusedBatchSource, TorchBatchSource, open_label_store
     from hald_ext.train.schedule import build_schedule
-    from hald_ext.train.trainer import EvalSet, Trainer
+    from hald_ext.train.trainer import Trainer
 
     C.validate(cfg)
     info = D.init_from_env(resolve_device(cfg.device))
     device = D.device_for(resolve_device(cfg.device), info)
     schedule = build_schedule(cfg.schedule, cfg.epochs, cfg.soft_epochs, cfg.period)
-    images = load_image_set(cfg.data)
-    x = images_to_tensor(images.images)
-    img_size = cfg.img_size or x.shape[-1]
+    images = load_image_set(cfg.data, loader=cfg.loader)
+    img_size = common_img_size(images, cfg.img_size)
     store = None
     if schedule.epochs_of("soft"):
         store = open_label_store(cfg.labels)
         check_store(store, images, images.fingerprint())
     source_cls = FusedBatchSource if cfg.batch_source == "fused" else TorchBatchSource
-    source = source_cls(x, torch.from_numpy(images.labels), store, img_size, cfg.mean, cfg.std, device,
+    cache = image_source(images, device)  # resident on the device, or streamed when it does not fit
+    source = source_cls(cache, None, store, img_size, cfg.mean, cfg.std, device,
                         cutmix_alpha=cfg.cutmix_alpha, rrc_scale=cfg.rrc_scale)
-    eval_set = None
-    if cfg.eval_data:
-        held = load_image_set(cfg.eval_data, split=cfg.eval_split)
-        eval_set = EvalSet(images_to_tensor(held.images), torch.from_numpy(held.labels), img_size, device)
+    eval_set = eval_data_for(cfg, images, img_size, device) if cfg.eval_data else None
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = create_model(cfg.model, images.num_classes, img_size=img_size)
     meta = {"model_name": cfg.model, "num_classes": images.num_classes, "img_size": img_size,
             "classes": list(images.classes)}
     trainer = Trainer(cfg, model, source, schedule, eval_set, run_dir, device, images.num_classes, meta)
+    if trainer.info.is_main:
+        mem = cache.memory()
+        print(f"images: {len(images)} via {cfg.loader} loader, {mem['kind']} on {mem['device']}"
+              + (f", {mem['bytes'] / 2**20:.1f} MiB" if mem.get("bytes") else ""), flush=True)
     if cfg.resume:
         trainer.load_checkpoint(cfg.resume)
     return trainer
@@ -112,7 +140,7 @@ def train(cfg: C.TrainConfig) -> int:
             raise C.ConfigError(f"run folder {run_dir} already holds a checkpoint: pass --resume {run_dir} "
                                 "to continue it, or another --experiment")
         trainer = build_trainer(cfg, run_dir)
-    except (C.ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (C.ConfigError, FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
         print(f"hald train: error: {e}", file=sys.stderr)
         return 2
     if trainer.info.is_main:

@@ -26,7 +26,11 @@ class TrainConfig:
     labels: Optional[str] = _f(None, "label store file (needed when the schedule has soft phases)")
     eval_data: Optional[str] = _f(None, "held-out image set (same forms as --data); none: no evaluation")
     eval_split: str = _f("test", "split of a named held-out set (fashion-mnist: test)")
-    img_size: Optional[int] = _f(None, "crop / input size (default: the image size of --data)")
+    img_size: Optional[int] = _f(None, "crop / input size (default: the image size of --data when all "
+                                       "its images have one size)")
+    loader: str = _f("auto", "image decoder: auto (DALI when installed) | dali | torch")
+    eval_crop_ratio: Optional[float] = _f(None, "evaluation: resize to S / ratio, center crop S (default: 0.875 "
+                                                "for an image folder, 1 for arrays; S x S images untouched)")
     mean: tuple = _f((0.485, 0.456, 0.406), "normalisation mean", nargs=3, type=float)
     std: tuple = _f((0.229, 0.224, 0.225), "normalisation std", nargs=3, type=float)
     # model
@@ -36,7 +40,8 @@ class TrainConfig:
     epochs: int = _f(300, "total epochs E")
     soft_epochs: Optional[int] = _f(None, "soft epochs E_soft of a preset (default E // 2)")
     period: int = _f(1, "phase length of the `periodic` schedule")
-    slots_per_epoch: int = _f(0, "stored crops replayed per image per soft epoch (0: all SLI)")
+    slots_per_epoch: int = _f(1, "stored crops replayed per image per soft epoch: 1 is HALD's soft epoch (each "
+                                 "image once, cycling through its SLI crops); 0: all SLI every soft epoch")
     reuse_labels: bool = _f(True, "replay stored crops again in later soft epochs (off: each is used once)")
     # loss
     temperature: Optional[float] = _f(None, "soft-label temperature T (default: the label store's)")
@@ -175,6 +180,10 @@ def validate(cfg: TrainConfig) -> None:
 
     import hald_ext.models  # noqa: F401  (registers convnet3)
 
+    if cfg.loader not in ("auto", "dali", "torch"):
+        raise ConfigError(f"--loader must be auto, dali or torch, got {cfg.loader!r}")
+    if cfg.eval_crop_ratio is not None and not 0 < cfg.eval_crop_ratio <= 1:
+        raise ConfigError(f"--eval-crop-ratio must be in (0, 1], got {cfg.eval_crop_ratio}")
     if cfg.batch_source not in ("fused", "torch"):
         raise ConfigError(f"--batch-source must be 'fused' or 'torch', got {cfg.batch_source!r}")
     if not timm.is_model(cfg.model):

@@ -16,25 +16,29 @@ import sys
 
 import torch
 
-from hald_ext.boxes import sample_rrc_pixels
-from hald_ext.train.batches import IMAGENET_MEAN, IMAGENET_STD, crop_resize, images_to_tensor, normalize
+from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 
-def random_crops(images: torch.Tensor, per_image: int, size: int, scale=(0.08, 1.0), seed: int = 0) -> torch.Tensor:
-    """uint8 [N * per_image, 3, size, size]: seeded RRC crops + flips, image-major."""
-    N, _, H, W = images.shape
-    gen = torch.Generator().manual_seed(seed)
-    pixels = torch.tensor([sample_rrc_pixels(H, W, scale, generator=gen) for _ in range(N * per_image)])
-    flips = torch.rand(N * per_image, generator=gen) < 0.5
-    ids = torch.arange(N).repeat_interleave(per_image)
-    return crop_resize(images, ids, pixels, flips, size)
+def random_crops(images, per_image: int, size: int, scale=(0.08, 1.0), seed: int = 0, mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD) -> torch.Tensor:
+    """Normalised float [N * per_image, 3, size, size], image-major: seeded random-resized crops +
+    flips of every image of an image source (or ImageSet), cut by crop_and_lookup within each
+    image's true size."""
+    from hald_ext.ops import crop_and_lookup
+    from hald_ext.train.batches import as_image_source
+
+    src = as_image_source(images)
+    ids = torch.arange(len(src)).repeat_interleave(per_image)
+    b = src.batch(ids.to(src.labels.device))
+    return crop_and_lookup(b.images, b.image_ids, size, image_sizes=b.image_sizes, seed=seed, scale=tuple(scale),
+                           mean=mean, std=std).crops
 
 
 @torch.no_grad()
-def crop_probs(model, crops: torch.Tensor, temperature: float = 1.0, batch_size: int = 512, mean=IMAGENET_MEAN,
-               std=IMAGENET_STD) -> torch.Tensor:
+def crop_probs(model, crops: torch.Tensor, temperature: float = 1.0, batch_size: int = 512) -> torch.Tensor:
+    """softmax(model(crops) / T) of normalised crops, in batches."""
     model.eval()
-    out = [torch.softmax(model(normalize(c, mean, std)).float() / temperature, dim=1) for c in crops.split(batch_size)]
+    out = [torch.softmax(model(c).float() / temperature, dim=1) for c in crops.split(batch_size)]
     return torch.cat(out)
 
 
@@ -80,11 +84,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="teacher soft-label temperature (default: 1)")
     parser.add_argument("--scale", type=float, nargs=2, default=(0.08, 1.0), help="RRC scale range")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto",
+                        help="image decoder for a folder: DALI when installed (auto), or torch")
     parser.add_argument("--out", default=None, help="write per-image values and means as JSON")
 
 
 def run(args) -> int:
-    from hald_ext.data import load_image_set
+    from hald_ext.data import image_source, load_image_set
 
     if not (args.teacher or args.student):
         print("hald lvsd: error: give --teacher (Tr(Sigma)) and / or --student (crop consistency)", file=sys.stderr)
@@ -93,11 +99,12 @@ def run(args) -> int:
         print("hald lvsd: error: --crops must be >= 2 and --pairs >= 1", file=sys.stderr)
         return 2
     try:
-        data = load_image_set(args.data)
-        x = images_to_tensor(data.images)
+        data = load_image_set(args.data, loader=args.loader)
+        x = image_source(data)
+        natural = max(max(im.shape[:2]) for im in data.images)  # a checkpoint that records no size
         result = {"data": args.data, "num_images": len(data)}
         if args.teacher:
-            teacher, size = load_model(args.teacher, data.num_classes, x.shape[-1], args.model)
+            teacher, size = load_model(args.teacher, data.num_classes, natural, args.model)
             crops = random_crops(x, args.crops, size, tuple(args.scale), args.seed)
             tr = trace_sigma(crop_probs(teacher, crops, args.temperature).view(len(data), args.crops, -1))
             result.update(trace_sigma_mean=tr.mean().item(), trace_sigma=tr.tolist(), crops=args.crops,
@@ -105,7 +112,7 @@ def run(args) -> int:
             print(f"Tr(Sigma) over {args.crops} crops: mean {tr.mean():.4f}, median {tr.median():.4f}, "
                   f"max {tr.max():.4f}")
         if args.student:
-            student, size = load_model(args.student, data.num_classes, x.shape[-1], args.model)
+            student, size = load_model(args.student, data.num_classes, natural, args.model)
             crops = random_crops(x, 2 * args.pairs, size, tuple(args.scale), args.seed + 1)
             probs = crop_probs(student, crops).view(len(data) * args.pairs, 2, -1)
             cos, js = (v.view(len(data), args.pairs).mean(1) for v in consistency(probs))

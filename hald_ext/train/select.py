@@ -20,7 +20,8 @@ from hald_ext.data import ImageSet, load_image_set, write_image_folder
 
 def select_per_class(images: ImageSet, ipc: int, seed: int = 0) -> np.ndarray:
     """Indices of `ipc` images of every class, drawn without replacement with a seeded generator;
-    classes in order, indices ascending within a class."""
+    classes in order, indices ascending within a class. THE IPC selection: `hald select`, `relabel
+    --ipc` and `train` all call it, so one (ipc, seed) means the same images everywhere."""
     if ipc <= 0:
         raise ValueError(f"--ipc must be positive, got {ipc}")
     gen = torch.Generator().manual_seed(seed)
@@ -50,15 +51,21 @@ def with_ordered_class_names(images: ImageSet) -> ImageSet:
 
 
 def write_npz(images: ImageSet, path: str, source_indices: np.ndarray) -> None:
+    """Images of one size as [N, H, W, 3]; of several sizes zero-padded, with `image_sizes` [N, 2]
+    (load_image_set crops them back)."""
     tmp = path + ".tmp.npz"
-    np.savez(tmp, images=images.stacked(), labels=images.labels, classes=np.asarray(images.classes),
-             source_indices=source_indices)
+    padded, sizes = images.padded()
+    extra = {} if sizes is None else {"image_sizes": sizes}
+    np.savez(tmp, images=padded, labels=images.labels, classes=np.asarray(images.classes),
+             source_indices=source_indices, **extra)
     os.replace(tmp, path)
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--data", default="fashion-mnist", help="full labelled set (default: fashion-mnist)")
     parser.add_argument("--split", default="train", help="split of a named set (default: train)")
+    parser.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto",
+                        help="image decoder for a folder: DALI when installed (auto), or torch")
     parser.add_argument("--ipc", type=int, default=10, help="images per class (default: 10)")
     parser.add_argument("--seed", type=int, default=0, help="selection seed (default: 0)")
     parser.add_argument("--out", required=True, help="output: a .npz file, or a folder for an image folder")
@@ -68,9 +75,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     try:
-        full = load_image_set(args.data, split=args.split)
+        full = load_image_set(args.data, split=args.split, loader=args.loader)
         idx = select_per_class(full, args.ipc, args.seed)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"hald select: error: {e}", file=sys.stderr)
         return 2
     chosen = subset(full, idx)

@@ -3,6 +3,12 @@ hald_ext.models.create_model(name, num_classes, img_size=..., checkpoint=PATH) l
 `hald relabel`).
 
     hald teacher --data fashion-mnist --model convnet3 --epochs 1 --out runs/teacher/convnet3.pth
+    hald teacher --data imagenet/train --eval-data imagenet/val --model resnet18 --img-size 224 \
+        --rrc-scale 0.08 1 --epochs 30 --save-every 5 --out runs/teacher/r18.pth   (+ r18-epoch005.pth, ...)
+
+Images go through the same path as every command (loader -> resident cache or streaming source ->
+crop_and_lookup), so a folder of mixed-size JPEGs trains as it is; evaluation streams the held-out set
+with resize + center crop (hald_ext.train.evaluate).
 
 The default is deliberately short (one epoch of ConvNet-3 on Fashion-MNIST: a few minutes on two
 CPU cores): a less-trained expert is not a handicap for soft labels at small IPC ("A Label is Worth
@@ -18,100 +24,162 @@ import time
 import torch
 from torch import nn
 
+from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from hald_ext.train import checkpoint as ckpt
-from hald_ext.train.batches import IMAGENET_MEAN, IMAGENET_STD, images_to_tensor, normalize
 from hald_ext.train.optim import HalfCosineLR, create_optimizer
-from hald_ext.train.trainer import EvalSet, evaluate
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--data", default="fashion-mnist", help="full labelled training set (default: fashion-mnist)")
     parser.add_argument("--eval-data", default=None, help="held-out set (default: the test split of a named set)")
     parser.add_argument("--model", default="convnet3", help="timm model name (default: convnet3)")
-    parser.add_argument("--img-size", type=int, default=None, help="input size (default: the images' size)")
+    parser.add_argument("--img-size", type=int, default=None,
+                        help="input size (default: the images' size when they all have one square size)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs (default: 1)")
     parser.add_argument("--train-images", type=int, default=None,
                         help="train on a seeded random subset of this many images (default: all)")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate, cosine to 0 (default: 2e-3)")
     parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
+    parser.add_argument("--rrc-scale", type=float, nargs=2, default=None,
+                        help="random-resized crops with this area range (default: the whole image, resized)")
+    parser.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto",
+                        help="image decoder: DALI when installed (auto), or torch")
+    parser.add_argument("--eval-crop-ratio", type=float, default=None,
+                        help="evaluation resize S / ratio + center crop S (default: 0.875 folders, 1 arrays)")
+    parser.add_argument("--save-every", type=int, default=0,
+                        help="also keep the expert of every N-th epoch as <out>-epochNNN.pth (earlier-epoch "
+                             "experts label better at small IPC); 0: only the last")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
     parser.add_argument("--out", default="runs/teacher/teacher.pth", help="checkpoint path")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
-def train_teacher(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, *, epochs: int, batch_size: int,
-                  lr: float, weight_decay: float, seed: int, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                  device="cpu", progress: bool = True) -> nn.Module:
-    """Plain supervised training: cross-entropy, random horizontal flips, AdamW with a cosine to 0."""
+def epoch_checkpoint_path(out: str, epoch: int) -> str:
+    """runs/teacher/t.pth, 3 -> runs/teacher/t-epoch003.pth"""
+    stem, ext = os.path.splitext(out)
+    return f"{stem}-epoch{epoch:03d}{ext or '.pth'}"
+
+
+def train_teacher(model: nn.Module, images, targets=None, *, epochs: int, batch_size: int, lr: float,
+                  weight_decay: float, seed: int, img_size: int | None = None, rrc_scale=None,
+                  mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu", progress: bool = True,
+                  on_epoch=None) -> nn.Module:
+    """Plain supervised training through the image path every command uses: the image source
+    (resident cache or streaming; `images` may also be an ImageSet or a uint8 [N, 3, H, W] tensor with
+    `targets`), crop_and_lookup crops (the whole image, or random-resized crops with `rrc_scale`) and
+    random horizontal flips, cross-entropy, AdamW with a cosine to 0. `on_epoch(epoch, model)` runs
+    after every epoch (1-based)."""
     from tqdm.auto import tqdm
 
-    images, targets = images.to(device), targets.to(device)
+    from hald_ext.ops import crop_and_lookup
+    from hald_ext.train.batches import as_image_source
+
+    device = torch.device(device)
+    src = as_image_source(images, targets, device)
+    if img_size is None:
+        if not (src.resident and src.image_sizes is None and src.images.shape[1] == src.images.shape[2]):
+            raise ValueError("img_size is needed: the images are not all one square size")
+        img_size = src.images.shape[1]
+    size = int(img_size)
+    labels = src.labels.to(device)
     model.to(device).train()
     opt = create_optimizer(model, lr, weight_decay)
     sched = HalfCosineLR(opt, epochs, eta=1.0, on_updates=True)
     gen = torch.Generator().manual_seed(seed)
-    steps = (len(images) + batch_size - 1) // batch_size
+    n = len(src)
+    steps = (n + batch_size - 1) // batch_size
+    whole = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=device)
     for epoch in range(epochs):
-        order = torch.randperm(len(images), generator=gen).to(device)
+        order = torch.randperm(n, generator=gen).to(device)
         bar = tqdm(order.split(batch_size), desc=f"teacher epoch {epoch + 1}/{epochs}", disable=not progress,
                    leave=False)
         for step, idx in enumerate(bar):
             sched.set_position(epoch + step / steps)
-            x = normalize(images[idx], mean, std)
-            flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            loss = nn.functional.cross_entropy(model(x), targets[idx])
+            b = src.batch(idx)
+            if rrc_scale is None:
+                flips = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
+                x = crop_and_lookup(b.images, b.image_ids, size, image_sizes=b.image_sizes,
+                                    boxes=whole.expand(len(idx), 4), flips=flips, mean=mean, std=std).crops
+            else:
+                x = crop_and_lookup(b.images, b.image_ids, size, image_sizes=b.image_sizes, seed=seed,
+                                    offset=epoch * steps + step, scale=tuple(rrc_scale), mean=mean, std=std).crops
+            loss = nn.functional.cross_entropy(model(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model)
     return model.eval()
 
 
-def run(args) -> int:
+def held_out_for(args):
+    """The held-out set of a teacher run: a folder path (streamed), an ImageSet, or None."""
     from hald_ext.data import load_image_set
+
+    if args.eval_data:
+        held = args.eval_data if os.path.isdir(args.eval_data) else load_image_set(args.eval_data, split="test",
+                                                                                   loader=args.loader)
+    elif args.data in ("fashion-mnist", "fashion_mnist"):  # a named set has its own test split
+        held = load_image_set(args.data, split="test")
+    else:
+        return None
+    return held
+
+
+def run(args) -> int:
+    from hald_ext.data import check_same_classes, image_source, load_image_set
     from hald_ext.models import create_model
+    from hald_ext.train.cli import common_img_size
+    from hald_ext.train.evaluate import EvalData, evaluate
+    from hald_ext.train.select import subset
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        train = load_image_set(args.data, split="train")
-        if args.eval_data:
-            held = load_image_set(args.eval_data, split="test")
-        elif args.data in ("fashion-mnist", "fashion_mnist"):  # a named set has its own test split
-            held = load_image_set(args.data, split="test")
-        else:
-            held = None
-        labels = torch.from_numpy(train.labels)
-        x = images_to_tensor(train.images)
+        if args.save_every < 0:
+            raise ValueError(f"--save-every must be >= 0, got {args.save_every}")
+        train = load_image_set(args.data, split="train", loader=args.loader)
         if args.train_images is not None:
-            if not 0 < args.train_images <= len(x):
-                raise ValueError(f"--train-images must be in [1, {len(x)}], got {args.train_images}")
-            keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[:args.train_images]
-            x, labels = x[keep], labels[keep]
-        img_size = args.img_size or x.shape[-1]
+            if not 0 < args.train_images <= len(train):
+                raise ValueError(f"--train-images must be in [1, {len(train)}], got {args.train_images}")
+            keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:args.train_images]
+            train = subset(train, keep.numpy())
+        img_size = common_img_size(train, args.img_size)
+        held = held_out_for(args)
+        eval_data = None
+        if held is not None:
+            eval_data = EvalData(held, img_size, device, 256, args.loader, args.eval_crop_ratio)
+            check_same_classes(train, eval_data.classes, f"--data {args.data}", f"--eval-data {args.eval_data or args.data}")
         torch.manual_seed(args.seed)
         model = create_model(args.model, train.num_classes, img_size=img_size)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"hald teacher: error: {e}", file=sys.stderr)
         return 2
-    if img_size != x.shape[-1]:
-        from torchvision.transforms.v2 import functional as TF
+    meta = {"model_name": args.model, "num_classes": train.num_classes, "img_size": img_size,
+            "classes": list(train.classes), "data": args.data, "train_images": len(train)}
 
-        x = TF.resize(x, [img_size, img_size], antialias=True)
+    def save(path: str, epoch: int, model: nn.Module, extra: dict | None = None) -> None:
+        ckpt.save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, **meta, "epochs": epoch,
+                          **(extra or {})}, path)
+
+    def on_epoch(epoch: int, model: nn.Module) -> None:
+        if args.save_every and epoch % args.save_every == 0 and epoch < args.epochs:
+            save(epoch_checkpoint_path(args.out, epoch), epoch, model)
+
     t0 = time.perf_counter()
-    train_teacher(model, x, labels, epochs=args.epochs, batch_size=args.batch_size,
-                  lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device, progress=args.progress)
+    train_teacher(model, image_source(train, device), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                  weight_decay=args.weight_decay, seed=args.seed, img_size=img_size,
+                  rrc_scale=args.rrc_scale, device=device, progress=args.progress, on_epoch=on_epoch)
     train_time = time.perf_counter() - t0
-    result = {"model_name": args.model, "num_classes": train.num_classes, "img_size": img_size,
-              "classes": list(train.classes), "data": args.data, "epochs": args.epochs, "train_images": len(x),
-              "train_seconds": round(train_time, 1)}
-    if held is not None:
-        result.update(evaluate(model, EvalSet(images_to_tensor(held.images), torch.from_numpy(held.labels), img_size,
-                                              device), IMAGENET_MEAN, IMAGENET_STD))
-    ckpt.save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, **result}, args.out)
+    result = {**meta, "epochs": args.epochs, "train_seconds": round(train_time, 1)}
+    if eval_data is not None:
+        result.update(evaluate(model, eval_data))
+    save(args.out, args.epochs, model, result)
+    if args.save_every and args.epochs % args.save_every == 0:
+        save(epoch_checkpoint_path(args.out, args.epochs), args.epochs, model, result)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(result, f, indent=1)
     acc = f", test top-1 {result['eval_top1']:.2f} %" if "eval_top1" in result else ""

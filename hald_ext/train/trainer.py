@@ -7,7 +7,6 @@ same batches; the global torch RNG (dropout, drop-path) is checkpointed as well.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
@@ -18,8 +17,9 @@ from hald_ext.ops import soft_hard_loss
 from hald_ext.train import checkpoint as ckpt
 from hald_ext.train import distributed as D
 from hald_ext.train import metrics
-from hald_ext.train.batches import BatchSource, normalize
+from hald_ext.train.batches import BatchSource
 from hald_ext.train.config import TrainConfig, check_label_budget
+from hald_ext.train.evaluate import EvalData, autocast, evaluate  # noqa: F401  (evaluate re-exported)
 from hald_ext.train.optim import HalfCosineLR, create_optimizer
 from hald_ext.train.schedule import SOFT, Schedule
 
@@ -33,59 +33,11 @@ def _seed(*parts: int) -> int:
     return s
 
 
-class EvalSet:
-    """Held-out uint8 images [N, 3, H, W] (resized once to the training size) and int64 targets."""
-
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, img_size: int, device="cpu"):
-        if images.shape[-1] != img_size or images.shape[-2] != img_size:
-            from torchvision.transforms.v2 import functional as TF
-
-            images = TF.resize(images, [img_size, img_size], antialias=True)
-        self.images = images.to(device)
-        self.targets = targets.to(device=device, dtype=torch.long)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: EvalSet, mean, std, batch_size: int = 256, amp: bool = False) -> dict:
-    """top-1 / top-5 accuracy (%) and mean cross-entropy; under torchrun each rank takes a strided
-    shard and the sums are all-reduced."""
-    info = D.current()
-    was_training = model.training
-    model.eval()
-    device = data.images.device
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits, count
-    idx = torch.arange(info.rank, len(data), info.world_size, device=device)
-    for chunk in idx.split(batch_size):
-        x = normalize(data.images[chunk], mean, std)
-        y = data.targets[chunk]
-        with _autocast(device, amp):
-            logits = model(x)
-        logits = logits.float()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hit = top == y[:, None]
-        sums += torch.stack([nn.functional.cross_entropy(logits, y, reduction="sum").double(),
-                             hit[:, 0].sum().double(), hit.any(1).sum().double(),
-                             torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
-    D.all_reduce_sum(sums)
-    model.train(was_training)
-    loss, top1, top5, n = sums.tolist()
-    return {"eval_loss": loss / n, "eval_top1": 100 * top1 / n, "eval_top5": 100 * top5 / n}
-
-
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 class Trainer:
     """Trains `model` from `source` over `schedule`; files go to `run_dir` (rank 0 writes them)."""
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, source: BatchSource, schedule: Schedule,
-                 eval_set: EvalSet | None = None, run_dir: str | None = None, device="cpu",
+                 eval_set: EvalData | None = None, run_dir: str | None = None, device="cpu",
                  num_classes: int | None = None, model_meta: dict | None = None):
         self.cfg, self.schedule, self.source, self.eval_set = cfg, schedule, source, eval_set
         self.run_dir = run_dir
@@ -110,6 +62,12 @@ class Trainer:
         if store is not None:
             self.slots_per_epoch = check_label_budget(cfg, soft_epochs, store.slots)
             self.temperature = cfg.temperature if cfg.temperature is not None else store.temperature
+            if cfg.temperature is not None and abs(cfg.temperature - store.temperature) > 1e-9 and self.info.is_main:
+                print(f"note: training temperature T={cfg.temperature:g} differs from the label store's "
+                      f"T={store.temperature:g} (its labels are softmax(logits / {store.temperature:g}))", flush=True)
+            if getattr(store, "mix", None) is not None and self.info.is_main:
+                print("label store holds a CutMix record: soft steps replay each stored crop with its pasted "
+                      "partner crop", flush=True)
             self.decode = cfg.decode or store.default_decode
             self.codebook = store.codebook.to(self.device)
         self.num_classes = num_classes or (store.num_classes if store is not None else None)
@@ -124,6 +82,7 @@ class Trainer:
         if kind == SOFT:
             # Which stored crops this soft epoch replays: consecutive soft epochs walk through the
             # slots, so with slots_per_epoch < SLI every stored crop is used before any repeats.
+            # The default (1) is HALD's soft epoch: each image once, cycling through its SLI crops.
             soft_before = sum(1 for e in range(epoch) if self.schedule.kind_at(e) == SOFT)
             s, sli = self.slots_per_epoch, self.source.labels.slots
             slots = (torch.arange(s) + soft_before * s) % sli
@@ -146,13 +105,13 @@ class Trainer:
         cfg = self.cfg
         if kind == SOFT:
             b = self.source.soft_batch(image_ids, slots)
-            with _autocast(self.device, cfg.amp):
+            with autocast(self.device, cfg.amp):
                 logits = self.net(b.x)
             return soft_hard_loss(logits, b.topk_ids, b.topk_codes, codebook=self.codebook,
                                   temperature=self.temperature, decode=self.decode, soft_loss=cfg.soft_loss,
                                   hinton=cfg.hinton, reduction="sum")
         b = self.source.hard_batch(image_ids, step_seed)
-        with _autocast(self.device, cfg.amp):
+        with autocast(self.device, cfg.amp):
             logits = self.net(b.x)
         return soft_hard_loss(logits, hard_target=b.y_a, target_b=b.y_b, mix_lambda=b.lam, soft_weight=0.0,
                               hard_weight=1.0, label_smoothing=cfg.label_smoothing, reduction="sum")
@@ -197,7 +156,7 @@ class Trainer:
             row.update(self.train_epoch(epoch))
             row.update(eval_top1=None, eval_top5=None, eval_loss=None)  # the same keys in every row
             if self.eval_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == E):
-                row.update(evaluate(self.model, self.eval_set, cfg.mean, cfg.std, cfg.eval_batch_size, cfg.amp))
+                row.update(evaluate(self.model, self.eval_set, cfg.mean, cfg.std, cfg.amp))
             row["epoch_time"] = round(time.perf_counter() - t0, 3)
             self.history.append(row)
             self.start_epoch = epoch + 1
