@@ -30,8 +30,13 @@ Ensemble: several `--model` / `--checkpoint` pairs; the label is softmax(sum_i w
 with w_i = 1 / n, or HALD's softmax(weights / 10) of `--teacher-weights`. Every teacher needs
 weights: a model without `--checkpoint` is an error (never random weights).
 
+Labels: top-k ids and codes (`--k`, `--bits`, `--quantizer`), or full-width labels (`--k` = C: no
+ids, every class in class order; with `--quantizer fp16` the float16 probabilities themselves, the
+SRe2L / HALD format without loss).
+
 Quality: the header's `stats` record the mean KL(teacher's full label || stored label, decoded with
-marginal smoothing) and the mean KL a uniform label would have, in nats.
+the store's default decode; `hald_ext.labels.quality`) and the mean KL a uniform label would have,
+in nats, so a user sees what top-k keeps before training on it.
 
 Resume and ranks: every `save_every_s` seconds (and on Ctrl-C) each rank writes its labels so far to
 its own resume file (`<out>.partial`, or `<out>.rank{r}of{W}.partial` under torchrun); a rerun with
@@ -55,7 +60,8 @@ from hald_ext.labels.format import Header, LabelStoreError
 from hald_ext.labels.quantizer import Quantizer
 from hald_ext.labels.relabel_plan import (concat_results, empty_results, load_partial, make_plan, partial_path,
                                           recipe_json, sample_crops, save_partial)
-from hald_ext.labels.relabel_teacher import BN_MODES, ensemble_logits, ensemble_weights, label_kl, teacher_mode
+from hald_ext.labels.relabel_teacher import (BN_MODES, encode_labels, ensemble_logits, ensemble_weights, label_kl,
+                                             teacher_mode)
 from hald_ext.labels.store import LabelStore, MixRecord
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -113,15 +119,18 @@ def relabel(images, teacher, out: str, **kw) -> LabelStore:
 
 
 def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5, temperature: float = 1.0,
-                       bits: int = 8, quantizer: str = "power", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                       bits: int | None = None, quantizer: str = "power", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                        flip_prob: float = 0.5, size=None, mean=None, std=None, seed: int = 0, batch_size: int = 256,
                        device=None, teacher_name=None, teacher_sha256=None, teacher_weights=None,
                        teacher_bn: str = "train", cutmix_alpha: float | None = None, save_every_s: float = 120.0,
-                       restart: bool = False, progress: bool = True, default_decode: str = "marginal"):
+                       restart: bool = False, progress: bool = True, default_decode: str = "marginal",
+                       max_resident_bytes: int | None = None):
     """(store, stats): the store on every rank (written by rank 0 under torch.distributed) and
-    {"kl_to_teacher", "kl_uniform"} (mean nats over all labels)."""
+    {"kl_to_teacher", "kl_uniform"} (mean nats over all labels, also in the store's header).
+    `max_resident_bytes`: the image cache's budget on `device` (`hald_ext.data.image_source`);
+    a set that does not fit is streamed batch by batch."""
     from hald_ext.data import fingerprint, image_source
-    from hald_ext.ops import crop_and_lookup, label_encode
+    from hald_ext.ops import crop_and_lookup
     from hald_ext.ops.crop import sample_cutmix
     from hald_ext.train import distributed
 
@@ -179,9 +188,9 @@ def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5,
         raise LabelStoreError(f"{partial}: says {done} batches are done but this rank has {len(mine)}; delete it "
                               "(or pass --restart) to start over")
 
-    source = image_source(images, device)
-    thresholds = q.thresholds().to(device)
-    codebook = q.codebook().to(device)
+    source = image_source(images, device, max_bytes=max_resident_bytes)
+    thresholds = None if q.is_float else q.thresholds().to(device)
+    codebook = q.codebook()
     teachers = [t.to(device) for t in teachers]
     flat_boxes, flat_flips = boxes.view(-1, 4), flips.view(-1)
     todo = sum(int(plan.starts[b + 1] - plan.starts[b]) for b in mine[done:])
@@ -202,10 +211,11 @@ def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5,
                 if logits.shape != (len(pairs), num_classes):
                     raise ValueError(f"relabel: the teacher returned logits of shape {tuple(logits.shape)}, "
                                      f"expected [{len(pairs)}, {num_classes}]")
-                ids, codes = label_encode(logits, k, thresholds, temperature=temperature, from_logits=True)
-                kl, kl_u = label_kl(logits, temperature, ids, codes, codebook)
-                parts.append({"pairs": pairs, "ids": ids.cpu(), "codes": codes.cpu(), "kl": kl.cpu(),
-                              "kl_uniform": kl_u.cpu(), **_mix_rows(mix, image_ids, S)})
+                ids, codes = encode_labels(logits, k, temperature, q, thresholds)
+                kl, kl_u = label_kl(logits, temperature, ids, codes, codebook, default_decode)
+                ids = torch.empty(len(pairs), 0, dtype=ids_dtype) if ids is None else ids.cpu()
+                parts.append({"pairs": pairs, "ids": ids, "codes": codes.cpu(), "kl": kl, "kl_uniform": kl_u,
+                              **_mix_rows(mix, image_ids, S)})
                 done += 1
                 bar.update(len(pairs))
                 if done < len(mine) and time.monotonic() - last_save >= save_every_s:
@@ -217,7 +227,8 @@ def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5,
             save_partial(partial, recipe, done, concat_results(parts))
         raise
     bar.close()
-    results = concat_results(parts) if parts else empty_results(k, ids_dtype, q.code_dtype)
+    results = concat_results(parts) if parts else empty_results(0 if k == num_classes else k, k, ids_dtype,
+                                                                 q.code_dtype)
     if info.enabled:
         import torch.distributed as dist
 
@@ -264,15 +275,14 @@ def _write_store(out, header, boxes, flips, res: dict, k: int):
         raise LabelStoreError(f"{out}: the ranks' results do not cover every (image, slot) pair exactly once "
                               f"({pairs.numel()} rows for {n * slots} pairs)")
     at = torch.argsort(pairs)  # row of each pair, in image-major order
-    ids = res["ids"][at].view(n, slots, k)
+    ids = None if header.full_width else res["ids"][at].view(n, slots, k)
     codes = res["codes"][at].view(n, slots, k)
     mix = None
     if header.mix:
         mix = MixRecord(res["mix_partner"][at].view(n, slots), res["mix_boxes"][at].view(n, slots, 4),
                         res["mix_lambda"][at].view(n, slots))
     stats = {"kl_to_teacher": float(res["kl"].mean()), "kl_uniform": float(res["kl_uniform"].mean())}
-    if "stats" in {f.name for f in dataclasses.fields(Header)}:
-        header = dataclasses.replace(header, stats=stats)
+    header = dataclasses.replace(header, stats=stats)
     return LabelStore.create(out, header, boxes, flips, ids, codes, mix=mix), stats
 
 
@@ -302,11 +312,13 @@ def add_arguments(p) -> None:
                    help="label IPC images per class, the ones `hald select --ipc IPC --seed IPC_SEED` picks")
     p.add_argument("--ipc-seed", type=int, default=0, help="seed of the --ipc selection (default: 0, as hald select)")
     p.add_argument("--sli", "--crops-per-image", dest="sli", type=int, default=1, help="stored crops per image")
-    p.add_argument("--k", type=int, default=5, help="top-k entries kept per label (<= 64)")
+    p.add_argument("--k", type=int, default=5,
+                   help="top-k entries kept per label (1..C; k = C stores full-width labels, no class ids)")
     p.add_argument("--temperature", "-T", type=float, default=1.0, help="labels are softmax(logits / T)")
-    p.add_argument("--bits", type=int, choices=(8, 16), default=8, help="code bits per probability")
-    p.add_argument("--quantizer", choices=("power", "uniform", "log"), default="power",
-                   help="code -> probability table (default: power, gamma 1.5; see benchmarks/STORAGE.md)")
+    p.add_argument("--bits", type=int, choices=(8, 16), help="code bits per probability (default: 8; fp16: 16)")
+    p.add_argument("--quantizer", choices=("power", "uniform", "log", "fp16"), default="power",
+                   help="code -> probability table (default: power, gamma 1.5; see benchmarks/STORAGE.md); fp16 "
+                        "stores the float16 probabilities themselves (SRe2L / HALD's labels, no loss)")
     p.add_argument("--scale", type=float, nargs=2, default=(0.08, 1.0), help="RRC area scale range")
     p.add_argument("--ratio", type=float, nargs=2, default=(3 / 4, 4 / 3), help="RRC aspect ratio range")
     p.add_argument("--flip-prob", type=float, default=0.5)

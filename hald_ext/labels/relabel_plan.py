@@ -105,8 +105,8 @@ def make_plan(num_images: int, slots: int, batch_size: int, seed: int) -> Plan:
 FIELDS = ("pairs", "ids", "codes", "mix_partner", "mix_boxes", "mix_lambda", "kl", "kl_uniform")
 
 
-def empty_results(k: int, ids_dtype, code_dtype) -> dict:
-    return {"pairs": torch.empty(0, dtype=torch.int64), "ids": torch.empty(0, k, dtype=ids_dtype),
+def empty_results(ids_width: int, k: int, ids_dtype, code_dtype) -> dict:
+    return {"pairs": torch.empty(0, dtype=torch.int64), "ids": torch.empty(0, ids_width, dtype=ids_dtype),
             "codes": torch.empty(0, k, dtype=code_dtype), "mix_partner": torch.empty(0, dtype=torch.int32),
             "mix_boxes": torch.empty(0, 4, dtype=torch.uint16), "mix_lambda": torch.empty(0, dtype=torch.float32),
             "kl": torch.empty(0, dtype=torch.float64), "kl_uniform": torch.empty(0, dtype=torch.float64)}

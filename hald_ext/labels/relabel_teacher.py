@@ -14,7 +14,6 @@ stay in eval mode, so labels stay deterministic) and restores every BatchNorm ru
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 from torch import nn
@@ -78,17 +77,31 @@ def has_batchnorm(models) -> bool:
     return bool(_batchnorms(models))
 
 
-def label_kl(logits: torch.Tensor, temperature: float, ids: torch.Tensor, codes: torch.Tensor,
-             codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float64 [B] KL(teacher's full label || stored label decoded with marginal smoothing), and
-    float64 [B] KL(full label || uniform) for comparison. Marginal smoothing is the one decoding
-    whose KL is finite (renorm / truncate put zero on classes where the teacher has mass)."""
-    from hald_ext.reference.label_codec import label_decode_dense_reference
+def encode_labels(logits: torch.Tensor, k: int, temperature: float, quantizer, thresholds):
+    """(ids [B, k], values [B, k]) of softmax(logits / T): the fused encoder for top-k codes; for a
+    full-width label (k == C) ids are None and the values are in class order; fp16 values are the
+    probabilities themselves. Ties keep the lower class id first, as the encoder does."""
+    from hald_ext.ops import label_encode
 
     C = logits.shape[1]
-    logp = torch.log_softmax(logits.double() / temperature, 1)
-    p = logp.exp()
-    q = label_decode_dense_reference(ids, codes, codebook, C, "marginal").double()
-    plogp = (p * logp).sum(1)
-    kl = plogp - (p * torch.log(q.clamp_min(1e-300))).sum(1)
-    return kl.clamp_min(0), plogp + math.log(C)
+    if k < C and not quantizer.is_float:
+        return label_encode(logits, k, thresholds, temperature=temperature, from_logits=True)
+    if not torch.isfinite(logits).all():
+        raise ValueError("relabel: the teacher returned NaN or infinite logits")
+    p = torch.softmax(logits.double() / temperature, 1)
+    if k == C:
+        return None, quantizer.encode(p)
+    order = torch.sort(-p, dim=1, stable=True).indices[:, :k]
+    ids = order.to(torch.int32)
+    return (ids.to(torch.uint16) if C <= 65535 else ids), quantizer.encode(p.gather(1, order))
+
+
+def label_kl(logits: torch.Tensor, temperature: float, ids, values: torch.Tensor, codebook, decode: str):
+    """float64 [B] KL(teacher's full label || stored label decoded with `decode`) and float64 [B]
+    KL(full label || uniform), for comparison (hald_ext.labels.quality)."""
+    from hald_ext.labels.quality import kl_to_full, uniform_kl
+
+    p = torch.softmax(logits.double() / temperature, 1).cpu()
+    kl = kl_to_full(p, None if ids is None else ids.cpu(), values.cpu(), None if codebook is None else codebook.cpu(),
+                    decode)
+    return kl, uniform_kl(p)
