@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from hald_ext.boxes import dequantize_boxes, sample_rrc_pixels
+from hald_ext.boxes import mix_boxes_to_pixels, sample_rrc_pixels
 from hald_ext.cli import main as hald
-from hald_ext.data import fingerprint, load_image_set
+from hald_ext.data import dali_available, fingerprint, load_image_set
 from hald_ext.data.cache import pad_images
 from hald_ext.labels import LabelStore
 from hald_ext.labels.relabel import relabel
@@ -90,8 +90,8 @@ def reference_crop(images, store, i, s):
     ids = torch.tensor([i] if p < 0 else [i, p])
     kw = {}
     if p >= 0:
-        y, x, h, w = (dequantize_boxes(store.mix.boxes[i, s]).double() * S).round().long().tolist()
-        kw = {"mix_partner": torch.tensor([1, 1]), "mix_boxes": torch.tensor([[y, x, y + h, x + w]] * 2)}
+        box = mix_boxes_to_pixels(store.mix.boxes[i, s], S)  # the trainer's replay of a stored box
+        kw = {"mix_partner": torch.tensor([1, 1]), "mix_boxes": box.view(1, 4).expand(2, 4)}
     crops = crop_reference(padded, ids, S, store.boxes[ids, s], store.flips[ids, s], image_sizes=sizes, mean=mean,
                            std=std, **kw)
     return crops[0]
@@ -225,3 +225,20 @@ def test_cli_ipc_is_the_select_rule(folder, images, tmp_path, capsys):
                   cutmix_alpha=1.0, progress=False, device="cpu")
     for name in ("boxes", "flips", "topk_ids", "codes"):
         assert torch.equal(getattr(api, name), getattr(store, name)), name
+
+
+@pytest.mark.skipif(not dali_available(), reason="DALI is not installed")
+def test_cli_dali_and_torch_loaders_give_the_same_store(folder, tmp_path):
+    ck = save_checkpoint(tmp_path / "t.pt")
+    stores = []
+    for loader in ("dali", "torch"):
+        out = tmp_path / f"{loader}.safetensors"
+        assert hald(["relabel", folder, "-o", str(out), "--model", "convnet3", "--checkpoint", ck, "--loader", loader,
+                     "--size", str(S), "--k", "2", "--sli", "2", "--cutmix-alpha", "1", "--batch-size", "4",
+                     "--no-progress"]) == 0
+        stores.append(LabelStore.open(out))
+    a, b = stores
+    assert a.header.to_json() == b.header.to_json()  # the same image fingerprint (pixels and names) too
+    for name in ("boxes", "flips", "topk_ids", "codes"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert torch.equal(a.mix.partner, b.mix.partner)

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import os
 import sys
 import time
@@ -349,7 +348,9 @@ def run(args) -> int:
     try:
         return _run(args)
     except (LabelStoreError, ValueError, FileNotFoundError) as e:
-        print(f"hald relabel: error: {e}", file=sys.stderr)
+        msg = str(e)
+        print(f"hald relabel: error: {msg[len('relabel: '):] if msg.startswith('relabel: ') else msg}",
+              file=sys.stderr)
         return 2
 
 
@@ -379,12 +380,7 @@ def load_teachers(models: list, checkpoints: list, num_classes: int, img_size: i
 def _load_images(args):
     from hald_ext.data import load_image_set
 
-    kw = {}
-    if "loader" in inspect.signature(load_image_set).parameters:
-        kw["loader"] = args.loader
-    elif args.loader == "dali":
-        raise ValueError("--loader dali: this build's image loading has no loader choice")
-    images = load_image_set(args.images, args.split, **kw)
+    images = load_image_set(args.images, args.split, loader=args.loader)
     return select_ipc(images, args.ipc, args.ipc_seed) if args.ipc else images
 
 
