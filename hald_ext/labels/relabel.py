@@ -1,28 +1,71 @@
-"""`hald relabel`: a teacher labels SLI random-resized crops (+ flips) of every image -> a label store.
+"""`hald relabel`: teachers label SLI random-resized crops (+ flips, optionally CutMix-ed) of every
+image -> one label store.
 
-Boxes and flips of every (image, slot) are drawn first, from one seeded generator with torchvision's
-RandomResizedCrop rule, and quantised; the crop that is labelled is the one the quantised box
-replays. Labels are then computed in batches (image-major order) and, every `save_every_s` seconds,
-the store so far is written atomically to `<out>.partial` (a time interval, not a batch count: each
-save rewrites the whole partial store); a rerun with the same arguments resumes from there. The
-final store replaces `<out>` atomically.
+    hald relabel data/ipc10/ --model resnet18 --checkpoint t.pth --sli 4 -T 20 --cutmix-alpha 1 -o l.safetensors
+    torchrun --nproc-per-node 8 -m hald_ext.cli relabel ...            (each rank labels its batches)
+
+Crops: boxes and flips of every (image, slot) pair are drawn first (torchvision's RandomResizedCrop
+rule, one seeded generator; `relabel_plan`), quantised, and the quantised box is what is rendered:
+the fused op `hald_ext.ops.crop_and_lookup` crops whole batches from the image source
+(`hald_ext.data.image_source`: the resident padded cache with per-image sizes, or streaming), so a
+crop replayed in training is the crop that was labelled. Pairs are labelled in seeded global
+batches, one slot (label epoch) at a time.
+
+CutMix (`--cutmix-alpha A`, the SRe2L / HALD relabel recipe): each batch draws one lambda ~
+Beta(A, A), one box and a partner permutation (`hald_ext.ops.crop.sample_cutmix`), the op pastes
+the partner's crop into the box, and the teacher labels the mixed crop. The record is stored with
+the labels (`MixRecord`: partner image -- of the same slot --, the pasted box as fractions of the
+crop, and lambda = 1 - pasted area / S^2, the weight of the image's own crop); a pasted box of zero
+area is stored as "not mixed" (partner -1).
+
+Teacher BatchNorm (`--teacher-bn`, default train): HALD's relabel (`relabel_slc.py`) calls
+`model.train()` on its teachers for every image kind except RDED's, so each batch is normalised with
+its own statistics ("batch-specific soft labelling": distilled or few real images differ from the
+data the teacher's running statistics describe). We follow it: BatchNorm layers run in train mode,
+everything else (dropout ...) in eval mode, and the running statistics are restored after relabel,
+so the teacher is left unchanged. Labels then depend on the batch members, which is why the batch
+plan is fixed by the seed and the batch size alone. `--teacher-bn eval` uses the running statistics.
+
+Ensemble: several `--model` / `--checkpoint` pairs; the label is softmax(sum_i w_i logits_i / T)
+with w_i = 1 / n, or HALD's softmax(weights / 10) of `--teacher-weights`. Every teacher needs
+weights: a model without `--checkpoint` is an error (never random weights).
+
+Labels: top-k ids and codes (`--k`, `--bits`, `--quantizer`), or full-width labels (`--k` = C: no
+ids, every class in class order; with `--quantizer fp16` the float16 probabilities themselves, the
+SRe2L / HALD format without loss).
+
+Quality: the header's `stats` record the mean KL(teacher's full label || stored label, decoded with
+the store's default decode; `hald_ext.labels.quality`) and the mean KL a uniform label would have,
+in nats, so a user sees what top-k keeps before training on it.
+
+Resume and ranks: every `save_every_s` seconds (and on Ctrl-C) each rank writes its labels so far to
+its own resume file (`<out>.partial`, or `<out>.rank{r}of{W}.partial` under torchrun); a rerun with
+the same arguments (and world size) continues from there. At the end rank 0 gathers every rank's
+labels and writes the one store atomically; the resume files are then removed.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import sys
 import time
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from hald_ext.boxes import boxes_to_pixels, dequantize_boxes, quantize_boxes, sample_rrc_pixels
 from hald_ext.labels.format import Header, LabelStoreError
 from hald_ext.labels.quantizer import Quantizer
-from hald_ext.labels.store import LabelStore
+from hald_ext.labels.relabel_plan import (concat_results, empty_results, load_partial, make_plan, partial_path,
+                                          recipe_json, sample_crops, save_partial)
+from hald_ext.labels.relabel_teacher import (BN_MODES, encode_labels, ensemble_logits, ensemble_weights, label_kl,
+                                             teacher_mode)
+from hald_ext.labels.store import LabelStore, MixRecord
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["relabel", "relabel_with_stats", "sample_crops", "select_ipc", "sha256_file", "sha256_state"]
 
 
 def sha256_file(path: str) -> str:
@@ -40,222 +83,328 @@ def sha256_state(model: torch.nn.Module) -> str:
         t = t.detach().cpu().contiguous()
         h.update(name.encode())
         h.update(repr((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
-def sample_crops(image_sizes, slots: int, scale, ratio, flip_prob: float, seed: int):
-    """(boxes uint16 [N, S, 4], flips bool [N, S]) drawn with one seeded generator, image-major."""
-    g = torch.Generator().manual_seed(seed)
-    n = len(image_sizes)
-    pixels = torch.empty(n, slots, 4, dtype=torch.int64)
-    for i, (h, w) in enumerate(image_sizes):
-        for s in range(slots):
-            pixels[i, s] = torch.tensor(sample_rrc_pixels(h, w, scale, ratio, generator=g))
-    hw = torch.tensor(image_sizes, dtype=torch.float64).view(n, 1, 2)
-    boxes = pixels.double() / torch.cat([hw, hw], -1)  # (top, left, h, w) / (H, W, H, W)
-    flips = torch.rand(n, slots, generator=g) < flip_prob
-    return quantize_boxes(boxes.clamp(0, 1)), flips
+def _as_list(v, n: int, what: str) -> list:
+    if v is None:
+        return [None] * n
+    v = [v] if isinstance(v, str) else list(v)
+    if len(v) != n:
+        raise ValueError(f"relabel: {len(v)} {what} for {n} teachers")
+    return v
 
 
-class CropRenderer:
-    """Crops stored boxes out of uint8 images: resized_crop(antialias=True) on uint8, flip, normalise."""
-
-    def __init__(self, images, size, mean, std):
-        from torchvision.transforms.v2 import functional as TF
-
-        self._tf = TF
-        self.images = [torch.tensor(im).permute(2, 0, 1).contiguous() for im in images]  # CHW uint8 copies
-        self.size = list(size)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
-
-    def __call__(self, image_ids, boxes_u16, flips) -> torch.Tensor:
-        crops = []
-        # One resized_crop per crop: crop sizes differ, so this loop stays until the fused crop kernel.
-        for i, box in zip(image_ids.tolist(), dequantize_boxes(boxes_u16)):
-            im = self.images[i]
-            top, left, h, w = boxes_to_pixels(box, im.shape[1], im.shape[2]).tolist()
-            crops.append(self._tf.resized_crop(im, top, left, h, w, self.size, antialias=True))
-        batch = torch.stack(crops)
-        batch = torch.where(flips.view(-1, 1, 1, 1), batch.flip(-1), batch)
-        return (batch.float() - self.mean) / self.std
+def _crop_size(sizes: list, size) -> int:
+    if size is None:
+        if len(set(sizes)) != 1 or sizes[0][0] != sizes[0][1]:
+            raise ValueError("relabel: images are not all of one square size; give the crop output size (--size)")
+        return int(sizes[0][0])
+    if not isinstance(size, int):
+        size = [int(s) for s in size]
+        if len(size) not in (1, 2) or size[0] != size[-1]:
+            raise ValueError(f"relabel: crops are square (crop_and_lookup); got --size {size}")
+        size = size[0]
+    if size < 1:
+        raise ValueError(f"relabel: --size must be >= 1, got {size}")
+    return int(size)
 
 
-def relabel(images, teacher: torch.nn.Module, out: str, *, slots: int = 1, k: int = 5, temperature: float = 1.0,
-            bits: int = 8, quantizer: str = "power", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_prob: float = 0.5,
-            size=None, mean=None, std=None, seed: int = 0, batch_size: int = 256, device=None,
-            teacher_name: str | None = None, teacher_sha256: str | None = None, save_every_s: float = 120.0,
-            restart: bool = False, progress: bool = True, default_decode: str = "marginal") -> LabelStore:
-    """Label `slots` crops of every image of `images` (an ImageSet) with `teacher`; write `out`."""
-    from hald_ext.data import fingerprint
-    from hald_ext.ops import label_encode
+def relabel(images, teacher, out: str, **kw) -> LabelStore:
+    """Label `slots` crops of every image of `images` (an ImageSet) with `teacher` (a module or a
+    list of modules, an ensemble); write `out`. Keywords: see `relabel_with_stats`."""
+    return relabel_with_stats(images, teacher, out, **kw)[0]
 
+
+def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5, temperature: float = 1.0,
+                       bits: int | None = None, quantizer: str = "power", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                       flip_prob: float = 0.5, size=None, mean=None, std=None, seed: int = 0, batch_size: int = 256,
+                       device=None, teacher_name=None, teacher_sha256=None, teacher_weights=None,
+                       teacher_bn: str = "train", cutmix_alpha: float | None = None, save_every_s: float = 120.0,
+                       restart: bool = False, progress: bool = True, default_decode: str = "marginal",
+                       max_resident_bytes: int | None = None):
+    """(store, stats): the store on every rank (written by rank 0 under torch.distributed) and
+    {"kl_to_teacher", "kl_uniform"} (mean nats over all labels, also in the store's header).
+    `max_resident_bytes`: the image cache's budget on `device` (`hald_ext.data.image_source`);
+    a set that does not fit is streamed batch by batch."""
+    from hald_ext.data import fingerprint, image_source
+    from hald_ext.ops import crop_and_lookup
+    from hald_ext.ops.crop import sample_cutmix
+    from hald_ext.train import distributed
+
+    teachers = [teacher] if isinstance(teacher, nn.Module) else list(teacher)
+    if not teachers or not all(isinstance(t, nn.Module) for t in teachers):
+        raise TypeError("relabel: teacher must be a torch.nn.Module or a non-empty list of them")
+    names = _as_list(teacher_name, len(teachers), "teacher names")
+    shas = _as_list(teacher_sha256, len(teachers), "teacher digests")
+    weights = ensemble_weights(len(teachers), teacher_weights)
+    if teacher_bn not in BN_MODES:
+        raise ValueError(f"relabel: teacher_bn must be one of {BN_MODES}, got {teacher_bn!r}")
+    if cutmix_alpha is not None and not cutmix_alpha > 0:
+        raise ValueError(f"relabel: --cutmix-alpha must be > 0, got {cutmix_alpha}")
     n = len(images)
     if n == 0:
         raise ValueError("relabel: the image set is empty")
     num_classes = images.num_classes
-    sizes = [tuple(im.shape[:2]) for im in images.images]
-    if size is None:
-        if len(set(sizes)) != 1:
-            raise ValueError("relabel: images differ in size; give the crop output size (--size)")
-        size = sizes[0]
-    size = [int(size), int(size)] if isinstance(size, int) else [int(s) for s in size]
-    cfg = getattr(teacher, "pretrained_cfg", None) or {}
+    if not 1 <= k <= num_classes:
+        raise ValueError(f"relabel: k = {k} must be in [1, {num_classes}] (the classes)")
+    if slots < 1:
+        raise ValueError(f"relabel: slots (--sli) must be >= 1, got {slots}")
+    sizes = [tuple(int(v) for v in im.shape[:2]) for im in images.images]
+    S = _crop_size(sizes, size)
+    cfg = getattr(teachers[0], "pretrained_cfg", None) or {}
     mean = [float(m) for m in (mean or cfg.get("mean") or IMAGENET_MEAN)]
     std = [float(s) for s in (std or cfg.get("std") or IMAGENET_STD)]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    info = distributed.current()
     q = Quantizer(quantizer, bits)
+    members = [{"name": nm or type(t).__name__, "checkpoint_sha256": sh or sha256_state(t)}
+               for t, nm, sh in zip(teachers, names, shas)]
+    teacher_rec = dict(members[0]) if len(members) == 1 else {
+        "name": "+".join(m["name"] for m in members),
+        "checkpoint_sha256": hashlib.sha256("".join(m["checkpoint_sha256"] for m in members).encode()).hexdigest(),
+        "ensemble": members, "weights": weights.tolist()}
+    teacher_rec["bn"] = teacher_bn
     header = Header(
         num_images=n, slots=slots, num_classes=num_classes, k=k, temperature=float(temperature), quantizer=q,
-        default_decode=default_decode,
-        teacher={"name": teacher_name or type(teacher).__name__, "checkpoint_sha256": teacher_sha256 or sha256_state(teacher)},
-        images=fingerprint(images),
+        default_decode=default_decode, teacher=teacher_rec, images=fingerprint(images),
         crops={"rule": "torchvision.RandomResizedCrop", "scale": [float(s) for s in scale],
-               "ratio": [float(r) for r in ratio], "flip_prob": float(flip_prob), "size": size, "mean": mean,
-               "std": std, "resize": "bilinear, antialias, on uint8"},
-        seed=int(seed), source="relabel")
-    if k > num_classes:
-        raise ValueError(f"relabel: k = {k} exceeds the {num_classes} classes")
+               "ratio": [float(r) for r in ratio], "flip_prob": float(flip_prob), "size": [S, S], "mean": mean,
+               "std": std, "resize": "bilinear, antialias, float (crop_and_lookup)", "batch_size": int(batch_size),
+               "batches": "slot-major, seeded image order per slot", "cutmix_alpha": cutmix_alpha},
+        seed=int(seed), mix=cutmix_alpha is not None, source="relabel")
 
-    partial = out + ".partial"
-    state = _resume(partial, header) if not restart else None
-    if state is None:
-        boxes, flips = sample_crops(sizes, slots, scale, ratio, flip_prob, seed)
-        ids = torch.zeros(n, slots, k, dtype=torch.uint16 if num_classes <= 65535 else torch.int32)
-        codes = torch.zeros(n, slots, k, dtype=q.code_dtype)
-        done = 0
-    else:
-        boxes, flips, ids, codes, done = state
+    plan = make_plan(n, slots, batch_size, seed)
+    boxes, flips = sample_crops(sizes, slots, scale, ratio, flip_prob, seed)
+    recipe = recipe_json(header.to_json(), rank=info.rank, world_size=info.world_size)
+    partial = partial_path(out, info.rank, info.world_size)
+    mine = plan.rank_batches(info.rank, info.world_size)
+    state = None if restart else load_partial(partial, recipe)
+    ids_dtype = torch.uint16 if num_classes <= 65535 else torch.int32
+    done, parts = (0, []) if state is None else (state[0], [state[1]])
+    if done > len(mine):
+        raise LabelStoreError(f"{partial}: says {done} batches are done but this rank has {len(mine)}; delete it "
+                              "(or pass --restart) to start over")
 
-    render = CropRenderer(images.images, size, mean, std)
-    thresholds = q.thresholds().to(device)
-    teacher = teacher.to(device).eval()
-    total = n * slots
-    flat_ids, flat_codes = ids.view(total, k), codes.view(total, k)
-    flat_boxes, flat_flips = boxes.view(total, 4), flips.view(total)
-    image_of = torch.arange(n).repeat_interleave(slots)
-    bar = tqdm(total=total, initial=done, unit="label", desc="relabel", disable=not progress)
-    last_save = time.monotonic()
-    saved = done
+    source = image_source(images, device, max_bytes=max_resident_bytes)
+    thresholds = None if q.is_float else q.thresholds().to(device)
+    codebook = q.codebook()
+    teachers = [t.to(device) for t in teachers]
+    flat_boxes, flat_flips = boxes.view(-1, 4), flips.view(-1)
+    todo = sum(int(plan.starts[b + 1] - plan.starts[b]) for b in mine[done:])
+    bar = tqdm(total=todo, unit="label", desc=f"relabel (rank {info.rank})" if info.enabled else "relabel",
+               disable=not progress or not info.is_main)
+    last_save, saved = time.monotonic(), done
     try:
-        with torch.inference_mode():
-            while done < total:
-                hi = min(done + batch_size, total)
-                x = render(image_of[done:hi], flat_boxes[done:hi], flat_flips[done:hi]).to(device)
-                logits = teacher(x).float()
-                if logits.shape != (hi - done, num_classes):
+        with teacher_mode(teachers, teacher_bn), torch.no_grad():
+            for b in mine[done:]:
+                pairs = plan.batch(b)
+                image_ids = pairs // slots
+                batch = source.batch(image_ids.to(device))
+                mix = sample_cutmix(len(pairs), S, cutmix_alpha, seed, b, device) if cutmix_alpha else None
+                r = crop_and_lookup(batch.images, batch.image_ids, S, image_sizes=batch.image_sizes,
+                                    boxes=flat_boxes[pairs].to(device), flips=flat_flips[pairs].to(device),
+                                    cutmix=mix, mean=mean, std=std)
+                logits = ensemble_logits(teachers, weights, r.crops)
+                if logits.shape != (len(pairs), num_classes):
                     raise ValueError(f"relabel: the teacher returned logits of shape {tuple(logits.shape)}, "
-                                     f"expected [{hi - done}, {num_classes}]")
-                bi, bc = label_encode(logits, k, thresholds, temperature=temperature, from_logits=True)
-                flat_ids[done:hi], flat_codes[done:hi] = bi.cpu(), bc.cpu()
-                bar.update(hi - done)
-                done = hi
-                if done < total and time.monotonic() - last_save >= save_every_s:
-                    _save_partial(partial, header, boxes, flips, ids, codes, done)
+                                     f"expected [{len(pairs)}, {num_classes}]")
+                ids, codes = encode_labels(logits, k, temperature, q, thresholds)
+                kl, kl_u = label_kl(logits, temperature, ids, codes, codebook, default_decode)
+                ids = torch.empty(len(pairs), 0, dtype=ids_dtype) if ids is None else ids.cpu()
+                parts.append({"pairs": pairs, "ids": ids, "codes": codes.cpu(), "kl": kl, "kl_uniform": kl_u,
+                              **_mix_rows(mix, image_ids, S)})
+                done += 1
+                bar.update(len(pairs))
+                if done < len(mine) and time.monotonic() - last_save >= save_every_s:
+                    parts = [concat_results(parts)]
+                    save_partial(partial, recipe, done, parts[0])
                     last_save, saved = time.monotonic(), done
     except KeyboardInterrupt:
-        if saved < done < total:  # keep the work of an interrupted run (a crash keeps the last save)
-            _save_partial(partial, header, boxes, flips, ids, codes, done)
+        if saved < done < len(mine):  # keep the work of an interrupted run (a crash keeps the last save)
+            save_partial(partial, recipe, done, concat_results(parts))
         raise
     bar.close()
-    store = LabelStore.create(out, header, boxes, flips, ids, codes)
+    results = concat_results(parts) if parts else empty_results(0 if k == num_classes else k, k, ids_dtype,
+                                                                 q.code_dtype)
+    if info.enabled:
+        import torch.distributed as dist
+
+        gathered = [None] * info.world_size if info.is_main else None
+        # As numpy arrays: torch cannot unpickle uint16 tensor storages.
+        dist.gather_object({f: t.numpy() for f, t in results.items()}, gathered, dst=0)
+        gathered = [{f: torch.from_numpy(a) for f, a in g.items()} for g in gathered] if info.is_main else None
+    else:
+        gathered = [results]
+    stats = None
+    if info.is_main:
+        store, stats = _write_store(out, header, boxes, flips, concat_results(gathered), k)
+    distributed.barrier()
     if os.path.exists(partial):
         os.remove(partial)
-    return store
+    if not info.is_main:
+        store = LabelStore.open(out, validate=False)
+    return store, stats
 
 
-def _save_partial(partial, header, boxes, flips, ids, codes, done):
-    import dataclasses
+def _mix_rows(mix, image_ids: torch.Tensor, S: int) -> dict:
+    """The batch's CutMix record as store rows: partner image ids (-1: nothing pasted), the pasted
+    box as (y, x, h, w) fractions of the crop (uint16 codes), lambda = 1 - pasted area / S^2."""
+    from hald_ext.boxes import quantize_boxes
+    from hald_ext.ops.crop import cutmix_lambda
 
-    LabelStore.create(partial, dataclasses.replace(header, progress=done), boxes, flips, ids, codes)
+    B = image_ids.shape[0]
+    if mix is None:
+        return {"mix_partner": torch.full((B,), -1, dtype=torch.int32),
+                "mix_boxes": torch.zeros(B, 4, dtype=torch.uint16), "mix_lambda": torch.ones(B)}
+    mb = mix.boxes.cpu().to(torch.int64)  # (y0, x0, y1, x1) output pixels
+    lam = cutmix_lambda(mb, S)
+    frac = torch.stack([mb[:, 0], mb[:, 1], mb[:, 2] - mb[:, 0], mb[:, 3] - mb[:, 1]], 1).double() / S
+    pasted = lam < 1
+    partner = torch.where(pasted, image_ids[mix.partner.cpu()], -1).to(torch.int32)
+    frac = torch.where(pasted.view(B, 1), frac.clamp(0, 1), 0)
+    return {"mix_partner": partner, "mix_boxes": quantize_boxes(frac), "mix_lambda": lam.float()}
 
 
-def _resume(partial: str, header: Header):
-    if not os.path.exists(partial):
-        return None
-    try:
-        st = LabelStore.open(partial, allow_partial=True)
-    except LabelStoreError as e:
-        raise LabelStoreError(f"{e}; delete {partial} (or pass --restart) to start over") from None
-    if st.header.progress is None or not st.header.same_recipe(header):
-        raise LabelStoreError(f"{partial}: a partial store made with other arguments, teacher or images; delete it "
-                              "(or pass --restart) to start over")
-    return (st.boxes.clone(), st.flips.clone(), st.topk_ids.clone(), st.codes.clone(), st.header.progress)
+def _write_store(out, header, boxes, flips, res: dict, k: int):
+    n, slots = header.num_images, header.slots
+    pairs = res["pairs"]
+    if pairs.numel() != n * slots or not torch.equal(pairs.sort().values, torch.arange(n * slots)):
+        raise LabelStoreError(f"{out}: the ranks' results do not cover every (image, slot) pair exactly once "
+                              f"({pairs.numel()} rows for {n * slots} pairs)")
+    at = torch.argsort(pairs)  # row of each pair, in image-major order
+    ids = None if header.full_width else res["ids"][at].view(n, slots, k)
+    codes = res["codes"][at].view(n, slots, k)
+    mix = None
+    if header.mix:
+        mix = MixRecord(res["mix_partner"][at].view(n, slots), res["mix_boxes"][at].view(n, slots, 4),
+                        res["mix_lambda"][at].view(n, slots))
+    stats = {"kl_to_teacher": float(res["kl"].mean()), "kl_uniform": float(res["kl_uniform"].mean())}
+    header = dataclasses.replace(header, stats=stats)
+    return LabelStore.create(out, header, boxes, flips, ids, codes, mix=mix), stats
 
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(p) -> None:
+    p.description = __doc__.split("\n\n")[0]
     p.add_argument("images", help="image folder (one sub-folder per class), IDX / NPY / NPZ arrays, or 'fashion-mnist'")
     p.add_argument("--out", "-o", required=True, help="label store file to write (.safetensors)")
-    p.add_argument("--model", required=True, help="teacher: a timm model name (e.g. resnet18, convnet3)")
-    p.add_argument("--checkpoint", help="teacher weights (a state dict; loaded with weights_only=True)")
+    p.add_argument("--model", action="append", required=True,
+                   help="teacher: a timm model name (e.g. resnet18, convnet3); repeat for an ensemble, each followed "
+                        "by its --checkpoint")
+    p.add_argument("--checkpoint", action="append", default=[],
+                   help="weights of the --model before it (a state dict; loaded with weights_only=True); required "
+                        "for every teacher")
+    p.add_argument("--teacher-weights", type=float, nargs="+",
+                   help="ensemble weights w (HALD's rule: logits weighted by softmax(w / 10)); default: the plain "
+                        "mean of the teachers' logits")
+    p.add_argument("--teacher-bn", choices=BN_MODES, default="train",
+                   help="BatchNorm of the teachers: train (default, as HALD's relabel: each batch normalised by its "
+                        "own statistics; the running statistics are restored afterwards) or eval (running statistics)")
+    p.add_argument("--cutmix-alpha", type=float,
+                   help="label CutMix-ed crops (SRe2L / HALD relabel): lambda ~ Beta(A, A) per batch; the mix record "
+                        "is stored with the labels")
     p.add_argument("--split", default="train", help="split of a named data set (default: train)")
-    p.add_argument("--ipc", type=int, help="use only the first IPC images of each class")
+    p.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto", help="image decoding backend")
+    p.add_argument("--ipc", type=int,
+                   help="label IPC images per class, the ones `hald select --ipc IPC --seed IPC_SEED` picks")
+    p.add_argument("--ipc-seed", type=int, default=0, help="seed of the --ipc selection (default: 0, as hald select)")
     p.add_argument("--sli", "--crops-per-image", dest="sli", type=int, default=1, help="stored crops per image")
-    p.add_argument("--k", type=int, default=5, help="top-k entries kept per label (<= 64)")
+    p.add_argument("--k", type=int, default=5,
+                   help="top-k entries kept per label (1..C; k = C stores full-width labels, no class ids)")
     p.add_argument("--temperature", "-T", type=float, default=1.0, help="labels are softmax(logits / T)")
-    p.add_argument("--bits", type=int, choices=(8, 16), default=8, help="code bits per probability")
-    p.add_argument("--quantizer", choices=("power", "uniform", "log"), default="power",
-                   help="code -> probability table (default: power, gamma 1.5; see benchmarks/STORAGE.md)")
+    p.add_argument("--bits", type=int, choices=(8, 16), help="code bits per probability (default: 8; fp16: 16)")
+    p.add_argument("--quantizer", choices=("power", "uniform", "log", "fp16"), default="power",
+                   help="code -> probability table (default: power, gamma 1.5; see benchmarks/STORAGE.md); fp16 "
+                        "stores the float16 probabilities themselves (SRe2L / HALD's labels, no loss)")
     p.add_argument("--scale", type=float, nargs=2, default=(0.08, 1.0), help="RRC area scale range")
     p.add_argument("--ratio", type=float, nargs=2, default=(3 / 4, 4 / 3), help="RRC aspect ratio range")
     p.add_argument("--flip-prob", type=float, default=0.5)
-    p.add_argument("--size", type=int, nargs="+", help="crop output size (default: the image size)")
+    p.add_argument("--size", type=int, nargs="+",
+                   help="crop output size S (square; default: the image size when all images are S x S)")
     p.add_argument("--mean", type=float, nargs=3, help="normalisation mean (default: the teacher's, else ImageNet)")
     p.add_argument("--std", type=float, nargs=3, help="normalisation std")
-    p.add_argument("--seed", type=int, default=0, help="seed of the crop sampler (and of an uninitialised teacher)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the crop boxes, flips, batches and CutMix draws")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="teacher batch (part of the recipe: BatchNorm in train mode and CutMix act per batch)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available; under torchrun each rank's GPU)")
     p.add_argument("--decode", choices=("marginal", "renorm", "truncate"), default="marginal",
                    help="default decode mode recorded for training")
     p.add_argument("--save-every-s", type=float, default=120.0,
-                   help="write the resume point <out>.partial every this many seconds")
-    p.add_argument("--restart", action="store_true", help="ignore an existing <out>.partial")
+                   help="write each rank's resume point (<out>.partial) every this many seconds")
+    p.add_argument("--restart", action="store_true", help="ignore an existing resume file")
     p.add_argument("--no-progress", action="store_true")
 
 
-def select_ipc(images, ipc: int):
-    """The first `ipc` images of every class, in the set's order."""
-    import numpy as np
+def select_ipc(images, ipc: int, seed: int = 0):
+    """The `ipc` images per class that `hald select --ipc` picks with `seed` (one selection rule)."""
+    from hald_ext.train.select import select_per_class, subset
 
-    from hald_ext.data import ImageSet
-
-    keep = np.concatenate([np.flatnonzero(images.labels == c)[:ipc] for c in range(images.num_classes)])
-    keep.sort()
-    return ImageSet([images.images[i] for i in keep], images.labels[keep], images.classes,
-                    [images.names[i] for i in keep])
+    return subset(images, select_per_class(images, ipc, seed))
 
 
 def run(args) -> int:
     try:
         return _run(args)
-    except LabelStoreError as e:
-        import sys
-
-        print(f"hald relabel: error: {e}", file=sys.stderr)
+    except (LabelStoreError, ValueError, FileNotFoundError) as e:
+        msg = str(e)
+        print(f"hald relabel: error: {msg[len('relabel: '):] if msg.startswith('relabel: ') else msg}",
+              file=sys.stderr)
         return 2
 
 
-def _run(args) -> int:
-    from hald_ext.data import load_image_set
+def load_teachers(models: list, checkpoints: list, num_classes: int, img_size: int) -> list:
+    """One model per --model, each with the weights of its --checkpoint; a teacher without weights
+    is an error naming it."""
     from hald_ext.models import create_model
 
-    images = load_image_set(args.images, args.split)
-    if args.ipc:
-        images = select_ipc(images, args.ipc)
-    size = args.size[0] if args.size and len(args.size) == 1 else args.size
-    img_size = size if isinstance(size, int) else (size[0] if size else images.images[0].shape[0])
-    torch.manual_seed(args.seed)  # an uninitialised teacher (plumbing tests) is then reproducible
-    teacher = create_model(args.model, images.num_classes, img_size=img_size, checkpoint=args.checkpoint)
+    if len(checkpoints) < len(models):
+        name = models[len(checkpoints)]
+        raise ValueError(f"teacher {name!r} has no weights: give --checkpoint FILE after --model {name} "
+                         "(relabel never labels with random weights)")
+    if len(checkpoints) > len(models):
+        raise ValueError(f"{len(checkpoints)} --checkpoint files for {len(models)} --model teachers")
+    out = []
+    for name, ckpt in zip(models, checkpoints):
+        if not os.path.isfile(ckpt):
+            raise FileNotFoundError(f"--checkpoint {ckpt} (teacher {name!r}) does not exist")
+        try:
+            out.append(create_model(name, num_classes, img_size=img_size, checkpoint=ckpt))
+        except (RuntimeError, KeyError, TypeError) as e:
+            raise ValueError(f"--checkpoint {ckpt} does not load into teacher {name!r} with {num_classes} classes: "
+                             f"{str(e).splitlines()[0]}") from None
+    return out
+
+
+def _load_images(args):
+    from hald_ext.data import load_image_set
+
+    images = load_image_set(args.images, args.split, loader=args.loader)
+    return select_ipc(images, args.ipc, args.ipc_seed) if args.ipc else images
+
+
+def _run(args) -> int:
+    from hald_ext.train import distributed
+
+    images = _load_images(args)
+    sizes = [tuple(im.shape[:2]) for im in images.images]
+    size = _crop_size(sizes, args.size)
+    teachers = load_teachers(args.model, args.checkpoint, images.num_classes, size)
+    info = distributed.init_from_env(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = distributed.device_for(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), info)
     t0 = time.time()
-    store = relabel(images, teacher, args.out, slots=args.sli, k=args.k, temperature=args.temperature,
-                    bits=args.bits, quantizer=args.quantizer, scale=tuple(args.scale), ratio=tuple(args.ratio),
-                    flip_prob=args.flip_prob, size=size, mean=args.mean, std=args.std, seed=args.seed,
-                    batch_size=args.batch_size, device=args.device, teacher_name=args.model,
-                    teacher_sha256=sha256_file(args.checkpoint) if args.checkpoint else None,
-                    save_every_s=args.save_every_s, restart=args.restart, progress=not args.no_progress,
-                    default_decode=args.decode)
-    print(f"wrote {args.out}: {store.num_images} images x {store.slots} slots = {store.num_labels} labels, "
-          f"{store.bytes_per_label:.1f} bytes/label, {store.nbytes} bytes, {time.time() - t0:.1f} s")
+    store, stats = relabel_with_stats(
+        images, teachers, args.out, slots=args.sli, k=args.k, temperature=args.temperature, bits=args.bits,
+        quantizer=args.quantizer, scale=tuple(args.scale), ratio=tuple(args.ratio), flip_prob=args.flip_prob,
+        size=size, mean=args.mean, std=args.std, seed=args.seed, batch_size=args.batch_size, device=device,
+        teacher_name=args.model, teacher_sha256=[sha256_file(c) for c in args.checkpoint],
+        teacher_weights=args.teacher_weights, teacher_bn=args.teacher_bn, cutmix_alpha=args.cutmix_alpha,
+        save_every_s=args.save_every_s, restart=args.restart, progress=not args.no_progress,
+        default_decode=args.decode)
+    if info.is_main:
+        print(f"wrote {args.out}: {store.num_images} images x {store.slots} slots = {store.num_labels} labels, "
+              f"{store.bytes_per_label:.1f} bytes/label, {store.nbytes} bytes, {time.time() - t0:.1f} s; "
+              f"KL(teacher || stored label) {stats['kl_to_teacher']:.4f} nats (a uniform label: "
+              f"{stats['kl_uniform']:.4f})")
     return 0

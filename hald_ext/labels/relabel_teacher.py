@@ -1,0 +1,107 @@
+"""The teacher side of `hald relabel`: an ensemble's logits, its BatchNorm mode, and label quality.
+
+Ensemble (HALD `relabel/relabel_slc.py`, `save()`): the label is softmax(sum_i w_i * logits_i / T).
+Without weights every teacher gets w_i = 1 / n (the plain mean of the logits); with weights given,
+HALD turns them into w = softmax(weights / 10) (its fixed temperature of 10), and so do we.
+
+BatchNorm: HALD's relabel puts its teachers in train mode (`model.train()`) unless the images are
+RDED's ("batch-specific soft labelling": the teacher normalises each batch with that batch's own
+statistics, which suits synthetic / few images whose statistics differ from the teacher's training
+data). `teacher_mode(models, "train")` does that for BatchNorm layers only (dropout and the rest
+stay in eval mode, so labels stay deterministic) and restores every BatchNorm running statistic
+(running_mean, running_var, num_batches_tracked) on exit: the teacher is unchanged afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+BN_MODES = ("train", "eval")
+HALD_WEIGHT_TEMPERATURE = 10.0
+
+
+def ensemble_weights(n: int, weights=None) -> torch.Tensor:
+    """float64 [n]: 1 / n each, or HALD's softmax(weights / 10) of the given raw weights."""
+    if weights is None:
+        return torch.full((n,), 1.0 / n, dtype=torch.float64)
+    w = torch.as_tensor([float(v) for v in weights], dtype=torch.float64)
+    if w.numel() != n:
+        raise ValueError(f"--teacher-weights: {w.numel()} weights for {n} teachers")
+    if not torch.isfinite(w).all():
+        raise ValueError("--teacher-weights must be finite numbers")
+    return torch.softmax(w / HALD_WEIGHT_TEMPERATURE, 0)
+
+
+def ensemble_logits(models, weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_i weights[i] * models[i](x), in float32."""
+    out = None
+    for m, w in zip(models, weights.tolist()):
+        z = m(x).float() * w
+        out = z if out is None else out + z
+    return out
+
+
+def _batchnorms(models):
+    return [mod for m in models for mod in m.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextlib.contextmanager
+def teacher_mode(models, bn: str):
+    """Eval mode, with BatchNorm layers in train mode when `bn == "train"`; running statistics and
+    every module's train / eval flag are restored on exit."""
+    if bn not in BN_MODES:
+        raise ValueError(f"--teacher-bn must be one of {BN_MODES}, got {bn!r}")
+    flags = [(mod, mod.training) for m in models for mod in m.modules()]
+    bns = _batchnorms(models)
+    saved = [{name: buf.detach().clone() for name, buf in mod.named_buffers(recurse=False) if buf is not None}
+             for mod in bns]
+    try:
+        for m in models:
+            m.eval()
+        if bn == "train":
+            for mod in bns:
+                mod.train()
+        yield
+    finally:
+        with torch.no_grad():
+            for mod, state in zip(bns, saved):
+                for name, value in state.items():
+                    getattr(mod, name).copy_(value)
+        for mod, flag in flags:
+            mod.training = flag
+
+
+def has_batchnorm(models) -> bool:
+    return bool(_batchnorms(models))
+
+
+def encode_labels(logits: torch.Tensor, k: int, temperature: float, quantizer, thresholds):
+    """(ids [B, k], values [B, k]) of softmax(logits / T): the fused encoder for top-k codes; for a
+    full-width label (k == C) ids are None and the values are in class order; fp16 values are the
+    probabilities themselves. Ties keep the lower class id first, as the encoder does."""
+    from hald_ext.ops import label_encode
+
+    C = logits.shape[1]
+    if k < C and not quantizer.is_float:
+        return label_encode(logits, k, thresholds, temperature=temperature, from_logits=True)
+    if not torch.isfinite(logits).all():
+        raise ValueError("relabel: the teacher returned NaN or infinite logits")
+    p = torch.softmax(logits.double() / temperature, 1)
+    if k == C:
+        return None, quantizer.encode(p)
+    order = torch.sort(-p, dim=1, stable=True).indices[:, :k]
+    ids = order.to(torch.int32)
+    return (ids.to(torch.uint16) if C <= 65535 else ids), quantizer.encode(p.gather(1, order))
+
+
+def label_kl(logits: torch.Tensor, temperature: float, ids, values: torch.Tensor, codebook, decode: str):
+    """float64 [B] KL(teacher's full label || stored label decoded with `decode`) and float64 [B]
+    KL(full label || uniform), for comparison (hald_ext.labels.quality)."""
+    from hald_ext.labels.quality import kl_to_full, uniform_kl
+
+    p = torch.softmax(logits.double() / temperature, 1).cpu()
+    kl = kl_to_full(p, None if ids is None else ids.cpu(), values.cpu(), None if codebook is None else codebook.cpu(),
+                    decode)
+    return kl, uniform_kl(p)
