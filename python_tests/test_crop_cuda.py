@@ -75,7 +75,7 @@ def test_large_sources_at_224(antialias):
     assert_crops_close(dev.crops, ref)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fresh_crops_dtypes_and_layouts(dtype, channels_last):
     images, sizes = padded_batch(3, 64, 80, seed=1)

@@ -34,7 +34,7 @@ def assert_matches_cpu(cpu, dev, scores, k, q, temperature=1.0, from_logits=Fals
 
 @pytest.mark.parametrize("C,k", ENCODE_SHAPES)
 @pytest.mark.parametrize("bits", [8, 16])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 def test_encode_logits_matches_cpu_and_reference(C, k, bits, dtype):
     N = 37 if C < 20000 else 5
     z = teacher_logits(N, C, seed=C + k).to(dtype)
@@ -62,7 +62,7 @@ def test_float64_codes_equal_cpu_near_thresholds():
     assert torch.equal(dev[0].cpu(), cpu[0]) and torch.equal(dev[1].cpu(), cpu[1])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("kind", ["power", "uniform", "log"])
 @pytest.mark.parametrize("k", [7, 70, 100])
 def test_encode_probabilities_matches_cpu_and_reference(dtype, kind, k):
@@ -110,7 +110,7 @@ def test_encode_refuses_bad_probabilities(bad, match, k):
         label_encode(bad(p.clone()).cuda(), k, Quantizer().thresholds().cuda())
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 def test_encode_refuses_bad_logits(dtype):
     t = Quantizer().thresholds().cuda()
     z = torch.randn(3, 80, dtype=dtype)
