@@ -68,6 +68,10 @@ define_macros = []  # py_limited_api=True below defines Py_LIMITED_API
 
 if use_cuda:
     sources += sorted(glob.glob("csrc/ops/cuda/*.cu"))
+    # No --use_fast_math: it turns every float division into an approximate one, flushes denormals
+    # and swaps in approximate exp/log, which the crop kernel's resampling span and the codec's
+    # codes near a threshold must not see (they promise the CPU kernels' results). The loss kernel
+    # asks for its fast exp explicitly (__expf on its float path), so it keeps its speed.
     # Kernels include c10/cuda/CUDAStream.h, not ATen/cuda/CUDAContext.h: the latter pulls in
     # cuBLAS/cuSPARSE headers that minimal toolkits lack (and the pip `nvidia` headers of another
     # CUDA minor version must not shadow the toolkit's own).
@@ -78,7 +82,7 @@ if use_cuda:
         define_macros=define_macros,
         extra_compile_args={
             "cxx": cxx_flags,
-            "nvcc": opt + ["-lineinfo", "--use_fast_math", "-DHALD_WITH_CUDA=1", "--expt-relaxed-constexpr"],
+            "nvcc": opt + ["-lineinfo", "-DHALD_WITH_CUDA=1", "--expt-relaxed-constexpr"],
         },
         extra_link_args=["-fopenmp"],
         py_limited_api=True,

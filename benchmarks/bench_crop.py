@@ -19,55 +19,38 @@ when another process holds a core, and the comparison should not hinge on that.
 
     python benchmarks/bench_crop.py                      # S = 224, 64, 32; writes results/crop_<device>.json
     python benchmarks/bench_crop.py --sizes 224 --batch 32 --rounds 5
+
+Results use benchmarks/common.py's layout: one row per (size, method), with crops/s at its best
+thread count, the count, the median of the rounds at every count, and the fused op's speed-up.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
-import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import hald_ext  # noqa: E402
+from common import device_tag, payload, per_second, write_results  # noqa: E402
 from hald_ext.ops import crop_and_lookup  # noqa: E402
 from hald_ext.ops.crop import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from hald_ext.reference import crop_reference  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "hald_ext": hald_ext.build_info(), "load_average_at_start": list(os.getloadavg())}
-    try:
-        import torchvision
-
-        info["torchvision"] = torchvision.__version__
-    except ImportError:
-        pass
-    try:
-        import nvidia.dali as dali
-
-        info["dali"] = dali.__version__
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+def versions() -> dict:
+    """Versions of the libraries compared (absent ones are left out)."""
+    out = {}
+    for name, module in (("torchvision", "torchvision"), ("dali", "nvidia.dali")):
+        try:
+            out[name] = __import__(module, fromlist=["__version__"]).__version__
+        except ImportError:
+            pass
+    return out
 
 
 # ------------------------------------------------------------------------------------------- methods
@@ -133,41 +116,33 @@ def dali_method(images, batch, size, gpu: bool):
 
 
 # ------------------------------------------------------------------------------------------- timing
-def crops_per_second(run, batch, seconds):
-    run()  # warm-up (allocations, DALI's first batch)
-    n, t0 = 0, time.perf_counter()
-    while True:
-        run()
-        n += 1
-        dt = time.perf_counter() - t0
-        if dt >= seconds:
-            return n * batch / dt
-
-
-def bench_size(images, size, batch, rounds, seconds, methods, threads):
-    """{method: {"crops_per_s": best over thread counts, "by_threads": {t: median of rounds}}}."""
+def bench_size(size, batch, rounds, seconds, methods, threads):
+    """Rows for one output size: each method at its best thread count (median of the rounds)."""
     res = {}
     for t in threads:
         torch.set_num_threads(t)  # DALI pipelines are built with the same thread count
         built = {}
-        for name, make in methods.items():
+        for name, (make, device) in methods.items():
             try:
-                built[name] = make(size)
+                built[name] = (make(size), device)
             except Exception as e:  # a missing optional backend is reported, not fatal
                 print(f"  {name}: unavailable ({type(e).__name__}: {e})")
         samples = {name: [] for name in built}
-        for _ in range(rounds):
-            for name, run in built.items():
-                samples[name].append(crops_per_second(run, batch, seconds))
+        for _ in range(rounds):  # interleaved, so load from other processes hits every method alike
+            for name, (run, device) in built.items():
+                samples[name].append(per_second(run, batch, device, warmup=1, min_time=seconds))
         for name, v in samples.items():
-            r = res.setdefault(name, {"by_threads": {}, "rounds": {}})
+            r = res.setdefault(name, {"size": size, "method": name, "by_threads": {}, "rounds": {}})
             r["by_threads"][t] = statistics.median(v)
             r["rounds"][t] = v
         del built
     for r in res.values():
         r["best_threads"] = max(r["by_threads"], key=r["by_threads"].get)
         r["crops_per_s"] = r["by_threads"][r["best_threads"]]
-    return res
+    base = res["fused"]["crops_per_s"]
+    for r in res.values():
+        r["fused_speedup"] = base / r["crops_per_s"]
+    return list(res.values())
 
 
 def main(argv=None):
@@ -181,42 +156,39 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, nargs="+", default=sorted({1, torch.get_num_threads()}),
                     help="thread counts to try; each method is reported at its best")
     ap.add_argument("--no-reference", action="store_true")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="result file name under benchmarks/results (or a path)")
     args = ap.parse_args(argv)
 
     gpu = torch.cuda.is_available() and hald_ext.build_info()["cuda_available"]
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images, args.source, args.source, 3), dtype=torch.uint8, generator=g)
-    methods = {
-        "fused": lambda s: fused_method(images, args.batch, s, "cpu"),
-        "fused_bf16": lambda s: fused_method(images, args.batch, s, "cpu", torch.bfloat16),
-        "tv_per_sample": lambda s: tv_per_sample_method(images, args.batch, s),
-        "tv_batched": lambda s: tv_batched_method(images, args.batch, s),
-        "dali_cpu": lambda s: dali_method(images, args.batch, s, gpu=False),
+    methods = {  # name: (factory of size, device to synchronise)
+        "fused": (lambda s: fused_method(images, args.batch, s, "cpu"), "cpu"),
+        "fused_bf16": (lambda s: fused_method(images, args.batch, s, "cpu", torch.bfloat16), "cpu"),
+        "tv_per_sample": (lambda s: tv_per_sample_method(images, args.batch, s), "cpu"),
+        "tv_batched": (lambda s: tv_batched_method(images, args.batch, s), "cpu"),
+        "dali_cpu": (lambda s: dali_method(images, args.batch, s, gpu=False), "cpu"),
     }
     if not args.no_reference:
-        methods["reference"] = lambda s: reference_method(images, args.batch, s)
+        methods["reference"] = (lambda s: reference_method(images, args.batch, s), "cpu")
     if gpu:
-        methods["fused_cuda"] = lambda s: fused_method(images, args.batch, s, "cuda")
-        methods["fused_cuda_bf16"] = lambda s: fused_method(images, args.batch, s, "cuda", torch.bfloat16)
-        methods["dali_gpu"] = lambda s: dali_method(images, args.batch, s, gpu=True)
+        methods["fused_cuda"] = (lambda s: fused_method(images, args.batch, s, "cuda"), "cuda")
+        methods["fused_cuda_bf16"] = (lambda s: fused_method(images, args.batch, s, "cuda", torch.bfloat16), "cuda")
+        methods["dali_gpu"] = (lambda s: dali_method(images, args.batch, s, gpu=True), "cuda")
 
-    result = {"benchmark": "crop", "machine": machine(), "config": vars(args), "sizes": {}}
+    rows = []
+    load_start = list(os.getloadavg())
     for size in args.sizes:
         print(f"S = {size} ({args.source} -> {size}, batch {args.batch}):")
-        res = bench_size(images, size, args.batch, args.rounds, args.seconds, methods, args.threads)
-        base = res["fused"]["crops_per_s"]
-        for name, r in res.items():
-            r["fused_speedup"] = base / r["crops_per_s"]
+        for r in bench_size(size, args.batch, args.rounds, args.seconds, methods, args.threads):
             per = "  ".join(f"{t} thr: {v:7.0f}" for t, v in r["by_threads"].items())
-            print(f"  {name:16s} {r['crops_per_s']:8.0f} crops/s (best; {per})   fused is {r['fused_speedup']:6.2f}x")
-        result["sizes"][str(size)] = res
-    result["machine"]["load_average_at_end"] = list(os.getloadavg())
-    out = args.out or os.path.join(RESULTS, f"crop_{'cuda' if gpu else 'cpu'}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {out}")
+            print(f"  {r['method']:16s} {r['crops_per_s']:8.0f} crops/s (best; {per})   "
+                  f"fused is {r['fused_speedup']:6.2f}x")
+            rows.append(r)
+    result = payload("crop", rows, config=vars(args), versions=versions(),
+                     load_average={"start": load_start, "end": list(os.getloadavg())})
+    name = args.out or f"crop_{device_tag('cuda') if gpu else 'cpu'}.json"
+    print(f"wrote {write_results(name, result)}")
 
 
 if __name__ == "__main__":

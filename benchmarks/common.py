@@ -1,4 +1,8 @@
-"""Timing, machine description and result files shared by the benchmark scripts."""
+"""Timing, machine description and result files shared by the benchmark scripts.
+
+Every result file has one layout:
+    {"benchmark": str, "machine": machine(), "build": hald_ext.build_info(), "rows": [{...}, ...], ...}
+(`payload()` builds it, `write_results()` writes it); every time comes from `time_fn`."""
 from __future__ import annotations
 
 import json
@@ -24,7 +28,9 @@ def machine() -> dict:
         pass
     info = {
         "cpu": cpu,
+        "cores": os.cpu_count(),
         "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
@@ -34,6 +40,18 @@ def machine() -> dict:
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
     return info
+
+
+def build() -> dict:
+    """Which hald_ext build ran (backends compiled in and usable here)."""
+    import hald_ext
+
+    return hald_ext.build_info()
+
+
+def payload(benchmark: str, rows: list[dict], **extra) -> dict:
+    """A result file's contents in the shared layout; `extra` adds benchmark-specific keys (config, ...)."""
+    return {"benchmark": benchmark, "machine": machine(), "build": build(), "rows": rows, **extra}
 
 
 def device_tag(device: str) -> str:
@@ -60,6 +78,11 @@ def time_fn(fn, device: str, *, warmup: int = 3, min_time: float = 0.5, max_reps
         sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def per_second(fn, items: int, device: str, **timing) -> float:
+    """Throughput of fn() in items per second, from time_fn's median (keywords go to time_fn)."""
+    return items / (time_fn(fn, device, **timing) * 1e-3)
 
 
 def copy_bandwidth_gbs(nbytes: int, device: str) -> float:

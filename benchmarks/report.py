@@ -48,17 +48,23 @@ def train_table(payload: dict) -> str:
 
 def crop_table(payload: dict) -> str:
     m, cfg = payload["machine"], payload["config"]
-    names = [("fused", "fused op fp32"), ("fused_bf16", "fused op bf16"), ("tv_per_sample", "torchvision per sample"),
-             ("tv_batched", "torchvision batched (1 box)"), ("dali_cpu", "DALI CPU"), ("reference", "reference")]
-    sizes = list(payload["sizes"])
+    names = [("fused", "fused op fp32"), ("fused_bf16", "fused op bf16"), ("fused_cuda", "fused op fp32, CUDA"),
+             ("fused_cuda_bf16", "fused op bf16, CUDA"), ("tv_per_sample", "torchvision per sample"),
+             ("tv_batched", "torchvision batched (1 box)"), ("dali_cpu", "DALI CPU"), ("dali_gpu", "DALI GPU"),
+             ("reference", "reference")]
+    cell = {(r["size"], r["method"]): r for r in payload["rows"]}
+    sizes = list(dict.fromkeys(r["size"] for r in payload["rows"]))
+    threads = "-".join(str(t) for t in cfg["threads"])
+    where = f"{m['cpu']}, {m['cores']} cores, best of {threads} threads" + (f"; {m['gpu']}" if m.get("gpu") else "")
     lines = [f"Random-resized crop + flip + normalise from {cfg['source']}x{cfg['source']} uint8, batch "
-             f"{cfg['batch']}, crops/s and the fused op's speed-up ({m['cpu']}, {m['cores']} cores, best of 1-2 "
-             "threads):", "",
+             f"{cfg['batch']}, crops/s and the fused op's speed-up ({where}):", "",
              "| method | " + " | ".join(f"S = {s}" for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
     for key, label in names:
+        if not any((s_, key) in cell for s_ in sizes):
+            continue
         cells = []
         for s_ in sizes:
-            r = payload["sizes"][s_].get(key)
+            r = cell.get((s_, key))
             cells.append("-" if r is None else (f"{r['crops_per_s']:.0f}" if key == "fused"
                                                 else f"{r['crops_per_s']:.0f} ({r['fused_speedup']:.1f}x)"))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")

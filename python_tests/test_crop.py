@@ -7,7 +7,6 @@ import torch
 from hald_ext.boxes import boxes_to_pixels, dequantize_boxes, quantize_boxes, sample_rrc_pixels
 from hald_ext.ops import CutMix, crop_and_lookup, soft_hard_loss
 from hald_ext.reference import crop_reference, cutmix_lambda_reference, gather_labels_reference
-from conftest import requires_cuda
 
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 # Normalised-output tolerance against the float reference (same function, float rounding only).
@@ -282,35 +281,4 @@ def test_errors(mutate, match):
     with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
         crop_and_lookup(kw.pop("images"), kw.pop("image_ids"), size, **kw)
 
-
-# ---------------------------------------------------------------------------------------------- CUDA
-@requires_cuda
-@pytest.mark.parametrize("antialias", [True, False])
-@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.bfloat16, True),
-                                                 (torch.float16, False)])
-def test_cuda_matches_cpu(antialias, dtype, channels_last):
-    images, sizes = padded_batch(6, 200, 150, seed=13)
-    ids = torch.arange(64) % 6
-    lid = torch.randint(0, 100, (6, 3, 4))
-    lval = torch.rand(6, 3, 4).half()
-    slots = torch.arange(64) % 3
-    kw = dict(seed=99, offset=5, antialias=antialias, out_dtype=dtype, channels_last=channels_last, cutmix_alpha=1.0)
-    cpu = crop_and_lookup(images, ids, 56, image_sizes=sizes, label_ids=lid, label_values=lval, slots=slots, **kw)
-    dev = crop_and_lookup(images.cuda(), ids.cuda(), 56, image_sizes=sizes.cuda(), label_ids=lid.cuda(),
-                          label_values=lval.cuda(), slots=slots.cuda(), **kw)
-    assert torch.equal(dev.boxes.cpu(), cpu.boxes) and torch.equal(dev.flips.cpu(), cpu.flips)
-    assert torch.equal(dev.label_ids.cpu(), cpu.label_ids) and torch.equal(dev.label_values.cpu(), cpu.label_values)
-    assert torch.equal(dev.mix_partner.cpu(), cpu.mix_partner)
-    assert dev.crops.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    torch.testing.assert_close(dev.crops.cpu().float(), cpu.crops.float(), atol=ATOL[dtype] + 1e-4, rtol=ATOL[dtype])
-    replay = crop_and_lookup(images.cuda(), ids.cuda(), 56, image_sizes=sizes.cuda(), boxes=cpu.boxes.cuda(),
-                             flips=cpu.flips.cuda(), antialias=antialias)
-    ref = crop_reference(images, ids, 56, cpu.boxes, cpu.flips, image_sizes=sizes, antialias=antialias)
-    torch.testing.assert_close(replay.crops.cpu(), ref, atol=1e-4, rtol=0)
-
-
-@requires_cuda
-def test_cuda_mixed_devices_error():
-    images, ids = _base()
-    with pytest.raises((RuntimeError, ValueError), match="on one device"):
-        crop_and_lookup(images.cuda(), ids, 8)
+# CUDA: test_crop_cuda.py

@@ -6,9 +6,9 @@ from hald_ext.labels import Quantizer
 from hald_ext.ops import label_decode, label_decode_dense, label_encode, soft_hard_loss
 from hald_ext.reference import (label_decode_dense_reference, label_decode_reference, label_encode_reference,
                                 soft_hard_loss_reference)
-from conftest import requires_cuda
 
-DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
+# CUDA runs of these tests, compared with the CPU kernel too: test_label_codec_cuda.py.
+DEVICES = ["cpu"]
 
 
 def teacher_logits(N, C, seed=0, scale=3.0):
@@ -27,19 +27,46 @@ def assert_codes_match(codes, ref_codes, probs, q: Quantizer):
         assert float(near.max()) < 1e-5
 
 
+# k == C is a full-width label (no ids); 64 < k < C goes through the sort + full-width path.
+ENCODE_SHAPES = [(1, 1), (10, 5), (10, 10), (1000, 5), (1000, 64), (1000, 65), (300, 299), (300, 300),
+                 (21843, 10), (70000, 3)]
+
+
+def check_encode(ids, codes, scores, k, q, temperature=1.0, from_logits=False):
+    """ids and codes of label_encode against the reference (ids None and codes [N, C] when k == C)."""
+    N, C = scores.shape
+    rids, rcodes, probs = label_encode_reference(scores.cpu(), k, q.thresholds(), temperature, from_logits)
+    assert codes.dtype == (torch.uint8 if q.bits == 8 else torch.uint16) and codes.dtype == rcodes.dtype
+    if k == C:
+        assert ids is None and rids is None and codes.shape == (N, C)
+    else:
+        assert ids.dtype == (torch.uint16 if C <= 65535 else torch.int32) and ids.dtype == rids.dtype
+        assert ids.shape == codes.shape == (N, k)
+        assert torch.equal(ids.cpu().long(), rids.long())
+    assert_codes_match(codes, rcodes, probs, q)
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("C,k", [(1, 1), (10, 5), (10, 10), (1000, 5), (1000, 64), (21843, 10), (70000, 3)])
+@pytest.mark.parametrize("C,k", ENCODE_SHAPES)
 @pytest.mark.parametrize("bits", [8, 16])
 def test_encode_logits_matches_reference(device, C, k, bits):
     N = 37 if C < 20000 else 5  # not a multiple of any block size
     z = teacher_logits(N, C, seed=C + k)
     q = Quantizer("log", bits)
     ids, codes = label_encode(z.float().to(device), k, q.thresholds().to(device), temperature=2.5, from_logits=True)
-    rids, rcodes, probs = label_encode_reference(z.float(), k, q.thresholds(), 2.5, True)
-    assert ids.dtype == (torch.uint16 if C <= 65535 else torch.int32) and ids.dtype == rids.dtype
-    assert codes.dtype == (torch.uint8 if bits == 8 else torch.uint16)
-    assert torch.equal(ids.cpu().long(), rids.long())
-    assert_codes_match(codes, rcodes, probs, q)
+    check_encode(ids, codes, z.float(), k, q, 2.5, True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_every_k_codes_each_class_as_full_width_does(device, dtype):
+    """The top-k, sorted and full-width layouts code a class identically (the same arithmetic)."""
+    z = teacher_logits(9, 200, seed=4).to(dtype).to(device)
+    q = Quantizer("log", 16)
+    _, full = label_encode(z, 200, q.thresholds().to(device), temperature=3.0, from_logits=True)
+    for k in (1, 7, 64, 65, 199):
+        ids, codes = label_encode(z, k, q.thresholds().to(device), temperature=3.0, from_logits=True)
+        assert torch.equal(codes, full.gather(1, ids.long())), k
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -49,9 +76,9 @@ def test_encode_probabilities_every_dtype_and_quantizer(device, dtype, kind):
     p = torch.softmax(teacher_logits(50, 100, seed=3), 1).to(dtype)
     q = Quantizer(kind, 8)
     ids, codes = label_encode(p.to(device), 7, q.thresholds().to(device))
-    rids, rcodes, probs = label_encode_reference(p, 7, q.thresholds())
-    assert torch.equal(ids.cpu().long(), rids.long())
-    assert_codes_match(codes, rcodes, probs, q)
+    check_encode(ids, codes, p, 7, q)
+    ids, codes = label_encode(p.to(device), 100, q.thresholds().to(device))  # full width
+    check_encode(ids, codes, p, 100, q)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -90,6 +117,14 @@ def test_decode_and_dense_decode_match_reference(device, decode, bits):
     torch.testing.assert_close(got.cpu(), label_decode_reference(codes, cb), rtol=0, atol=0)
     dense = label_decode_dense(ids.to(device), codes.to(device), cb.to(device), 300, decode)
     torch.testing.assert_close(dense.cpu(), label_decode_dense_reference(ids, codes, cb, 300, decode))
+    # A full-width label: no ids, codes in class order.
+    none, full = label_encode(z.float(), 300, q.thresholds(), temperature=4.0, from_logits=True)
+    assert none is None
+    dense = label_decode_dense(None, full.to(device), cb.to(device), 300, decode)
+    want = label_decode_dense_reference(None, full, cb, 300, decode)
+    torch.testing.assert_close(dense.cpu(), want)
+    if decode != "renorm":  # marginal and truncate keep the stored probabilities as they are
+        torch.testing.assert_close(want, label_decode_reference(full, cb))
 
 
 def test_stored_codes_feed_the_fused_loss():
@@ -133,6 +168,8 @@ def test_encode_argument_errors():
     with pytest.raises(RuntimeError, match="class ids must be in"):
         label_decode_dense(torch.tensor([[3, 12]], dtype=torch.int32), torch.zeros(1, 2, dtype=torch.uint8),
                            Quantizer().codebook(), 10)
+    with pytest.raises(RuntimeError, match="full-width label in class order"):
+        label_decode_dense(None, torch.zeros(1, 9, dtype=torch.uint8), Quantizer().codebook(), 10)
     with pytest.raises(RuntimeError, match="codebook for"):
         label_decode(torch.zeros(2, dtype=torch.uint8), torch.zeros(65536))
 
@@ -149,6 +186,10 @@ def test_opcheck_and_compile():
     torch.library.opcheck(torch.ops.hald.label_encode.default, (z, 4, 2.0, True, q.thresholds()))
     torch.library.opcheck(torch.ops.hald.label_decode.default, (codes, q.codebook()))
     torch.library.opcheck(torch.ops.hald.label_decode_dense.default, (ids, codes, q.codebook(), 20, "renorm"))
+    torch.library.opcheck(torch.ops.hald.label_encode.default, (z, 20, 2.0, True, q.thresholds()))  # full width
+    torch.library.opcheck(torch.ops.hald.label_encode.default, (torch.randn(3, 70), 66, 2.0, True, q.thresholds()))
+    _, full = label_encode(z, 20, q.thresholds(), from_logits=True)
+    torch.library.opcheck(torch.ops.hald.label_decode_dense.default, (None, full, q.codebook(), 20, "renorm"))
 
     def f(z, t, cb):
         i, c = label_encode(z, 4, t, temperature=2.0, from_logits=True)

@@ -21,7 +21,7 @@ struct SampleGeom {
 // Raw pointers the geometry stage reads (shared by the CPU loop and the CUDA geometry kernel).
 struct GeomInputs {
   const int64_t* image_ids;  // [B]
-  const int32_t* sizes;      // [N, 2]
+  const int32_t* sizes;      // [N, 2], or nullptr: every image fills the batch (Hmax x Wmax)
   const double* boxes;       // [B, 4] or nullptr (fresh crops)
   const uint8_t* flips;      // [B] or nullptr (fresh flips)
   RrcParams rrc;
@@ -34,8 +34,8 @@ HALD_HD int64_t clamp_index(int64_t v, int64_t n) { return v < 0 ? 0 : (v >= n ?
 HALD_HD SampleGeom resolve_sample(const GeomInputs& in, int64_t b, float* box_out) {
   SampleGeom g;
   g.img = int32_t(clamp_index(in.image_ids[b], in.N));
-  const int32_t H = int32_t(clamp_index(in.sizes[2 * g.img], in.Hmax + 1));
-  const int32_t W = int32_t(clamp_index(in.sizes[2 * g.img + 1], in.Wmax + 1));
+  const int32_t H = in.sizes != nullptr ? int32_t(clamp_index(in.sizes[2 * g.img], in.Hmax + 1)) : in.Hmax;
+  const int32_t W = in.sizes != nullptr ? int32_t(clamp_index(in.sizes[2 * g.img + 1], in.Wmax + 1)) : in.Wmax;
   if (H < 1 || W < 1) {  // only reachable with check=False and bad sizes: an empty-safe 1x1 crop
     g.top = g.left = 0;
     g.h = g.w = 1;
@@ -65,7 +65,7 @@ HALD_HD SampleGeom resolve_sample(const GeomInputs& in, int64_t b, float* box_ou
 // Arguments after validation. Every tensor is on the images' device and contiguous.
 struct CropArgs {
   at::Tensor images;        // uint8 [N, Hmax, Wmax, 3]
-  at::Tensor sizes;         // int32 [N, 2] (true height, width of each image)
+  at::Tensor sizes;         // int32 [N, 2] (true height, width of each image) or undefined (Hmax x Wmax each)
   at::Tensor image_ids;     // int64 [B]
   at::Tensor boxes;         // float64 [B, 4] fractions (replay) or undefined (fresh RRC)
   at::Tensor flips;         // uint8 [B] (replay) or undefined (fresh flips with rrc.flip_prob)
@@ -89,21 +89,10 @@ struct CropOutputs {
   at::Tensor crops, boxes, flips, geom, label_ids, label_values;
 };
 
-CropArgs prepare_crop(const at::Tensor& images, const std::optional<at::Tensor>& image_sizes,
-                      const at::Tensor& image_ids, int64_t size, const std::optional<at::Tensor>& boxes,
-                      const std::optional<at::Tensor>& flips, const std::optional<at::Tensor>& label_ids,
-                      const std::optional<at::Tensor>& label_values, const std::optional<at::Tensor>& slots,
-                      const std::optional<at::Tensor>& mix_partner, const std::optional<at::Tensor>& mix_boxes,
-                      int64_t seed, int64_t offset, at::ArrayRef<double> scale, at::ArrayRef<double> ratio,
-                      double flip_prob, at::ArrayRef<double> mean, at::ArrayRef<double> stdv, bool antialias,
-                      c10::ScalarType out_dtype, bool channels_last, bool check);
-
-CropOutputs allocate_crop_outputs(const CropArgs& a);
-
 inline GeomInputs geom_inputs(const CropArgs& a) {
   GeomInputs in;
   in.image_ids = a.image_ids.data_ptr<int64_t>();
-  in.sizes = a.sizes.data_ptr<int32_t>();
+  in.sizes = a.sizes.defined() ? a.sizes.data_ptr<int32_t>() : nullptr;
   in.boxes = a.boxes.defined() ? a.boxes.data_ptr<double>() : nullptr;
   in.flips = a.flips.defined() ? a.flips.data_ptr<uint8_t>() : nullptr;
   in.rrc = a.rrc;
@@ -113,36 +102,8 @@ inline GeomInputs geom_inputs(const CropArgs& a) {
   return in;
 }
 
+// The device kernels: called by the op's front function (crop_and_lookup.cpp) after every check.
 void crop_and_lookup_cpu_kernel(const CropArgs& a, CropOutputs& o);
 void crop_and_lookup_cuda_kernel(const CropArgs& a, CropOutputs& o);
 
-using CropKernel = void (*)(const CropArgs&, CropOutputs&);
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> crop_and_lookup_impl(
-    CropKernel kernel, const at::Tensor& images, const std::optional<at::Tensor>& image_sizes,
-    const at::Tensor& image_ids, int64_t size, const std::optional<at::Tensor>& boxes,
-    const std::optional<at::Tensor>& flips, const std::optional<at::Tensor>& label_ids,
-    const std::optional<at::Tensor>& label_values, const std::optional<at::Tensor>& slots,
-    const std::optional<at::Tensor>& mix_partner, const std::optional<at::Tensor>& mix_boxes, int64_t seed,
-    int64_t offset, at::ArrayRef<double> scale, at::ArrayRef<double> ratio, double flip_prob,
-    at::ArrayRef<double> mean, at::ArrayRef<double> stdv, bool antialias, c10::ScalarType out_dtype,
-    bool channels_last, bool check);
-
 }  // namespace hald
-
-// Registers the op for one dispatch key with the given kernel.
-#define HALD_REGISTER_CROP(KEY, KERNEL)                                                                        \
-  namespace {                                                                                                  \
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> crop_##KEY(                           \
-      const at::Tensor& im, const std::optional<at::Tensor>& sz, const at::Tensor& ids, int64_t S,             \
-      const std::optional<at::Tensor>& bx, const std::optional<at::Tensor>& fl,                                \
-      const std::optional<at::Tensor>& li, const std::optional<at::Tensor>& lv,                                \
-      const std::optional<at::Tensor>& sl, const std::optional<at::Tensor>& mp,                                \
-      const std::optional<at::Tensor>& mb, int64_t seed, int64_t off, at::ArrayRef<double> sc,                 \
-      at::ArrayRef<double> ra, double fp, at::ArrayRef<double> mean, at::ArrayRef<double> stdv, bool aa,        \
-      c10::ScalarType dt, bool cl, bool check) {                                                               \
-    return hald::crop_and_lookup_impl(KERNEL, im, sz, ids, S, bx, fl, li, lv, sl, mp, mb, seed, off, sc, ra,   \
-                                      fp, mean, stdv, aa, dt, cl, check);                                       \
-  }                                                                                                            \
-  }                                                                                                            \
-  TORCH_LIBRARY_IMPL(hald, KEY, m) { m.impl("crop_and_lookup", &crop_##KEY); }

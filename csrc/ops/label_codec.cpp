@@ -1,24 +1,39 @@
-// Schema and argument checks of the label codec (top-k encode to quantised codes, decode), shared by
-// every backend. Encoding runs offline (relabel, import), so its checks may read values on the host
-// (NaN / negative probabilities are refused here rather than coded into garbage); the decoders only
-// check what is cheap, since the label store validates ids and codes when it opens a file.
+// The label codec ops (top-k encode to quantised codes, decode): their argument lists (written once,
+// below), schemas, and one front function per op, registered for every backend: arguments are
+// checked once, then the device's kernel runs. Encoding runs offline (relabel, import), so its checks
+// may read values on the host (NaN / negative probabilities are refused here rather than coded into
+// garbage); the decoders only check what is cheap, since the label store validates ids and codes
+// when it opens a file.
 #include "label_codec.h"
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
+
+#include "hald/op_front.h"
+
+// The ops' arguments in schema order (see the schemas' comments in TORCH_LIBRARY_FRAGMENT below).
+#define HALD_LABEL_ENCODE_ARGS(X) \
+  X(Tensor, scores) X(Int, k) X(Float, temperature) X(Bool, from_logits) X(Tensor, thresholds)
+#define HALD_LABEL_DECODE_ARGS(X) X(Tensor, codes) X(Tensor, codebook)
+#define HALD_LABEL_DECODE_DENSE_ARGS(X) \
+  X(OptTensor, ids) X(Tensor, codes) X(Tensor, codebook) X(Int, num_classes) X(Str, decode)
 
 namespace hald {
 
+HALD_DEFINE_OP_ARGS(LabelEncodeArgs, HALD_LABEL_ENCODE_ARGS)
+HALD_DEFINE_OP_ARGS(LabelDecodeArgs, HALD_LABEL_DECODE_ARGS)
+HALD_DEFINE_OP_ARGS(LabelDecodeDenseArgs, HALD_LABEL_DECODE_DENSE_ARGS)
+
 namespace {
 
-int32_t parse_decode_mode(c10::string_view s) {
+int32_t parse_decode_mode(const std::string& s) {
   if (s == "marginal") return int32_t(Decode::Marginal);
   if (s == "renorm") return int32_t(Decode::Renorm);
   if (s == "truncate") return int32_t(Decode::Truncate);
-  TORCH_CHECK(false, "label_decode_dense: decode must be 'marginal', 'renorm' or 'truncate', got '", std::string(s),
-              "'");
+  TORCH_CHECK(false, "label_decode_dense: decode must be 'marginal', 'renorm' or 'truncate', got '", s, "'");
 }
 
 void check_codebook(const at::Tensor& codes, const at::Tensor& codebook, const char* op) {
@@ -36,53 +51,36 @@ void check_codebook(const at::Tensor& codes, const at::Tensor& codebook, const c
   TORCH_CHECK(codebook.scalar_type() == at::kFloat, op, ": codebook must be float32, got ", codebook.scalar_type());
 }
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor> label_encode_impl(EncodeKernel kernel, const at::Tensor& scores, int64_t k,
-                                                     double temperature, bool from_logits,
-                                                     const at::Tensor& thresholds) {
+void check_encode_args(const LabelEncodeArgs& in) {
+  const at::Tensor& scores = in.scores;
   TORCH_CHECK(scores.dim() == 2, "label_encode: scores must be 2-D [N, C], got shape ", scores.sizes());
   const auto dt = scores.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble,
               "label_encode: scores must be float32, float16, bfloat16 or float64, got ", dt);
-  const int64_t N = scores.size(0), C = scores.size(1);
+  const int64_t C = scores.size(1);
   TORCH_CHECK(C >= 1 && C <= std::numeric_limits<int32_t>::max(), "label_encode: the class count C = ", C,
               " must be in [1, 2^31)");
-  TORCH_CHECK(k >= 1 && k <= C && k <= kMaxEncodeK, "label_encode: k = ", k, " must be in [1, min(C = ", C, ", ",
-              kMaxEncodeK, ")]");
-  TORCH_CHECK(std::isfinite(temperature) && temperature > 0, "label_encode: temperature must be finite and > 0, got ",
-              temperature);
-  TORCH_CHECK(from_logits || temperature == 1.0,
+  TORCH_CHECK(in.k >= 1 && in.k <= C, "label_encode: k = ", in.k, " must be in [1, C = ", C, "]");
+  TORCH_CHECK(std::isfinite(in.temperature) && in.temperature > 0,
+              "label_encode: temperature must be finite and > 0, got ", in.temperature);
+  TORCH_CHECK(in.from_logits || in.temperature == 1.0,
               "label_encode: probabilities are coded as given; pass temperature=1 (the store header records the "
               "temperature they were made at)");
-  TORCH_CHECK(thresholds.device() == scores.device(), "label_encode: thresholds are on ", thresholds.device(),
-              " but scores are on ", scores.device());
-  TORCH_CHECK(thresholds.dim() == 1 && (thresholds.size(0) == 255 || thresholds.size(0) == 65535),
+  const at::Tensor& t = in.thresholds;
+  TORCH_CHECK(t.device() == scores.device(), "label_encode: thresholds are on ", t.device(), " but scores are on ",
+              scores.device());
+  TORCH_CHECK(t.dim() == 1 && (t.size(0) == 255 || t.size(0) == 65535),
               "label_encode: thresholds must have shape [255] (8-bit codes) or [65535] (16-bit codes), got ",
-              thresholds.sizes());
-  TORCH_CHECK(thresholds.scalar_type() == at::kFloat, "label_encode: thresholds must be float32, got ",
-              thresholds.scalar_type());
+              t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "label_encode: thresholds must be float32, got ", t.scalar_type());
+  TORCH_CHECK(at::isfinite(t).all().item<bool>(), "label_encode: thresholds must be finite");
+  TORCH_CHECK((t.slice(0, 1) >= t.slice(0, 0, -1)).all().item<bool>(),
+              "label_encode: thresholds must be sorted in non-decreasing order");
+}
 
-  EncodeArgs a;
-  a.scores = scores.contiguous();
-  a.thresholds = thresholds.contiguous();
-  a.N = N;
-  a.C = C;
-  a.k = k;
-  a.temperature = temperature;
-  a.from_logits = from_logits;
-  TORCH_CHECK(at::isfinite(a.thresholds).all().item<bool>(), "label_encode: thresholds must be finite");
-  if (a.thresholds.size(0) > 1) {
-    TORCH_CHECK((a.thresholds.slice(0, 1) >= a.thresholds.slice(0, 0, -1)).all().item<bool>(),
-                "label_encode: thresholds must be sorted in non-decreasing order");
-  }
-  a.ids = at::empty({N, k}, scores.options().dtype(C <= 65535 ? at::kUInt16 : at::kInt));
-  a.codes = at::empty({N, k}, scores.options().dtype(a.thresholds.size(0) == 255 ? at::kByte : at::kUInt16));
-  a.status = at::zeros({1}, scores.options().dtype(at::kInt));
-  if (N == 0) return {a.ids, a.codes};
-  kernel(a);
-  // Offline path (relabel, import): one host sync buys a clear error instead of garbage codes.
-  const int32_t bad = a.status.item<int32_t>();
+// Offline path (relabel, import): one host sync buys a clear error instead of garbage codes.
+void raise_encode_status(const at::Tensor& status) {
+  const int32_t bad = status.item<int32_t>();
   TORCH_CHECK(!(bad & kBadNaN), "label_encode: scores contain NaN");
   TORCH_CHECK(!(bad & kBadInf), "label_encode: logits must be finite (found +-inf)");
   TORCH_CHECK(!(bad & kBadNegative), "label_encode: probabilities must be >= 0 (found a negative one)");
@@ -90,62 +88,132 @@ std::tuple<at::Tensor, at::Tensor> label_encode_impl(EncodeKernel kernel, const 
               "pass from_logits)");
   TORCH_CHECK(!(bad & kBadRowSum), "label_encode: probability rows must sum to 1 (a row is off by more than ",
               kRowSumTolerance, "); are these top-k values rather than full distributions?");
-  return {a.ids, a.codes};
 }
 
-at::Tensor label_decode_impl(const at::Tensor& codes, const at::Tensor& codebook) {
-  check_codebook(codes, codebook, "label_decode");
+// Returns (ids [N, k], codes [N, k]); with k == C, (ids [N, 0], codes [N, C] in class order).
+std::tuple<at::Tensor, at::Tensor> label_encode(const LabelEncodeArgs& in) {
+  check_encode_args(in);
+  EncodeArgs a;
+  a.scores = in.scores.contiguous();
+  a.thresholds = in.thresholds.contiguous();
+  a.N = a.scores.size(0);
+  a.C = a.scores.size(1);
+  a.k = in.k;
+  a.inv_temperature = 1.0 / in.temperature;
+  a.from_logits = in.from_logits;
+  const auto opt = a.scores.options();
+  const auto id_dtype = a.C <= 65535 ? at::kUInt16 : at::kInt;
+  const bool topk = a.k < a.C && a.k <= kMaxEncodeK;
+  if (topk) a.ids = at::empty({a.N, a.k}, opt.dtype(id_dtype));
+  a.codes = at::empty({a.N, topk ? a.k : a.C}, opt.dtype(a.thresholds.size(0) == 255 ? at::kByte : at::kUInt16));
+  a.status = at::zeros({1}, opt.dtype(at::kInt));
+  if (a.N > 0) {
+    call_device_kernel("label_encode: ", a.scores.device(), &label_encode_cpu_kernel,
+                       HALD_CUDA_KERNEL(label_encode_cuda_kernel), a);
+    raise_encode_status(a.status);
+  }
+  if (topk) return {a.ids, a.codes};
+  if (a.k == a.C) return {at::empty({a.N, 0}, opt.dtype(id_dtype)), a.codes};
+  // kMaxEncodeK < k < C: rank by the scores as the top-k kernel does (larger first, ties to the lower
+  // class id: a stable sort) and take each class's code from the full-width row.
+  const auto acc = a.scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor order =
+      std::get<1>(at::sort(a.scores.to(acc), /*stable=*/true, /*dim=*/1, /*descending=*/true)).narrow(1, 0, a.k);
+  return {order.to(at::kInt).to(id_dtype), a.codes.to(at::kInt).gather(1, order).to(a.codes.scalar_type())};
+}
+
+at::Tensor label_decode(const LabelDecodeArgs& in) {
+  check_codebook(in.codes, in.codebook, "label_decode");
   // A gather through a table of at most 65536 entries: the generic index kernel is already optimal,
   // and codes cannot be out of range (their dtype bounds them by the table size).
+  const at::Tensor& codes = in.codes;
   at::Tensor idx = codes.scalar_type() == at::kShort ? codes.to(at::kInt).bitwise_and(0xFFFF) : codes.to(at::kInt);
-  return codebook.index({idx});
+  return in.codebook.index({idx});
 }
 
-at::Tensor label_decode_dense_impl(DenseDecodeKernel kernel, const at::Tensor& ids, const at::Tensor& codes,
-                                   const at::Tensor& codebook, int64_t num_classes, c10::string_view decode) {
-  check_codebook(codes, codebook, "label_decode_dense");
-  TORCH_CHECK(ids.dim() == 2, "label_decode_dense: ids must be 2-D [N, k], got shape ", ids.sizes());
-  TORCH_CHECK(codes.sizes() == ids.sizes(), "label_decode_dense: codes must have the shape of ids ", ids.sizes(),
-              ", got ", codes.sizes());
-  TORCH_CHECK(ids.device() == codes.device(), "label_decode_dense: ids are on ", ids.device(), " but codes are on ",
-              codes.device());
-  const auto idt = ids.scalar_type();
-  TORCH_CHECK(idt == at::kUInt16 || idt == at::kInt || idt == at::kLong, "label_decode_dense: ids must be uint16, "
-              "int32 or int64, got ", idt);
-  TORCH_CHECK(num_classes >= 1 && num_classes <= std::numeric_limits<int32_t>::max(),
-              "label_decode_dense: num_classes must be in [1, 2^31), got ", num_classes);
-  const int64_t k = ids.size(1);
-  TORCH_CHECK(k >= 1 && k <= num_classes, "label_decode_dense: k = ", k, " must be in [1, num_classes = ", num_classes,
-              "]");
+at::Tensor label_decode_dense(const LabelDecodeDenseArgs& in) {
+  constexpr const char* kOp = "label_decode_dense: ";
+  const at::Tensor& codes = in.codes;
+  check_codebook(codes, in.codebook, "label_decode_dense");
+  TORCH_CHECK(in.num_classes >= 1 && in.num_classes <= std::numeric_limits<int32_t>::max(), kOp,
+              "num_classes must be in [1, 2^31), got ", in.num_classes);
+  TORCH_CHECK(codes.dim() == 2, kOp, "codes must be 2-D [N, k], got shape ", codes.sizes());
+  if (in.ids.has_value()) {
+    const at::Tensor& ids = *in.ids;
+    TORCH_CHECK(ids.dim() == 2, kOp, "ids must be 2-D [N, k], got shape ", ids.sizes());
+    TORCH_CHECK(codes.sizes() == ids.sizes(), kOp, "codes must have the shape of ids ", ids.sizes(), ", got ",
+                codes.sizes());
+    TORCH_CHECK(ids.device() == codes.device(), kOp, "ids are on ", ids.device(), " but codes are on ",
+                codes.device());
+    const auto idt = ids.scalar_type();
+    TORCH_CHECK(idt == at::kUInt16 || idt == at::kInt || idt == at::kLong, kOp,
+                "ids must be uint16, int32 or int64, got ", idt);
+  } else {
+    TORCH_CHECK(codes.size(1) == in.num_classes, kOp, "without ids, codes are a full-width label in class order "
+                "and must be [N, num_classes = ", in.num_classes, "], got ", codes.sizes());
+  }
+  const int64_t k = codes.size(1);
+  TORCH_CHECK(k >= 1 && k <= in.num_classes, kOp, "k = ", k, " must be in [1, num_classes = ", in.num_classes, "]");
   DenseDecodeArgs a;
-  a.ids = ids.to(at::kInt).contiguous();  // k values per row: converting is cheaper than a dtype switch per load
+  // k values per row: converting is cheaper than a dtype switch per load.
+  if (in.ids.has_value()) a.ids = in.ids->to(at::kInt).contiguous();
   a.codes = codes.to(at::kInt).bitwise_and(0xFFFF).contiguous();
-  a.codebook = codebook.contiguous();
-  a.N = ids.size(0);
-  a.C = num_classes;
+  a.codebook = in.codebook.contiguous();
+  a.N = codes.size(0);
+  a.C = in.num_classes;
   a.k = k;
-  a.decode = parse_decode_mode(decode);
-  if (a.N > 0) {
+  a.decode = parse_decode_mode(in.decode);
+  if (a.N > 0 && a.ids.defined()) {
     // An inspection tool: a host check gives a clear error instead of a write out of bounds.
     const auto mm = at::aminmax(a.ids);
     const int64_t lo = std::get<0>(mm).item<int64_t>(), hi = std::get<1>(mm).item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < num_classes, "label_decode_dense: class ids must be in [0, ", num_classes,
-                "), found ", (lo < 0 ? lo : hi));
+    TORCH_CHECK(lo >= 0 && hi < in.num_classes, kOp, "class ids must be in [0, ", in.num_classes, "), found ",
+                (lo < 0 ? lo : hi));
   }
-  a.out = at::empty({a.N, num_classes}, codebook.options());
-  if (a.N > 0) kernel(a);
+  a.out = at::empty({a.N, in.num_classes}, a.codebook.options());
+  if (a.N > 0) {
+    call_device_kernel(kOp, a.codes.device(), &label_decode_dense_cpu_kernel,
+                       HALD_CUDA_KERNEL(label_decode_dense_cuda_kernel), a);
+  }
   return a.out;
 }
 
+void label_encode_boxed(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+  auto [ids, codes] = label_encode(LabelEncodeArgs::pop(*stack));
+  torch::jit::push(*stack, std::move(ids), std::move(codes));
+}
+
+void label_decode_boxed(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+  torch::jit::push(*stack, label_decode(LabelDecodeArgs::pop(*stack)));
+}
+
+void label_decode_dense_boxed(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+  torch::jit::push(*stack, label_decode_dense(LabelDecodeDenseArgs::pop(*stack)));
+}
+
+void register_label_codec(torch::Library& m) {
+  m.impl("label_encode", torch::CppFunction::makeFromBoxedFunction<&label_encode_boxed>());
+  m.impl("label_decode", torch::CppFunction::makeFromBoxedFunction<&label_decode_boxed>());
+  m.impl("label_decode_dense", torch::CppFunction::makeFromBoxedFunction<&label_decode_dense_boxed>());
+}
+
+}  // namespace
 }  // namespace hald
 
 TORCH_LIBRARY_FRAGMENT(hald, m) {
   // Top-k of each row of teacher scores [N, C] (logits at `temperature` when from_logits, else
   // probabilities) -> (class ids [N, k] uint16 / int32, codes [N, k] uint8 / uint16), ids ordered
   // by decreasing probability (ties: lower id first), code = count of thresholds <= probability.
-  m.def("label_encode(Tensor scores, int k, float temperature, bool from_logits, Tensor thresholds) -> (Tensor, Tensor)");
+  // 1 <= k <= C; with k == C the label is full width: ids [N, 0] and codes [N, C] in class order.
+  m.def(hald::LabelEncodeArgs::schema("label_encode", "(Tensor, Tensor)").c_str());
   // Codes -> float32 probabilities through the codebook.
-  m.def("label_decode(Tensor codes, Tensor codebook) -> Tensor");
-  // Top-k labels -> the dense float32 [N, num_classes] target of the given decode mode (inspection).
-  m.def("label_decode_dense(Tensor ids, Tensor codes, Tensor codebook, int num_classes, str decode) -> Tensor");
+  m.def(hald::LabelDecodeArgs::schema("label_decode", "Tensor").c_str());
+  // Top-k labels -> the dense float32 [N, num_classes] target of the given decode mode (inspection);
+  // ids None: codes [N, num_classes] are a full-width label in class order.
+  m.def(hald::LabelDecodeDenseArgs::schema("label_decode_dense", "Tensor").c_str());
 }
+
+TORCH_LIBRARY_IMPL(hald, CPU, m) { hald::register_label_codec(m); }
+#if HALD_WITH_CUDA
+TORCH_LIBRARY_IMPL(hald, CUDA, m) { hald::register_label_codec(m); }
+#endif

@@ -42,31 +42,46 @@ class CropResult(NamedTuple):
     mix_lambda: torch.Tensor | None  # float32 [B]: share of each crop that is its own image
 
 
+def _schema_names(op) -> list[str]:
+    """The op's argument names in schema order (the C++ front file writes the list once)."""
+    return [a.name for a in op._schema.arguments]
+
+
 if _ext.loaded():
 
     @torch.library.register_fake("hald::crop_and_lookup")
-    def _crop_fake(images, image_sizes, image_ids, size, boxes, flips, label_ids, label_values, slots,
-                   mix_partner, mix_boxes, seed, offset, scale, ratio, flip_prob, mean, std, antialias, out_dtype,
-                   channels_last, check):
+    def _crop_fake(*args, **kwargs):
+        a = dict(zip(_schema_names(torch.ops.hald.crop_and_lookup.default), args), **kwargs)
+        images, size = a["images"], a["size"]
         torch._check(images.dim() == 4, lambda: "crop_and_lookup: images must be [N, H, W, 3]")
-        B = image_ids.shape[0]
-        crops = images.new_empty((B, 3, size, size), dtype=out_dtype)
-        if channels_last:
+        B = a["image_ids"].shape[0]
+        crops = images.new_empty((B, 3, size, size), dtype=a["out_dtype"])
+        if a["channels_last"]:
             crops = crops.contiguous(memory_format=torch.channels_last)
-        if label_ids is not None:
-            k = label_ids.shape[2]
-            lid, lval = label_ids.new_empty((B, k)), label_values.new_empty((B, k))
+        if a["label_ids"] is not None:
+            k = a["label_ids"].shape[2]
+            lid, lval = a["label_ids"].new_empty((B, k)), a["label_values"].new_empty((B, k))
         else:
             lid, lval = images.new_empty((0,), dtype=torch.int64), images.new_empty((0,), dtype=torch.float32)
         return (crops, images.new_empty((B, 4), dtype=torch.float32), images.new_empty((B,), dtype=torch.bool),
                 lid, lval)
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor moved without blocking the host: to CUDA from pinned memory, asynchronously on
+    the current stream (a pageable copy would wait for the device)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def sample_cutmix(batch: int, size: int, alpha: float, seed: int, offset: int,
                   device: torch.device | str = "cpu") -> CutMix:
     """A fresh CutMix record, the SRe2L / HALD rule: one lambda ~ Beta(alpha, alpha) and one box per
     batch, partners a random permutation. Drawn from (seed, offset) on the host (O(1) numpy calls
-    per batch, no per-sample Python) and replayed by the kernel; a stored record replays the same way."""
+    per batch, no per-sample Python) and replayed by the kernel; a stored record replays the same way.
+    On CUDA the record is copied from pinned memory without blocking the host."""
     if alpha <= 0:
         raise ValueError(f"cutmix alpha must be > 0, got {alpha}")
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(seed) >> 32 & 0xFFFFFFFF, int(offset), 0xC07])
@@ -78,7 +93,7 @@ def sample_cutmix(batch: int, size: int, alpha: float, seed: int, offset: int,
     y0, y1 = np.clip([cy - ch // 2, cy + ch // 2], 0, size)
     x0, x1 = np.clip([cx - cw // 2, cx + cw // 2], 0, size)
     box = torch.tensor([int(y0), int(x0), int(y1), int(x1)], dtype=torch.int32)
-    return CutMix(torch.from_numpy(partner).to(device), box.expand(batch, 4).contiguous().to(device))
+    return CutMix(_to_device(torch.from_numpy(partner), device), _to_device(box.expand(batch, 4).contiguous(), device))
 
 
 def cutmix_lambda(mix_boxes: torch.Tensor, size: int) -> torch.Tensor:
@@ -110,7 +125,8 @@ def crop_and_lookup(images: torch.Tensor, image_ids: torch.Tensor, size: int, *,
     CutMix: replay a record (`cutmix=CutMix(partner, boxes)`) or draw one (`cutmix_alpha`).
     `image_sizes` [N, 2] gives the true (H, W) of each image of a padded batch.
     `check=False` skips the value checks that read tensors (they synchronise a GPU); the kernels
-    still never read out of bounds, but bad ids then give garbage instead of an error.
+    still never read out of bounds, but bad ids then give garbage instead of an error. On CUDA with
+    `check=False` the call never waits for the device (fresh CutMix records included).
     Interpolation is bilinear; `antialias=True` matches torchvision's resized_crop(antialias=True).
     """
     _ext.require()
@@ -132,10 +148,11 @@ def crop_and_lookup(images: torch.Tensor, image_ids: torch.Tensor, size: int, *,
             raise ValueError(f"crop_and_lookup: {name} is on {t.device} but images are on {images.device} "
                              "(all inputs must be on one device)")
     crops, boxes_used, flips_used, lid, lval = torch.ops.hald.crop_and_lookup.default(
-        images, image_sizes, image_ids, int(size), boxes, flips, label_ids, label_values, slots, partner, mix_boxes,
-        int(seed), int(offset), [float(v) for v in scale], [float(v) for v in ratio], float(flip_prob),
-        [float(v) for v in mean], [float(v) for v in std], bool(antialias), out_dtype, bool(channels_last),
-        bool(check))
+        images=images, image_sizes=image_sizes, image_ids=image_ids, size=int(size), boxes=boxes, flips=flips,
+        label_ids=label_ids, label_values=label_values, slots=slots, mix_partner=partner, mix_boxes=mix_boxes,
+        seed=int(seed), offset=int(offset), scale=[float(v) for v in scale], ratio=[float(v) for v in ratio],
+        flip_prob=float(flip_prob), mean=[float(v) for v in mean], std=[float(v) for v in std],
+        antialias=bool(antialias), out_dtype=out_dtype, channels_last=bool(channels_last), check=bool(check))
     has_labels = label_ids is not None
     return CropResult(crops, boxes_used, flips_used, lid if has_labels else None, lval if has_labels else None,
                       None if partner is None else partner.to(torch.int64),

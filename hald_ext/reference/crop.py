@@ -19,14 +19,15 @@ def crop_reference(images: torch.Tensor, image_ids: torch.Tensor, size: int, box
                    flips: torch.Tensor, *, image_sizes: torch.Tensor | None = None,
                    mean=IMAGENET_MEAN, std=IMAGENET_STD, antialias: bool = True,
                    mix_partner: torch.Tensor | None = None, mix_boxes: torch.Tensor | None = None,
-                   uint8_resize: bool = False) -> torch.Tensor:
+                   uint8_resize: bool = False, compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """[B, 3, size, size] float32 crops.
 
     images: uint8 [N, H, W, 3] (a padded batch when image_sizes [N, 2] gives the true sizes);
     boxes: [B, 4] (y, x, h, w) fractions or uint16 codes; flips: bool [B].
     uint8_resize=False resizes the uint8 pixels as float (the exact function the kernel computes);
     True resizes uint8 -> uint8 as torchvision does on uint8 tensors (rounded output), the path
-    users run today.
+    users run today. compute_dtype=torch.float64 resizes in double: torch's float bilinear computes
+    its source coordinates in float, which at 2000-4000 px sources is itself ~0.07 grey levels off.
     """
     if boxes.dtype == torch.uint16:
         boxes = dequantize_boxes(boxes)
@@ -38,7 +39,7 @@ def crop_reference(images: torch.Tensor, image_ids: torch.Tensor, size: int, box
         H, W = (int(v) for v in image_sizes[i]) if image_sizes is not None else images.shape[1:3]
         img = images[i, :H, :W].permute(2, 0, 1)
         top, left, h, w = (int(v) for v in boxes_to_pixels(boxes[b].cpu(), H, W))
-        crop = TF.resized_crop(img if uint8_resize else img.float(), top, left, h, w, [size, size],
+        crop = TF.resized_crop(img if uint8_resize else img.to(compute_dtype), top, left, h, w, [size, size],
                                interpolation=InterpolationMode.BILINEAR, antialias=antialias)
         if bool(flips[b]):
             crop = TF.horizontal_flip(crop)

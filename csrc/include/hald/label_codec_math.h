@@ -14,7 +14,8 @@
 
 namespace hald {
 
-// Largest k the encoder keeps per row (a register / local-memory list per thread on CUDA).
+// Largest k the top-k encoder keeps per row (a register / local-memory list per thread on CUDA);
+// larger k are ranked by a sort and take their codes from the full-width encoder (label_codec.cpp).
 constexpr int kMaxEncodeK = 64;
 
 // Bad-input bits the encoders OR into a status word while they read a row (no extra pass, no

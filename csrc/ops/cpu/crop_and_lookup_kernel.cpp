@@ -325,5 +325,3 @@ void crop_and_lookup_cpu_kernel(const CropArgs& a, CropOutputs& o) {
 }
 
 }  // namespace hald
-
-HALD_REGISTER_CROP(CPU, hald::crop_and_lookup_cpu_kernel)

@@ -14,16 +14,20 @@
 namespace hald {
 namespace {
 
+// Top-k layout (ids != nullptr): ids and codes of the k best entries. Full width (ids == nullptr):
+// the code of every class in class order. Both compute a probability the same way, so a class gets
+// the same code in either layout.
 template <typename scalar_t, typename id_t, typename code_t>
 void encode_rows(EncodeArgs& a) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   const scalar_t* scores = a.scores.const_data_ptr<scalar_t>();
   const float* thr = a.thresholds.const_data_ptr<float>();
   const int32_t n_thr = int32_t(a.thresholds.size(0));
-  id_t* ids = a.ids.data_ptr<id_t>();
+  const bool full = a.full_width();
+  id_t* ids = full ? nullptr : a.ids.data_ptr<id_t>();
   code_t* codes = a.codes.data_ptr<code_t>();
   const int64_t C = a.C, k = a.k;
-  const acc_t invT = acc_t(1) / acc_t(a.temperature);
+  const acc_t invT = acc_t(a.inv_temperature);
   const int64_t grain = std::max<int64_t>(1, 16384 / C);
   std::atomic<int32_t> status{0};
   at::parallel_for(0, a.N, grain, [&](int64_t r0, int64_t r1) {
@@ -31,7 +35,7 @@ void encode_rows(EncodeArgs& a) {
     int32_t bad = 0;
     for (int64_t r = r0; r < r1; ++r) {
       const scalar_t* row = scores + r * C;
-      top.reset(int(k));
+      top.reset(full ? 1 : int(k));  // full width only needs the maximum
       double row_sum = 0;
       for (int64_t c = 0; c < C; ++c) {
         const acc_t x = acc_t(row[c]);
@@ -40,18 +44,25 @@ void encode_rows(EncodeArgs& a) {
         top.offer(x, int32_t(c));
       }
       if (!a.from_logits && std::abs(row_sum - 1.0) > kRowSumTolerance) bad |= kBadRowSum;
+      const acc_t m = top.v[0];
       acc_t norm = 1;  // probabilities: as given
       if (a.from_logits) {
         // softmax(z / T): the maximum is the first top-k entry, so one more pass gives the normaliser.
-        const acc_t m = top.v[0];
         acc_t s = 0;
         for (int64_t c = 0; c < C; ++c) s += std::exp((acc_t(row[c]) - m) * invT);
         norm = acc_t(1) / s;
       }
-      for (int64_t j = 0; j < k; ++j) {
-        const acc_t p = a.from_logits ? std::exp((top.v[j] - top.v[0]) * invT) * norm : top.v[j];
-        ids[r * k + j] = id_t(top.id[j]);
-        codes[r * k + j] = code_t(encode_code(float(p), thr, n_thr));
+      const auto code_of = [&](acc_t x) {
+        const acc_t p = a.from_logits ? std::exp((x - m) * invT) * norm : x;
+        return code_t(encode_code(float(p), thr, n_thr));
+      };
+      if (full) {
+        for (int64_t c = 0; c < C; ++c) codes[r * C + c] = code_of(acc_t(row[c]));
+      } else {
+        for (int64_t j = 0; j < k; ++j) {
+          ids[r * k + j] = id_t(top.id[j]);
+          codes[r * k + j] = code_of(top.v[j]);
+        }
       }
     }
     if (bad) status.fetch_or(bad, std::memory_order_relaxed);
@@ -61,7 +72,7 @@ void encode_rows(EncodeArgs& a) {
 
 template <typename scalar_t>
 void encode_dispatch_outputs(EncodeArgs& a) {
-  const bool ids16 = a.ids.scalar_type() == at::kUInt16;
+  const bool ids16 = a.C <= 65535;  // the id dtype, also for full width (no ids: one instantiation fewer)
   const bool codes8 = a.codes.scalar_type() == at::kByte;
   if (ids16 && codes8) encode_rows<scalar_t, uint16_t, uint8_t>(a);
   else if (ids16) encode_rows<scalar_t, uint16_t, uint16_t>(a);
@@ -77,7 +88,7 @@ void label_encode_cpu_kernel(EncodeArgs& a) {
 }
 
 void label_decode_dense_cpu_kernel(DenseDecodeArgs& a) {
-  const int32_t* ids = a.ids.const_data_ptr<int32_t>();
+  const int32_t* ids = a.ids.defined() ? a.ids.const_data_ptr<int32_t>() : nullptr;  // nullptr: class order
   const int32_t* codes = a.codes.const_data_ptr<int32_t>();
   const float* cb = a.codebook.const_data_ptr<float>();
   float* out = a.out.data_ptr<float>();
@@ -89,11 +100,9 @@ void label_decode_dense_cpu_kernel(DenseDecodeArgs& a) {
       const DenseDecodeRow d = dense_decode_row(sp, C, k, a.decode);
       float* q = out + r * C;
       std::fill(q, q + C, d.other);
-      for (int64_t j = 0; j < k; ++j) q[ids[r * k + j]] = d.scale * cb[codes[r * k + j]];
+      for (int64_t j = 0; j < k; ++j) q[ids != nullptr ? ids[r * k + j] : j] = d.scale * cb[codes[r * k + j]];
     }
   });
 }
 
 }  // namespace hald
-
-HALD_REGISTER_LABEL_CODEC(CPU, hald::label_encode_cpu_kernel, hald::label_decode_dense_cpu_kernel)

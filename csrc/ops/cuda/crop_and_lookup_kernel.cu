@@ -157,5 +157,3 @@ void crop_and_lookup_cuda_kernel(const CropArgs& a, CropOutputs& o) {
 }
 
 }  // namespace hald
-
-HALD_REGISTER_CROP(CUDA, hald::crop_and_lookup_cuda_kernel)
