@@ -1,9 +1,13 @@
 """`hald sweep` configuration checks and planning: shared stages, the run list, paired inputs."""
+import glob
+import os
+
 import pytest
 import yaml
 
 from hald_ext.cli import main
-from hald_ext.sweep import SweepConfigError, make_plan, validate
+from hald_ext.sweep import SweepConfigError, load, make_plan, validate
+from hald_ext.sweep import config as C
 
 
 def base(**over):
@@ -100,3 +104,20 @@ def test_cli_reports_a_bad_key_and_plans(tmp_path, capsys):
     assert main(["sweep", str(good), "--plan", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "27 student runs (9 cell(s) x 3 seed(s))" in out and out.count("hald train ") == 27
+
+
+PRESETS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                        "experiments", "**", "*.yaml"), recursive=True))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=[os.path.relpath(p, os.path.dirname(p) + "/..") for p in PRESETS])
+def test_presets_plan(path, tmp_path):
+    if "save_every" in open(path).read() and not C.spec("teacher").has("save_every"):
+        with pytest.raises(SweepConfigError, match="unknown option teacher.save_every"):
+            load(path)  # snapshots need `hald teacher --save-every`
+        return
+    cfg = load(path)
+    plan = make_plan(cfg, str(tmp_path))
+    assert plan.runs and len(plan.by_kind("train")) == len(plan.runs)
+    if cfg["compare"]:
+        assert all(v in cfg["axes"][cfg["compare"]["axis"]] for pair in cfg["compare"]["pairs"] for v in pair)

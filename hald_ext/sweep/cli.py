@@ -22,6 +22,9 @@ def add_arguments(p) -> None:
                    help="device of every stage (default: the config's, else auto: one GPU per job when there are GPUs)")
     p.add_argument("--plan", action="store_true", help="print the planned stages and exit")
     p.add_argument("--report-only", action="store_true", help="write the tables, plots and report from finished runs")
+    p.add_argument("--report-dir", default=None,
+                   help="where results.{csv,json}, report.md and the plots go (default: --out); several "
+                        "configurations may share one --out (and so their common stages) with their own reports")
     p.add_argument("--no-plots", action="store_true", help="skip the matplotlib figures")
     p.add_argument("--cli", default=None, help=argparse_suppress())
 
@@ -63,9 +66,10 @@ def run(args) -> int:
         rc = runner.run()
         if rc == 130:
             return rc
-    res = R.build(plan, plots=not args.no_plots)
+    report_dir = args.report_dir or plan.root
+    res = R.build(plan, out_dir=report_dir, plots=not args.no_plots)
     for line in res["explanation"]:
         print(line)
-    print(f"[sweep] report: {os.path.join(plan.root, 'report.md')} ({res['runs_done']} run(s) done, "
+    print(f"[sweep] report: {os.path.join(report_dir, 'report.md')} ({res['runs_done']} run(s) done, "
           f"{len(res['runs_missing'])} not)", flush=True)
     return rc

@@ -97,11 +97,13 @@ class Runner:
     def is_done(self, stage_id: str) -> bool:
         return os.path.exists(os.path.join(self.plan.root, stage_id, DONE))
 
-    def _env(self, slot: int) -> dict:
+    def _env(self, slot: int, kind: str = "") -> dict:
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
+        # The teacher is the one stage everything waits for: it gets every core while it runs.
+        threads = max(self.threads, os.cpu_count() or 1) if kind == "teacher" else self.threads
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
         return env
@@ -127,7 +129,7 @@ class Runner:
             log.write(f"$ hald {' '.join(argv)}\n")
             log.flush()
             with self.lock:
-                proc = subprocess.Popen(self.cli + argv, stdout=log, stderr=subprocess.STDOUT, env=self._env(slot),
+                proc = subprocess.Popen(self.cli + argv, stdout=log, stderr=subprocess.STDOUT, env=self._env(slot, st.kind),
                                         stdin=subprocess.DEVNULL)
                 self.procs[st.id] = proc
             rc = proc.wait()
