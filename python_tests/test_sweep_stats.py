@@ -65,3 +65,13 @@ def test_verdicts_and_the_plain_explanation():
     lines = explain(rows)
     assert lines[0] == _HALD_CASES[(1, 0)] and "hard phase's" in lines[0]
     assert len(_HALD_CASES) == 9
+
+
+def test_sign_rule_by_hand():
+    from hald_ext.sweep.report import sign_rule
+
+    # gains positive exactly when drift > 0.2: the rule gets all 5 right; the majority sign gets 3
+    r = sign_rule([0.1, 0.15, 0.2, 0.3, 0.5], [-1.0, -0.5, -0.2, 0.4, 1.2])
+    assert (r["threshold"], r["sign_correct"], r["sign_majority"]) == (0.2, 5, 3)
+    r = sign_rule([0.1, 0.3, 0.5], [1.0, -1.0, 2.0])
+    assert r["sign_correct"] == 2 and r["sign_majority"] == 2

@@ -21,7 +21,7 @@ are checked against each command's own parser, so the sweep follows the commands
 sets itself (paths, seeds, devices) are refused with their key named. Sweep-only options:
   teacher.checkpoint      use this teacher file instead of training one
   teacher.use_epoch       label with the teacher's snapshot after this epoch (needs teacher.save_every)
-  teacher.snapshot_name   snapshot file name pattern (default "{stem}_epoch{epoch}.pth", beside the teacher)
+  teacher.snapshot_name   snapshot file name pattern (default "{stem}-epoch{epoch:03d}.pth", beside the teacher)
   transform.mode          none | swap | zero (the non-top-1 entries of every stored label)
 """
 from __future__ import annotations

@@ -90,7 +90,7 @@ def make_plan(cfg: dict, root: str, device: str | None = None) -> Plan:
             # ---- teacher (shared by all seeds)
             t_opts = dict(opts["teacher"])
             use_epoch = t_opts.pop("use_epoch", None)
-            snapshot_name = t_opts.pop("snapshot_name", "{stem}_epoch{epoch}.pth")
+            snapshot_name = t_opts.pop("snapshot_name", "{stem}-epoch{epoch:03d}.pth")
             given = t_opts.pop("checkpoint", None)
             t_model = t_opts.get("model", _default("teacher", "model"))
             if given is not None:

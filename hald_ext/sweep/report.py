@@ -153,8 +153,24 @@ def lvsd_prediction(pairs: list) -> list:
         x = [p["lvsd_drift"] for p in ps]
         y = [p["mean"] for p in ps]
         rho = stats.spearman(x, y) if len(ps) >= 3 else float("nan")
-        out.append({"pair": name, "groups": len(ps), "spearman": rho, "drift": x, "gain": y})
+        out.append({"pair": name, "groups": len(ps), "spearman": rho, "drift": x, "gain": y, **sign_rule(x, y)})
     return out
+
+
+def sign_rule(drift: list, gain: list) -> dict:
+    """The best rule "the gain is positive when drift > threshold" on these cells: its threshold and how
+    many cells' gain signs it gets right (in-sample, so an optimistic figure), against always guessing
+    the majority sign."""
+    if not drift:
+        return {"threshold": None, "sign_correct": 0, "sign_majority": 0}
+    pos = [g > 0 for g in gain]
+    cuts = sorted(set(drift))
+    best = (-1, None)
+    for i, c in enumerate([cuts[0] - 1.0] + cuts):
+        correct = sum((d > c) == p for d, p in zip(drift, pos))
+        if correct > best[0]:
+            best = (correct, c if i else None)
+    return {"threshold": best[1], "sign_correct": best[0], "sign_majority": max(sum(pos), len(pos) - sum(pos))}
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -246,7 +262,9 @@ def markdown(res: dict, cfg: dict, plan: Plan) -> str:
             else:
                 L.append(f"- `{q['pair']}`: Spearman rho = {_num(q['spearman'], '{:+.2f}')} over {q['groups']} cells "
                          f"(drift = Tr(Sigma) / SLI, Tr(Sigma) of the labels' teacher over crops from `hald lvsd`, "
-                         f"against the mean paired gain).")
+                         f"against the mean paired gain); the best rule 'gain > 0 when drift > "
+                         f"{_num(q['threshold'], '{:.4g}')}' gets {q['sign_correct']}/{q['groups']} signs right "
+                         f"in-sample (majority sign alone: {q['sign_majority']}/{q['groups']}).")
     if res.get("figures"):
         L += ["", "## Plots", ""] + [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in res["figures"]]
     if res["runs_missing"]:

@@ -152,12 +152,20 @@ class Runner:
 
     # ---------------------------------------------------------------------------- the loop
     def _estimate_left(self, left: list) -> str:
+        """Remaining time from the mean duration of each kind of stage so far (this session's and
+        earlier sessions' done.json); kinds not timed yet are named instead of guessed."""
+        if not left:
+            return "time left: 0s"
         known = {k: sum(v) / len(v) for k, v in self.durations.items() if v}
-        if not known or not left:
-            return "time left: unknown" if left else "time left: 0s"
-        fallback = max(known.values())
-        total = sum(known.get(self.plan.stages[s].kind, fallback) for s in left)
-        return f"~{_fmt_s(total / self.jobs)} left"
+        kinds = [self.plan.stages[s].kind for s in left]
+        untimed = sorted({k for k in kinds if k not in known})
+        total = sum(known[k] for k in kinds if k in known)
+        if untimed and not total:
+            return "time left: unknown until a " + " / ".join(untimed) + " stage finishes"
+        msg = f"~{_fmt_s(total / self.jobs)} left"
+        if untimed:
+            msg += " + " + ", ".join(f"{kinds.count(k)} {k} stage(s) not timed yet" for k in untimed)
+        return msg
 
     def _progress(self, pending: list) -> None:
         runs = [r.train for r in self.plan.runs]
