@@ -3,6 +3,7 @@ parallel runs, the results table and report, resume after a killed worker and af
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,8 @@ elif stage == "label-transform":
     open(argv[2], "w").write("labels")
 else:
     open(flag("--out"), "w").write(stage)
+    if stage == "teacher":
+        json.dump({"eval_top1": 84.0}, open(os.path.splitext(flag("--out"))[0] + ".json", "w"))
 '''
 
 
@@ -52,7 +55,8 @@ def sweep(tmp_path):
            "compare": {"axis": "train.schedule", "pairs": ["hald - soft-only", "hald - hard-only"]}}
     (tmp_path / "fake.yaml").write_text(yaml.safe_dump(cfg))
     (tmp_path / "pids").mkdir()
-    env = {**os.environ, "PYTHONPATH": ROOT, "FAKE_LOG": str(tmp_path / "log.jsonl"), "FAKE_PIDS": str(tmp_path / "pids")}
+    env = {**os.environ, "PYTHONPATH": ROOT, "FAKE_LOG": str(tmp_path / "log.jsonl"),
+           "FAKE_PIDS": str(tmp_path / "pids")}
     argv = [sys.executable, "-m", "hald_ext.cli", "sweep", str(tmp_path / "fake.yaml"), "--out", str(tmp_path / "out"),
             "--jobs", "2", "--no-plots", "--cli", f"{sys.executable} {fake}"]
 
@@ -103,6 +107,24 @@ def test_full_sweep_writes_tables_and_paired_statistics(sweep):
     assert pair["hald - soft-only"]["lvsd_trace_sigma"] == pytest.approx(0.11)
     report = (tmp / "out" / "report.md").read_text()
     assert "| hald - hard-only | 3 | +0.83 |" in report
+
+
+def test_demo_summary_says_what_the_numbers_show(sweep, capsys):
+    import importlib.util
+
+    tmp, start, _, _ = sweep
+    p = start()
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "scripts", "demo.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    demo.summarise(str(tmp / "out"), str(tmp / "fake.yaml"), 12.0)
+    text = capsys.readouterr().out
+    assert "(teacher: 84.00 % test top-1)" in text
+    assert re.search(r"\nhald +80\.33 \+- 1\.53 \(3\) +80\.00  82\.00  79\.00\n", text)
+    assert "hald - hard-only  +0.83 points, 95 % CI [+0.12, +1.55], 3/3 seeds positive" in text
+    assert "HALD beats hard-only but is not resolved from soft-only" in text
 
 
 def test_killed_worker_then_rerun_redoes_only_that_run(sweep):

@@ -82,9 +82,10 @@ def summarise(out: str, config: str, seconds: float) -> None:
     with open(os.path.splitext(teacher)[0] + ".json") as f:
         teacher_top1 = json.load(f).get("eval_top1")
     r, t = cfg["relabel"], cfg["train"]
-    print(f"\nFashion-MNIST, ConvNet-3, IPC {cfg['select']['ipc']} random real images, SLI {r['sli']}, "
-          f"top-{r['k']} labels at T = {r['temperature']}, {t['epochs']} epochs, seeds {cfg['seeds']} "
-          f"(teacher: {teacher_top1:.2f} % test top-1)")
+    print(f"\nFashion-MNIST, {t.get('model', 'convnet3')}, IPC {cfg['select'].get('ipc', 10)} random real images, "
+          f"SLI {r.get('sli', 1)}, top-{r.get('k', 5)} labels at T = {r.get('temperature', 1.0)}, "
+          f"{t.get('epochs')} epochs, seeds {cfg['seeds']}"
+          + (f" (teacher: {teacher_top1:.2f} % test top-1)" if teacher_top1 is not None else ""))
     print(f"{'schedule':<12}{'test top-1, mean +- sd (n)':>30}   per seed")
     for c in res["cells"]:
         name = c["train.schedule"]

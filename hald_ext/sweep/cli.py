@@ -7,6 +7,7 @@ resumable, with a results table, statistics, plots and a markdown report.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import sys
@@ -26,13 +27,7 @@ def add_arguments(p) -> None:
                    help="where results.{csv,json}, report.md and the plots go (default: --out); several "
                         "configurations may share one --out (and so their common stages) with their own reports")
     p.add_argument("--no-plots", action="store_true", help="skip the matplotlib figures")
-    p.add_argument("--cli", default=None, help=argparse_suppress())
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
+    p.add_argument("--cli", default=None, help=argparse.SUPPRESS)  # tests: a stand-in for `python -m hald_ext.cli`
 
 
 def run(args) -> int:

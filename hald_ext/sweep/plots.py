@@ -46,7 +46,8 @@ def accuracy(res: dict, cfg: dict, path: str) -> str:
                         yerr=[0 if math.isnan(c["sd"]) else c["sd"] for c in cs], marker="o", capsize=3, label=name)
         ax.set_xlabel(x)
         ax.set_xticks(sorted({c[x] for c in res["cells"]}))
-        if all(c[x] > 0 for c in res["cells"]) and max(c[x] for c in res["cells"]) / min(c[x] for c in res["cells"]) >= 8:
+        xs = [c[x] for c in res["cells"]]
+        if all(v > 0 for v in xs) and max(xs) / min(xs) >= 8:
             ax.set_xscale("log")
         ax.legend(fontsize=8)
     ax.set_ylabel(res["metric"] + " (mean +- sd over seeds)")

@@ -129,8 +129,8 @@ class Runner:
             log.write(f"$ hald {' '.join(argv)}\n")
             log.flush()
             with self.lock:
-                proc = subprocess.Popen(self.cli + argv, stdout=log, stderr=subprocess.STDOUT, env=self._env(slot, st.kind),
-                                        stdin=subprocess.DEVNULL)
+                proc = subprocess.Popen(self.cli + argv, stdout=log, stderr=subprocess.STDOUT,
+                                        env=self._env(slot, st.kind), stdin=subprocess.DEVNULL)
                 self.procs[st.id] = proc
             rc = proc.wait()
             with self.lock:
