@@ -78,7 +78,14 @@ def sweep(tmp_path):
             time.sleep(0.1)
         raise AssertionError("the hanging stage never started")
 
-    return tmp_path, start, calls, wait_pid
+    yield tmp_path, start, calls, wait_pid
+    for name in os.listdir(tmp_path / "pids"):  # never leave a hanging fake behind, whatever failed
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if str(fake).encode() in f.read():  # still our fake, not a reused pid
+                    os.kill(int(name), signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
 
 
 def test_full_sweep_writes_tables_and_paired_statistics(sweep):
@@ -165,3 +172,29 @@ def test_sigterm_stops_the_sweep_and_its_commands_then_resumes(sweep):
     trains = [c for c in calls()[len(first):] if c[0] == "train"]
     assert len(trains) == 9 - done_before
     assert all(c[0] == "train" for c in calls()[len(first):])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_sigkill_of_the_sweep_takes_its_commands_along(sweep):
+    tmp, start, calls, wait_pid = sweep
+    p = start(hang="hald:0")
+    pid = wait_pid()
+    assert _alive(pid)
+    p.kill()
+    p.communicate(timeout=60)
+    for _ in range(100):
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    assert not _alive(pid), "an orphaned command outlived the killed sweep"
+    p = start()
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out

@@ -130,7 +130,8 @@ class Runner:
             log.flush()
             with self.lock:
                 proc = subprocess.Popen(self.cli + argv, stdout=log, stderr=subprocess.STDOUT,
-                                        env=self._env(slot, st.kind), stdin=subprocess.DEVNULL)
+                                        env=self._env(slot, st.kind), stdin=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
                 self.procs[st.id] = proc
             rc = proc.wait()
             with self.lock:
@@ -259,3 +260,14 @@ class Runner:
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _die_with_parent():  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the command gets SIGTERM when the sweep dies, even by SIGKILL, so a rerun never races an
+    orphaned command writing the same files."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
