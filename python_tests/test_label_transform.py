@@ -66,3 +66,26 @@ def test_errors_and_cli(store, tmp_path, capsys):
     assert "missing.safetensors" in capsys.readouterr().err
     assert main(["label-transform", store.path, str(tmp_path / "z.safetensors"), "--mode", "swap"]) == 0
     assert LabelStore.open(str(tmp_path / "z.safetensors")).num_labels == store.num_labels
+
+
+def test_full_width_fp16_store(tmp_path):
+    """Full-width stores (k == C, no ids, float16 values in class order) come with the labels branch."""
+    from hald_ext.labels import quantizer as Q
+    from hald_ext.labels.format import Header
+
+    if "fp16" not in getattr(Q, "KINDS", ()):
+        pytest.skip("this build's label stores have no full-width fp16 form")
+    n, s, c = 6, 2, 5
+    p = torch.softmax(torch.randn(n, s, c, generator=torch.Generator().manual_seed(0)) * 2, dim=-1).half()
+    boxes = torch.zeros(n, s, 4, dtype=torch.int32)
+    boxes[..., 2:] = 65535
+    h = Header(num_images=n, slots=s, num_classes=c, k=c, temperature=4.0, quantizer=Q.Quantizer("fp16"))
+    src = LabelStore.create(str(tmp_path / "src.safetensors"), h, boxes.to(torch.uint16),
+                            torch.zeros(n, s, dtype=torch.bool), None, p)
+    v0 = src.codes.float().reshape(-1, c)
+    swap = LabelStore.open(transform_store(src.path, str(tmp_path / "swap.safetensors"), "swap", seed=1).path)
+    v1 = swap.codes.float().reshape(-1, c)
+    assert swap.topk_ids is None and torch.equal(v1.argmax(1), v0.argmax(1))
+    assert torch.equal(v1.sort(1).values, v0.sort(1).values) and not torch.equal(v1, v0)
+    zero = transform_store(src.path, str(tmp_path / "zero.safetensors"), "zero")
+    assert ((zero.codes.float().reshape(-1, c) > 0).sum(1) == 1).all()
