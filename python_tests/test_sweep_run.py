@@ -22,6 +22,8 @@ def flag(name):
     return argv[argv.index(name) + 1]
 with open(os.environ["FAKE_LOG"], "a") as f:
     f.write(json.dumps(argv) + "\n")
+if "--seed" in argv and os.environ.get("FAKE_FAIL") == f"{stage}:{flag('--seed')}":
+    sys.exit(3)
 TOP1 = {"hald": [80.0, 82.0, 79.0], "soft-only": [78.0, 81.5, 77.0], "hard-only": [79.0, 81.0, 78.5]}
 if stage == "train":
     run = os.path.join(flag("--output"), flag("--experiment"))
@@ -60,10 +62,12 @@ def sweep(tmp_path):
     argv = [sys.executable, "-m", "hald_ext.cli", "sweep", str(tmp_path / "fake.yaml"), "--out", str(tmp_path / "out"),
             "--jobs", "2", "--no-plots", "--cli", f"{sys.executable} {fake}"]
 
-    def start(hang=None):
+    def start(hang=None, fail=None):
         e = dict(env)
         if hang:
             e["FAKE_HANG"] = hang
+        if fail:
+            e["FAKE_FAIL"] = fail
         return subprocess.Popen(argv, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def calls():
@@ -198,3 +202,18 @@ def test_sigkill_of_the_sweep_takes_its_commands_along(sweep):
     p = start()
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out
+
+
+def test_a_failed_stage_skips_everything_downstream_only(sweep):
+    tmp, start, calls, _ = sweep
+    cfg = yaml.safe_load((tmp / "fake.yaml").read_text())
+    cfg["transform"] = {"mode": "swap"}  # relabel -> transform -> train: a chain to skip
+    (tmp / "fake.yaml").write_text(yaml.safe_dump(cfg))
+    p = start(fail="relabel:1")
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 1, out
+    assert out.count("a stage it needs failed") == 4  # seed 1's transform and its three students
+    assert "runs 6/9 done" in out
+    res = json.load(open(tmp / "out" / "results.json"))
+    assert res["runs_done"] == 6 and len(res["runs_missing"]) == 3
+    assert all(p["n"] == 2 for p in res["paired"])  # the pairs use the seeds that have both runs

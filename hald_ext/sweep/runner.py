@@ -200,9 +200,11 @@ class Runner:
         try:
             while pending or running:
                 blocked = [s for s in pending if any(d in self.failed for d in self.plan.stages[s].deps)]
-                for s in blocked:
-                    self.failed[s] = "a stage it needs failed"
-                    pending.remove(s)
+                while blocked:  # everything downstream of a failure, transitively
+                    for s in blocked:
+                        self.failed[s] = "a stage it needs failed"
+                        pending.remove(s)
+                    blocked = [s for s in pending if any(d in self.failed for d in self.plan.stages[s].deps)]
                 for s in list(pending):
                     if not slots:
                         break
