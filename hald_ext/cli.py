@@ -14,6 +14,8 @@ COMMANDS = {
     "select": ("hald_ext.train.select", "pick IPC random real images per class"),
     "train": ("hald_ext.train.cli", "train a student with the HALD (or a baseline) schedule"),
     "lvsd": ("hald_ext.train.lvsd", "local-view semantic drift diagnostics"),
+    "sweep": ("hald_ext.sweep.cli", "a grid of settings over seeds: shared stages, paired statistics, report"),
+    "label-transform": ("hald_ext.labels.transform", "swap or zero the non-top-1 entries of a label store"),
     "info": ("hald_ext.cli", "which kernels this build carries"),
 }
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""`make demo`: the whole pipeline on Fashion-MNIST, HALD against soft-only at the same budget.
+"""`make demo`: does HALD's Soft -> Hard -> Soft schedule beat soft-only and hard-only at the same budget?
 
-    teacher (ConvNet-3, full train set)  ->  IPC random real images per class  ->  relabel with SLI
-    stored crop labels per image  ->  two students trained with `hald` and `soft-only` for the same
-    epochs  ->  a table of test accuracy and label-store bytes, plus plots.
+    teacher (ConvNet-3, 20k Fashion-MNIST images)  ->  per seed: IPC 10 random real images per class,
+    relabelled with SLI 1 stored crop label per image  ->  `hald`, `soft-only` and `hard-only` students on
+    exactly those images and crops  ->  mean +- sd over seeds, paired differences with 95 % t intervals,
+    and what they show.
 
-Every step is the `hald` command a user would type (printed before it runs) and is skipped when its
-output already exists, so a rerun only repeats what changed. Under 10 minutes on 2 CPU cores with the
-defaults; the same command uses a GPU when there is one (`--device auto`).
+It runs `hald sweep experiments/demo.yaml` (printed before it runs); the sweep resumes, so a rerun only
+does what is not done yet. Flags override the configuration for a quicker look (--epochs, --seeds).
 """
 from __future__ import annotations
 
@@ -21,62 +21,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout's hald_ext, also when another copy is installed
-HALD = [sys.executable, "-m", "hald_ext.cli"]
-
-
-def sh(args: list, log: str | None = None) -> None:
-    print("$ hald " + " ".join(shlex.quote(a) for a in args[len(HALD):]), flush=True)
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    subprocess.run(args, check=True, cwd=ROOT, env=env)
-
-
-def teacher(a) -> str:
-    path = os.path.join(a.out, "teacher.pth")
-    if not os.path.exists(path):
-        sh(HALD + ["teacher", "--data", "fashion-mnist", "--model", "convnet3", "--epochs", str(a.teacher_epochs),
-                   "--train-images", str(a.teacher_images),
-                   "--device", a.device, "--out", path, "--no-progress"])
-    return path
-
-
-def select(a) -> str:
-    path = os.path.join(a.out, f"fmnist-ipc{a.ipc}.npz")
-    if not os.path.exists(path):
-        sh(HALD + ["select", "--data", "fashion-mnist", "--ipc", str(a.ipc), "--seed", str(a.seed), "--out", path])
-    return path
-
-
-def relabel(a, teacher_path: str, images_path: str) -> str:
-    path = os.path.join(a.out, f"fmnist-ipc{a.ipc}-sli{a.sli}.safetensors")
-    if not os.path.exists(path):
-        sh(HALD + ["relabel", images_path, "--model", "convnet3", "--checkpoint", teacher_path, "--sli", str(a.sli),
-                   "--k", str(a.k), "--temperature", str(a.temperature), "--seed", str(a.seed), "--out", path,
-                   "--no-progress"] + ([] if a.device == "auto" else ["--device", a.device]))
-    return path
-
-
-def store_bytes(path: str) -> int:
-    return os.path.getsize(path)
-
-
-def train(a, schedule: str, images_path: str, labels_path: str) -> dict:
-    name = f"{schedule}-e{a.epochs}"
-    run = os.path.join(a.out, "runs", name)
-    if not os.path.exists(os.path.join(run, "metrics.json")) or _unfinished(run, a.epochs):
-        sh(HALD + ["train", "--data", images_path, "--labels", labels_path, "--eval-data", "fashion-mnist",
-                   "--model", "convnet3", "--img-size", "28", "--schedule", schedule, "--epochs", str(a.epochs),
-                   "--batch-size", str(a.batch_size), "--label-smoothing", str(a.label_smoothing),
-                   "--eval-every", str(a.eval_every), "--log-every", "10", "--seed", str(a.seed), "--device", a.device,
-                   "--output", os.path.join(a.out, "runs"), "--experiment", name, "--no-progress"]
-           + (["--resume", run] if os.path.exists(os.path.join(run, "last.pth")) else []))
-    with open(os.path.join(run, "metrics.json")) as f:
-        history = json.load(f)
-    return {"schedule": schedule, "run": run, "history": history}
-
-
-def _unfinished(run: str, epochs: int) -> bool:
-    with open(os.path.join(run, "metrics.json")) as f:
-        return len(json.load(f)) < epochs
+CONFIG = os.path.join(ROOT, "experiments", "demo.yaml")
 
 
 def shown(path: str) -> str:
@@ -84,67 +29,81 @@ def shown(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-def compare_plot(results: list, path: str) -> None:
-    import matplotlib
+def make_config(a) -> str:
+    """The demo configuration with the command line's overrides, written beside the outputs."""
+    import yaml
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from hald_ext.train.schedule import build_schedule
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in results:
-        ev = [h for h in r["history"] if h.get("eval_top1") is not None]
-        ax.plot([h["epoch"] for h in ev], [h["eval_top1"] for h in ev], "-o", ms=3, label=r["schedule"])
-        if r["schedule"] == "hald":
-            for b in build_schedule("hald", len(r["history"])).boundaries():
-                ax.axvline(b, color="gray", ls="--", lw=1)
-    ax.set(xlabel="epoch", ylabel="Fashion-MNIST test top-1 (%)", title="IPC 10, SLI 1, ConvNet-3")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with open(a.config) as f:
+        cfg = yaml.safe_load(f)
+    if a.seeds is not None:
+        cfg["seeds"] = a.seeds
+    if a.epochs is not None:
+        cfg["train"]["epochs"] = cfg["train"]["eval_every"] = a.epochs
+    if a.teacher_images is not None:
+        cfg["teacher"]["train_images"] = a.teacher_images
+    os.makedirs(a.out, exist_ok=True)
+    path = os.path.join(a.out, "demo.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    return path
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=CONFIG)
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "demo"))
-    p.add_argument("--ipc", type=int, default=10)
-    p.add_argument("--sli", type=int, default=1)
-    p.add_argument("--k", type=int, default=5, help="top-k entries kept per stored label")
-    p.add_argument("--temperature", type=float, default=4.0, help="relabel / soft-loss temperature")
-    p.add_argument("--epochs", type=int, default=200, help="student epochs, the same for both schedules")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="hard-phase smoothing (10 classes)")
-    p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--teacher-epochs", type=int, default=1)
-    p.add_argument("--teacher-images", type=int, default=20000,
-                   help="the teacher sees a seeded subset of the 60k training images (keeps the demo short)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--jobs", type=int, default=2, help="student runs in parallel (default 2: one per core here)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the configuration's seeds")
+    p.add_argument("--epochs", type=int, default=None, help="override the student epochs (a quick look)")
+    p.add_argument("--teacher-images", type=int, default=None, help="override the teacher's training subset")
+    p.add_argument("--device", default=None, help="cpu | cuda | auto (default: the configuration's)")
     a = p.parse_args(argv)
-    os.makedirs(a.out, exist_ok=True)
     t0 = time.perf_counter()
-
-    teacher_path = teacher(a)
-    images_path = select(a)
-    labels_path = relabel(a, teacher_path, images_path)
-    results = [train(a, s, images_path, labels_path) for s in ("hald", "soft-only")]
-
-    with open(os.path.splitext(teacher_path)[0] + ".json") as f:
-        teacher_top1 = json.load(f).get("eval_top1")
-    nbytes = store_bytes(labels_path)
-    print(f"\nFashion-MNIST, ConvNet-3, IPC {a.ipc} random real images, SLI {a.sli}, top-{a.k} labels, "
-          f"{a.epochs} epochs (teacher: {teacher_top1:.2f} % top-1)")
-    print(f"{'schedule':<12}{'test top-1':>12}{'test top-5':>12}{'label store':>16}  curves")
-    for r in results:
-        last = r["history"][-1]
-        print(f"{r['schedule']:<12}{last['eval_top1']:>11.2f}%{last['eval_top5']:>11.2f}%{nbytes:>12,d} B  "
-              f"{shown(os.path.join(r['run'], 'curves.png'))}")
-    compare_plot(results, os.path.join(a.out, "compare.png"))
-    print(f"comparison plot: {shown(os.path.join(a.out, 'compare.png'))}; "
-          f"total {time.perf_counter() - t0:.0f} s")
+    config = make_config(a)
+    cmd = ["sweep", config, "--out", a.out, "--jobs", str(a.jobs)] + (["--device", a.device] if a.device else [])
+    print("$ hald " + " ".join(shlex.quote(shown(c)) for c in cmd), flush=True)
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    rc = subprocess.run([sys.executable, "-m", "hald_ext.cli", *cmd], cwd=ROOT, env=env).returncode
+    if rc != 0:
+        print(f"demo: the sweep stopped (exit status {rc}); rerun `make demo` to continue where it stopped")
+        return rc
+    summarise(a.out, config, time.perf_counter() - t0)
     return 0
+
+
+def summarise(out: str, config: str, seconds: float) -> None:
+    from hald_ext.sweep import load, make_plan
+
+    cfg = load(config)
+    plan = make_plan(cfg, out)
+    with open(os.path.join(out, "results.json")) as f:
+        res = json.load(f)
+    teacher = plan.by_kind("teacher")[0].output
+    with open(os.path.splitext(teacher)[0] + ".json") as f:
+        teacher_top1 = json.load(f).get("eval_top1")
+    r, t = cfg["relabel"], cfg["train"]
+    print(f"\nFashion-MNIST, {t.get('model', 'convnet3')}, IPC {cfg['select'].get('ipc', 10)} random real images, "
+          f"SLI {r.get('sli', 1)}, top-{r.get('k', 5)} labels at T = {r.get('temperature', 1.0)}, "
+          f"{t.get('epochs')} epochs, seeds {cfg['seeds']}"
+          + (f" (teacher: {teacher_top1:.2f} % test top-1)" if teacher_top1 is not None else ""))
+    print(f"{'schedule':<12}{'test top-1, mean +- sd (n)':>30}   per seed")
+    for c in res["cells"]:
+        name = c["train.schedule"]
+        per_seed = sorted((row["seed"], row["top1"]) for row in res["rows"] if row["train.schedule"] == name)
+        print(f"{name:<12}{c['mean']:>17.2f} +- {c['sd']:.2f} ({c['n']})      "
+              + "  ".join(f"{v:.2f}" for _, v in per_seed))
+    print("\npaired differences (a seed's three students share its images and stored crops):")
+    for q in res["paired"]:
+        ci = "no interval (one seed)" if q["n"] < 2 else f"95 % CI [{q['lo']:+.2f}, {q['hi']:+.2f}]"
+        print(f"  {q['pair']:<18}{q['mean']:+.2f} points, {ci}, {q['positive']}/{q['n']} seeds positive")
+    print("\nwhat this shows:")
+    for line in res["explanation"]:
+        if not line.lstrip().startswith(("hald ", "no difference", "one seed")):
+            print("  " + line)
+    if any(q["n"] < 5 for q in res["paired"]):
+        print(f"  ({min(q['n'] for q in res['paired'])} seeds: only large differences can be resolved; more seeds "
+              f"narrow the intervals: `--seeds 0 1 2 3 4 5`.)")
+    print(f"\nreport: {shown(os.path.join(out, 'report.md'))} (plots beside it); total {seconds:.0f} s")
 
 
 if __name__ == "__main__":

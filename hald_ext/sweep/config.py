@@ -1,0 +1,347 @@
+"""Sweep configuration: a base set of options per stage, axes of values, seeds and the comparisons.
+
+    name: demo
+    seeds: [0, 1, 2]                 # or a count: 3 -> [0, 1, 2]
+    teacher: {epochs: 1, train_images: 20000}
+    select: {data: fashion-mnist, ipc: 10}
+    relabel: {sli: 1, k: 5, temperature: 4}
+    lvsd: {crops: 32}                # optional: Tr(Sigma) of the labels' teacher per cell
+    transform: {mode: swap}          # optional: rewrite the stored labels (hald_ext.labels.transform)
+    train: {eval_data: fashion-mnist, epochs: 200, label_smoothing: 0.1}
+    axes:                            # STAGE.OPTION: [values]; the grid is their product
+      train.schedule: [hald, soft-only, hard-only]
+      relabel.sli: [1, 2, 5, 10]
+    compare:                         # paired differences between values of one axis
+      axis: train.schedule
+      pairs: ["hald - soft-only", "hald - hard-only"]
+    report: {x: relabel.sli}         # x axis of the plots (default: the first numeric axis)
+
+Stage options are the flags of `hald teacher|select|relabel|lvsd|train` (dashes or underscores); they
+are checked against each command's own parser, so the sweep follows the commands. Options the sweep
+sets itself (paths, seeds, devices) are refused with their key named. Sweep-only options:
+  teacher.checkpoint      use this teacher file instead of training one
+  teacher.use_epoch       label with the teacher's snapshot after this epoch (needs teacher.save_every)
+  teacher.snapshot_name   snapshot file name pattern (default "{stem}-epoch{epoch:03d}.pth", beside the teacher)
+  transform.mode          none | swap | zero (the non-top-1 entries of every stored label)
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import itertools
+import os
+
+STAGES = ("teacher", "select", "relabel", "transform", "lvsd", "train")
+MODULES = {"teacher": "hald_ext.train.teacher", "select": "hald_ext.train.select",
+           "relabel": "hald_ext.labels.relabel", "lvsd": "hald_ext.train.lvsd", "train": "hald_ext.train.cli",
+           "transform": "hald_ext.labels.transform"}
+# Options each stage's command gets from the sweep (paths, seeds, devices, threads, output control).
+MANAGED = {
+    "teacher": {"out", "device", "progress"},
+    "select": {"out", "seed", "format"},
+    "relabel": {"images", "out", "checkpoint", "seed", "device", "progress", "restart"},
+    "transform": {"src", "dst", "seed"},
+    "lvsd": {"data", "teacher", "student", "out", "seed"},
+    "train": {"data", "labels", "output", "experiment", "seed", "resume", "device", "threads", "progress", "config"},
+}
+# Options that exist only in the sweep (not passed to the command).
+SWEEP_ONLY = {"teacher": {"checkpoint", "use_epoch", "snapshot_name"}, "transform": {"mode"}}
+TOP_KEYS = {"name", "seeds", "axes", "compare", "report", "device", *STAGES}
+TRANSFORM_MODES = ("none", "swap", "zero")
+
+
+class SweepConfigError(ValueError):
+    """A bad sweep configuration; the message names the key."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise SweepConfigError(message)
+
+    def exit(self, status=0, message=None):
+        raise SweepConfigError(message or f"exit {status}")
+
+
+class CommandSpec:
+    """The options of one `hald` command, read from its own argparse parser."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+        self.parser = _Parser(prog=f"hald {stage}", add_help=False)
+        importlib.import_module(MODULES[stage]).add_arguments(self.parser)
+        self.actions = {a.dest: a for a in self.parser._actions}
+        self.positionals = [a.dest for a in self.parser._actions if not a.option_strings]
+
+    def has(self, dest: str) -> bool:
+        return dest in self.actions
+
+    def flags(self, dest: str, value) -> list:
+        """argv for one option; [] for a value that means "leave the default"."""
+        a = self.actions[dest]
+        if not a.option_strings:
+            return [str(value)]
+        long = [s for s in a.option_strings if s.startswith("--")]
+        opt = long[0] if long else a.option_strings[0]
+        if isinstance(a, argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
+                raise SweepConfigError(f"{self.stage}.{dest} must be true or false, got {value!r}")
+            return [opt] if value else ["--no-" + opt[2:]]
+        if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if not isinstance(value, bool):
+                raise SweepConfigError(f"{self.stage}.{dest} must be true or false, got {value!r}")
+            want = isinstance(a, argparse._StoreTrueAction)
+            return [opt] if value == want else []
+        if value is None:
+            return []
+        if isinstance(value, (list, tuple)):
+            return [opt] + [_text(v) for v in value]
+        return [opt, _text(value)]
+
+    def argv(self, options: dict) -> list:
+        out = []
+        for dest in self.positionals:
+            if dest in options:
+                out += self.flags(dest, options[dest])
+        for dest, v in options.items():
+            if dest not in self.positionals:
+                out += self.flags(dest, v)
+        return out
+
+    def check(self, options: dict, where: str) -> None:
+        """Parse the argv the options make with the command's parser; an error names the key."""
+        for dest in options:
+            try:
+                argv = self.argv({d: options[d] for d in self.positionals if d in options}
+                                 | {dest: options[dest]})
+                self.parser.parse_args(argv + self._required_stubs(options))
+            except SweepConfigError as e:
+                raise SweepConfigError(f"{where}.{dest}: {e}") from None
+
+    def _required_stubs(self, options: dict) -> list:
+        out = []
+        for a in self.parser._actions:
+            if a.required and a.dest not in options:
+                if a.option_strings:
+                    out += [a.option_strings[-1], "x"]
+                else:
+                    out += ["x"]
+        return out
+
+
+def _text(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _norm(key) -> str:
+    if not isinstance(key, str):
+        raise SweepConfigError(f"option names must be strings, got {key!r}")
+    return key.replace("-", "_")
+
+
+_SPECS: dict = {}
+
+
+def spec(stage: str) -> CommandSpec:
+    if stage not in _SPECS:
+        _SPECS[stage] = CommandSpec(stage)
+    return _SPECS[stage]
+
+
+def load(path: str) -> dict:
+    import yaml
+
+    if not os.path.exists(path):
+        raise SweepConfigError(f"{path}: no such sweep configuration")
+    with open(path) as f:
+        try:
+            cfg = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise SweepConfigError(f"{path}: not valid YAML ({e})") from None
+    return validate(cfg, where=path)
+
+
+def _stage_options(stage: str, opts, where: str) -> dict:
+    if opts is None:
+        return {}
+    if not isinstance(opts, dict):
+        raise SweepConfigError(f"{where}: {stage} must be a mapping of options, got {type(opts).__name__}")
+    out = {}
+    for k, v in opts.items():
+        dest = _norm(k)
+        if dest in MANAGED.get(stage, ()):
+            raise SweepConfigError(f"{where}: {stage}.{k} is set by the sweep itself; remove it")
+        if dest in SWEEP_ONLY.get(stage, ()):
+            out[dest] = v
+            continue
+        if stage == "transform" or not spec(stage).has(dest):
+            known = sorted((set(spec(stage).actions) if stage != "transform" else set())
+                           - MANAGED.get(stage, set()) - {"help"} | SWEEP_ONLY.get(stage, set()))
+            raise SweepConfigError(f"{where}: unknown option {stage}.{k} (known: {', '.join(known)})")
+        out[dest] = v
+    return out
+
+
+def validate(cfg, where: str = "sweep config") -> dict:
+    """Check and normalise a loaded configuration; every error names the bad key."""
+    if not isinstance(cfg, dict):
+        raise SweepConfigError(f"{where}: the configuration must be a mapping")
+    for k in cfg:
+        if k not in TOP_KEYS:
+            raise SweepConfigError(f"{where}: unknown key {k!r} (known: {', '.join(sorted(TOP_KEYS))})")
+    out = {"name": str(cfg.get("name") or os.path.splitext(os.path.basename(where))[0]),
+           "device": cfg.get("device", "auto")}
+    if out["device"] not in ("auto", "cpu", "cuda"):
+        raise SweepConfigError(f"{where}: device must be auto, cpu or cuda, got {out['device']!r}")
+    seeds = cfg.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 1:
+            raise SweepConfigError(f"{where}: seeds must be >= 1 or a list, got {seeds}")
+        seeds = list(range(seeds))
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise SweepConfigError(f"{where}: seeds must be a count or a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise SweepConfigError(f"{where}: seeds has duplicates: {seeds}")
+    out["seeds"] = seeds
+    for stage in STAGES:
+        raw = cfg.get(stage)
+        if stage in ("lvsd", "transform") and raw in (None, False):
+            out[stage] = None
+            continue
+        out[stage] = _stage_options(stage, {} if raw is True else raw, where)
+    axes = cfg.get("axes") or {}
+    if not isinstance(axes, dict):
+        raise SweepConfigError(f"{where}: axes must be a mapping STAGE.OPTION -> list of values")
+    out["axes"] = {}
+    for name, values in axes.items():
+        if not isinstance(name, str) or name.count(".") != 1:
+            raise SweepConfigError(f"{where}: axes.{name}: an axis is named STAGE.OPTION (e.g. relabel.sli)")
+        stage, opt = name.split(".")
+        if stage not in STAGES:
+            raise SweepConfigError(f"{where}: axes.{name}: unknown stage {stage!r} (known: {', '.join(STAGES)})")
+        if stage in ("lvsd", "transform") and out[stage] is None:
+            out[stage] = {}
+        _stage_options(stage, {opt: None}, f"{where}: axes")
+        if not isinstance(values, list) or not values:
+            raise SweepConfigError(f"{where}: axes.{name} must be a non-empty list of values")
+        if len({repr(v) for v in values}) != len(values):
+            raise SweepConfigError(f"{where}: axes.{name} has duplicate values: {values}")
+        key = f"{stage}.{_norm(opt)}"
+        if key in out["axes"]:
+            raise SweepConfigError(f"{where}: axes.{name} is given twice")
+        out["axes"][key] = values
+    # Every value the grid can produce must parse with the command's own parser.
+    for stage in STAGES:
+        if out[stage] is None or stage == "transform":
+            continue
+        opts = {k: v for k, v in out[stage].items() if k not in SWEEP_ONLY.get(stage, ())}
+        spec(stage).check(opts, f"{where}: {stage}")
+        for key, values in out["axes"].items():
+            st, opt = key.split(".")
+            if st != stage or opt in SWEEP_ONLY.get(stage, ()):
+                continue
+            for v in values:
+                spec(stage).check(opts | {opt: v}, f"{where}: axes.{stage}")
+    if out["transform"] is not None:
+        modes = [out["transform"].get("mode", "none")] + list(out["axes"].get("transform.mode", []))
+        for m in modes:
+            if m not in TRANSFORM_MODES:
+                raise SweepConfigError(f"{where}: transform.mode must be one of {', '.join(TRANSFORM_MODES)}, "
+                                       f"got {m!r}")
+    if "use_epoch" in out["teacher"] or "teacher.use_epoch" in out["axes"]:
+        if "checkpoint" in out["teacher"]:
+            raise SweepConfigError(f"{where}: teacher.use_epoch needs a trained teacher, not teacher.checkpoint")
+    out["compare"] = _compare(cfg.get("compare"), out["axes"], where)
+    out["report"] = _report(cfg.get("report"), out["axes"], where)
+    return out
+
+
+def _compare(raw, axes: dict, where: str):
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"axis", "pairs"}:
+        raise SweepConfigError(f"{where}: compare must be a mapping with keys axis and pairs")
+    axis = raw.get("axis")
+    if not isinstance(axis, str):
+        raise SweepConfigError(f"{where}: compare.axis must name an axis")
+    stage, _, opt = axis.partition(".")
+    axis = f"{stage}.{_norm(opt)}"
+    if axis not in axes:
+        raise SweepConfigError(f"{where}: compare.axis {raw.get('axis')!r} is not one of the axes "
+                               f"({', '.join(axes) or 'none'})")
+    pairs = []
+    values = axes[axis]
+    for p in raw.get("pairs") or []:
+        if isinstance(p, str):
+            parts = [s.strip() for s in p.split(" - ")]
+        elif isinstance(p, list):
+            parts = list(p)
+        else:
+            parts = []
+        if len(parts) != 2:
+            raise SweepConfigError(f"{where}: compare.pairs: {p!r} must be 'A - B' or [A, B]")
+        resolved = []
+        for part in parts:
+            match = [v for v in values if v == part or str(v) == str(part)]
+            if not match:
+                raise SweepConfigError(f"{where}: compare.pairs: {part!r} is not a value of {axis} "
+                                       f"({', '.join(map(str, values))})")
+            resolved.append(match[0])
+        pairs.append(tuple(resolved))
+    if not pairs:
+        raise SweepConfigError(f"{where}: compare.pairs is empty")
+    return {"axis": axis, "pairs": pairs}
+
+
+def _report(raw, axes: dict, where: str) -> dict:
+    raw = copy.deepcopy(raw or {})
+    if not isinstance(raw, dict):
+        raise SweepConfigError(f"{where}: report must be a mapping")
+    allowed = {"x", "frontier", "metric"}
+    for k in raw:
+        if k not in allowed:
+            raise SweepConfigError(f"{where}: unknown key report.{k} (known: {', '.join(sorted(allowed))})")
+    x = raw.get("x")
+    if x is not None:
+        stage, _, opt = str(x).partition(".")
+        x = f"{stage}.{_norm(opt)}"
+        if x not in axes:
+            raise SweepConfigError(f"{where}: report.x {raw['x']!r} is not one of the axes")
+    else:
+        x = next((a for a, vs in axes.items() if all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                    for v in vs)), None)
+    metric = raw.get("metric", "top1")
+    if metric not in ("top1", "best_top1", "top5"):
+        raise SweepConfigError(f"{where}: report.metric must be top1, best_top1 or top5, got {metric!r}")
+    frontier = raw.get("frontier")
+    if frontier is not None:
+        if not isinstance(frontier, list) or len(frontier) != 2:
+            raise SweepConfigError(f"{where}: report.frontier must be [DATA_AXIS, KNOWLEDGE_AXIS], "
+                                   f"e.g. [select.ipc, relabel.k]")
+        fr = []
+        for a in frontier:
+            stage, _, opt = str(a).partition(".")
+            a = f"{stage}.{_norm(opt)}"
+            if a not in axes:
+                raise SweepConfigError(f"{where}: report.frontier: {a!r} is not one of the axes")
+            fr.append(a)
+        frontier = fr
+    return {"x": x, "metric": metric, "frontier": frontier}
+
+
+def grid(cfg: dict) -> list:
+    """Every cell of the axes' product as {axis: value} (insertion order of the axes)."""
+    names = list(cfg["axes"])
+    return [dict(zip(names, combo)) for combo in itertools.product(*(cfg["axes"][n] for n in names))]
+
+
+def cell_options(cfg: dict, cell: dict) -> dict:
+    """The per-stage options of one cell: base options overridden by the cell's axis values."""
+    out = {s: (None if cfg[s] is None else dict(cfg[s])) for s in STAGES}
+    for key, v in cell.items():
+        stage, opt = key.split(".")
+        out[stage][opt] = v
+    return out
