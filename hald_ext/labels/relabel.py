@@ -123,11 +123,12 @@ def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5,
                        device=None, teacher_name=None, teacher_sha256=None, teacher_weights=None,
                        teacher_bn: str = "train", cutmix_alpha: float | None = None, save_every_s: float = 120.0,
                        restart: bool = False, progress: bool = True, default_decode: str = "marginal",
-                       max_resident_bytes: int | None = None):
+                       max_resident_bytes: int | None = None, shard: bool = True):
     """(store, stats): the store on every rank (written by rank 0 under torch.distributed) and
     {"kl_to_teacher", "kl_uniform"} (mean nats over all labels, also in the store's header).
     `max_resident_bytes`: the image cache's budget on `device` (`hald_ext.data.image_source`);
-    a set that does not fit is streamed batch by batch."""
+    a set that does not fit is streamed batch by batch. `shard=False` labels every pair in this
+    process even under torch.distributed (a helper that builds a store per rank, e.g. in a test)."""
     from hald_ext.data import fingerprint, image_source
     from hald_ext.ops import crop_and_lookup
     from hald_ext.ops.crop import sample_cutmix
@@ -157,7 +158,7 @@ def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5,
     mean = [float(m) for m in (mean or cfg.get("mean") or IMAGENET_MEAN)]
     std = [float(s) for s in (std or cfg.get("std") or IMAGENET_STD)]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    info = distributed.current()
+    info = distributed.current() if shard else distributed.DistInfo()
     q = Quantizer(quantizer, bits)
     members = [{"name": nm or type(t).__name__, "checkpoint_sha256": sh or sha256_state(t)}
                for t, nm, sh in zip(teachers, names, shas)]
@@ -240,7 +241,8 @@ def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5,
     stats = None
     if info.is_main:
         store, stats = _write_store(out, header, boxes, flips, concat_results(gathered), k)
-    distributed.barrier()
+    if info.enabled:
+        distributed.barrier()
     if os.path.exists(partial):
         os.remove(partial)
     if not info.is_main:
