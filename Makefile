@@ -1,7 +1,8 @@
 # One entry point for a fresh machine:
 #   make test    set everything up (virtualenv, pinned deps, extension build, the embedded data set)
 #                and run every test
-#   make demo    the main job: Fashion-MNIST teacher -> IPC 10 -> relabel -> HALD vs soft-only students
+#   make demo    the main job: Fashion-MNIST teacher -> IPC 10 -> relabel -> hald, soft-only and hard-only
+#                students over 3 seeds through `hald sweep`, with paired differences
 #   make bench   the benchmarks (results land in benchmarks/results/)
 # The virtualenv is reused while requirements.txt is unchanged (its hash is stamped inside it).
 SHELL := /bin/bash
