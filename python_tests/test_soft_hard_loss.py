@@ -7,7 +7,6 @@ import torch
 import hald_ext
 from hald_ext.ops import soft_hard_loss
 from hald_ext.reference import soft_hard_loss_reference
-from conftest import CUDA, requires_cuda
 
 DECODES = ["marginal", "renorm", "truncate"]
 REDUCTIONS = ["batchmean", "mean", "sum", "none"]
@@ -338,49 +337,3 @@ def _bad_cases():
 def test_bad_input_errors(match, args, kw):
     with pytest.raises((RuntimeError, ValueError), match=match):
         soft_hard_loss(*args, **kw)
-
-
-# ---- CUDA: the CUDA kernel against the CPU kernel and the reference -----------------------------
-@requires_cuda
-@pytest.mark.parametrize("case", GRID[::2], ids=lambda c: "C{C}-k{k}-{decode}-{values}".format(**c))
-def test_cuda_matches_cpu_and_reference(case):
-    B = 5 if case["C"] > 5000 else 70
-    cpu = make_case(B, case["C"], case["k"], seed=3, value_kind=case["values"], pair=case["pair"], ignore=True)
-    gpu = make_case(B, case["C"], case["k"], seed=3, value_kind=case["values"], pair=case["pair"], ignore=True,
-                    device="cuda")
-    kw = dict(temperature=case["T"], decode=case["decode"], reduction=case["reduction"], hard_weight=case["hard"],
-              label_smoothing=case["smoothing"], hinton=case["hinton"])
-    for dtype in DTYPES:
-        la, lb, ga, gb = run_both(*gpu, dtype, **kw)
-        assert_close_case(la.cpu(), lb.cpu(), ga.cpu(), gb.cpu(), dtype)
-        lc, _, gc, _ = run_both(*cpu, dtype, **kw)
-        torch.testing.assert_close(la.cpu(), lc, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(ga.cpu().double(), gc.double(), rtol=0,
-                                   atol=GRAD_ATOL[dtype] * max(gc.abs().max().item(), 1e-3) * 2)
-
-
-@requires_cuda
-def test_cuda_invalid_ids_poison_the_row_instead_of_reading_out_of_bounds():
-    logits, ids, values, target, codebook, extra = make_case(4, 10, 3, device="cuda")
-    ids = ids.long().clone()
-    ids[1, 0] = 12
-    rows = soft_hard_loss(logits, ids, values, reduction="none")
-    assert torch.isnan(rows[1]) and torch.isfinite(rows[[0, 2, 3]]).all()
-
-
-@requires_cuda
-def test_cuda_mixed_devices_error():
-    logits, ids, values, target, codebook, extra = make_case(4, 10, 3)
-    with pytest.raises(RuntimeError, match="is on cpu but logits are on cuda"):
-        soft_hard_loss(logits.cuda(), ids, values)
-
-
-@requires_cuda
-def test_cuda_inplace_and_compile():
-    logits, ids, values, target, codebook, extra = make_case(32, 21843, 5, device="cuda", pair=True)
-    x = logits.to(torch.bfloat16)
-    a = x.clone().requires_grad_()
-    soft_hard_loss(a, ids, values, target, hard_weight=1.0, **extra).backward()
-    b = x.clone()
-    soft_hard_loss(b, ids, values, target, hard_weight=1.0, inplace=True, **extra)
-    assert torch.equal(a.grad, b)
