@@ -215,3 +215,16 @@ def test_dense_rows_need_not_sum_to_one_under_renorm_or_truncate():
     for decode in ("renorm", "truncate"):
         torch.testing.assert_close(soft_hard_loss(logits, None, values, decode=decode),
                                    soft_hard_loss_reference(logits, None, values, decode=decode))
+
+
+def test_module_takes_dense_targets_and_teacher_logits():
+    import hald_ext
+
+    logits, values, _, _, target, _ = make_dense(8, 100, kind="fp16")
+    _, _, teacher, _, _, _ = make_dense(8, 100, kind="teacher32")
+    crit = hald_ext.SoftHardLoss(temperature=4.0, hinton=True, hard_weight=0.5, teacher_temperature=2.0)
+    torch.testing.assert_close(crit(logits, hard_target=target, teacher_logits=teacher), soft_hard_loss_reference(
+        logits, hard_target=target, teacher_logits=teacher, temperature=4.0, hinton=True, hard_weight=0.5,
+        teacher_temperature=2.0))
+    torch.testing.assert_close(crit(logits, None, values, target), soft_hard_loss_reference(
+        logits, None, values, target, temperature=4.0, hinton=True, hard_weight=0.5))
