@@ -262,7 +262,9 @@ def main(argv=None):
         if args.suite in ("dense", "all"):
             payload = run_dense_suite(device, args.quick)
             if payload is not None and not args.quick:
-                print("wrote", write_results(f"loss_dense_{device_tag(device)}.json", payload))
+                # THP_MEM_ALLOC_ENABLE=0 (4 KiB pages) changes mid-size CPU figures a lot: its own file.
+                thp = "_thp0" if device == "cpu" and os.environ.get("THP_MEM_ALLOC_ENABLE") == "0" else ""
+                print("wrote", write_results(f"loss_dense_{device_tag(device)}{thp}.json", payload))
         if args.suite == "dense":
             continue
         rows = []
