@@ -1,15 +1,23 @@
-"""Forward + backward of the fused soft-KL / hard-CE loss against the eager plain-PyTorch reference
-and against torch.compile of that reference (hald_ext.reference: the same code the tests trust).
+"""Forward + backward of the fused soft-KL / hard-CE loss.
 
-    python benchmarks/bench_loss.py                  # every shape, CPU and (when present) CUDA
-    python benchmarks/bench_loss.py --quick          # the target shape only
+Sparse suite (stored top-k labels): against the eager plain-PyTorch reference and torch.compile of it
+(hald_ext.reference: the same code the tests trust); writes benchmarks/results/loss_<device>.json.
+Dense suite (timm's Mixup targets and online distillation): hald_ext.timm against timm 1.0's own loss
+objects, eager and torch.compile'd (and Liger-Kernel's fused KL when it is importable), time and peak
+memory; writes benchmarks/results/loss_dense_<device>.json.
 
-Prints a table with ratios, achieved bandwidth and the bandwidth floor (logits read once, gradient
-written once, over the measured copy bandwidth), and writes benchmarks/results/loss_<device>.json.
+    python benchmarks/bench_loss.py                  # both suites, CPU and (when present) CUDA
+    python benchmarks/bench_loss.py --suite dense    # the dense suite only
+    python benchmarks/bench_loss.py --quick          # the target shape only, nothing written
+
+Prints tables with ratios; the sparse one also gives the achieved bandwidth and the bandwidth floor
+(logits read once, gradient written once, over the measured copy bandwidth).
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import os
 import sys
 
@@ -25,6 +33,16 @@ from common import copy_bandwidth_gbs, device_tag, machine, time_fn, write_resul
 import hald_ext  # noqa: E402
 from hald_ext.ops import soft_hard_loss  # noqa: E402
 from hald_ext.reference import soft_hard_loss_reference  # noqa: E402
+
+try:
+    import timm  # noqa: E402
+    import hald_ext.timm as hald_timm  # noqa: E402
+except ImportError:  # the dense suite needs timm
+    timm = None
+try:
+    from liger_kernel.transformers import LigerKLDIVLoss  # noqa: E402
+except ImportError:
+    LigerKLDIVLoss = None
 
 CONFIGS = {
     # A HALD soft phase: stored top-5, 8-bit codes, T = 20.
@@ -103,17 +121,152 @@ def bench_one(B, C, dtype, device, config, compile_ref=True):
     return row
 
 
+# ---- dense suite ---------------------------------------------------------------------------------------
+# Shapes the 2-core CPU can run in a few minutes with the torch.compile baselines; B = 8192 at
+# C = 21843 (716 MB per [B, C] fp32 tensor, several seconds per timm step) only on CUDA.
+DENSE_SHAPES = [(256, 1000), (1024, 1000), (8192, 1000), (256, 21843), (1024, 21843), (8192, 21843)]
+CPU_SKIP = {(8192, 21843)}
+KD_T = 4.0
+
+
+def _rss(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_extra_bytes(fn, device: str) -> int | None:
+    """Peak memory one call of fn() adds above what is allocated before it (CUDA: the caching
+    allocator's peak; CPU: the process's peak resident set, reset through /proc/self/clear_refs after
+    returning freed heap memory to the system)."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    base = _rss("VmRSS")
+    fn()
+    return _rss("VmHWM") - base
+
+
+def timm_kd_total(s, t, y, task_fn):
+    """timm.task.LogitDistillationTask.forward's loss, as written there (task weight 0.5, distill 0.5)."""
+    prob_s = torch.nn.functional.log_softmax(s / KD_T, dim=-1)
+    prob_t = torch.nn.functional.log_softmax(t / KD_T, dim=-1)
+    kd = torch.nn.functional.kl_div(prob_s, prob_t, reduction="batchmean", log_target=True) * (KD_T ** 2)
+    return 0.5 * task_fn(s, y) + 0.5 * kd
+
+
+def dense_candidates(case):
+    """name -> loss(student_logits, target_or_teacher, y) for one dense case."""
+    if case == "mixup-ce":
+        fused = hald_timm.SoftTargetCrossEntropy()
+        ref = timm.loss.SoftTargetCrossEntropy()
+        out = {"fused": lambda x, t, y: fused(x, t), "timm": lambda x, t, y: ref(x, t)}
+        compiled = torch.compile(ref, dynamic=False)
+        out["timm_compiled"] = lambda x, t, y: compiled(x, t)
+        return out
+    # "distill": the whole LogitDistillationTask loss (label-smoothed CE + KD at T = 4).
+    fused = hald_timm.LogitDistillationLoss(temperature=KD_T, task_loss_weight=0.5, distill_loss_weight=0.5,
+                                            smoothing=0.1)
+    lsce = timm.loss.LabelSmoothingCrossEntropy(0.1)
+    ref = lambda x, t, y: timm_kd_total(x, t, y, lsce)  # noqa: E731
+    out = {"fused": lambda x, t, y: fused(x, t, y), "timm": ref,
+           "timm_compiled": torch.compile(ref, dynamic=False)}
+    if LigerKLDIVLoss is not None:
+        liger = LigerKLDIVLoss(reduction="batchmean", log_target=True)
+        out["liger_kd"] = lambda x, t, y: 0.5 * lsce(x, y) + 0.5 * liger(
+            torch.log_softmax(x / KD_T, -1), torch.log_softmax(t / KD_T, -1)) * KD_T ** 2
+    return out
+
+
+def bench_dense(case, B, C, dtype, device):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(B, C, generator=g) * 3).to(device=device, dtype=dtype).requires_grad_()
+    y = torch.randint(0, C, (B,), generator=g).to(device)
+    if case == "mixup-ce":  # a Mixup/CutMix target with smoothing 0.1: two classes mixed, the rest eps / C
+        lam = torch.rand(B, 1, generator=g)
+        yb = torch.randint(0, C, (B,), generator=g)
+        t = torch.full((B, C), 0.1 / C).scatter_add_(1, y.cpu()[:, None], 0.9 * lam)
+        t = t.scatter_add_(1, yb[:, None], 0.9 * (1 - lam)).to(device)
+    else:
+        t = (torch.randn(B, C, generator=g) * 3).to(device=device, dtype=dtype)
+    torch._dynamo.reset()
+    row = {"device": device, "case": case, "B": B, "C": C, "dtype": str(dtype).replace("torch.", "")}
+    for name, loss_fn in dense_candidates(case).items():
+        def step():
+            x.grad = None
+            loss_fn(x, t, y).backward()
+        ms = time_fn(step, device, warmup=2, min_time=0.3 if B * C < 10_000_000 else 0.1, max_reps=50)
+        row[f"{name}_ms"] = ms
+        x.grad = None  # freed before the baseline is read: the new gradient counts for every candidate
+        row[f"{name}_peak_bytes"] = peak_extra_bytes(step, device)
+    for name in ("timm", "timm_compiled", "liger_kd"):
+        if f"{name}_ms" in row:
+            row[f"speedup_vs_{name}"] = row[f"{name}_ms"] / row["fused_ms"]
+    return row
+
+
+def run_dense_suite(device, quick):
+    if timm is None:
+        print("dense suite skipped: timm is not installed")
+        return None
+    liger = "importable" if LigerKLDIVLoss is not None else "not installed here: no Liger baseline"
+    print(f"\n== dense targets on {device} ({machine().get('gpu', machine()['cpu'])}); Liger-Kernel: {liger}")
+    shapes = [(1024, 1000)] if quick else DENSE_SHAPES
+    skipped = [s for s in shapes if device == "cpu" and s in CPU_SKIP]
+    if skipped:
+        print(f"   CPU: skipping B x C = {skipped} (several seconds per timm step on this machine); CUDA runs them")
+    print(f"{'case':<10}{'B':>6}{'C':>7}{'fused ms':>10}{'timm ms':>10}{'compiled':>10}{'x timm':>8}{'x comp':>8}"
+          f"{'peak MiB fused/timm/compiled':>30}")
+    rows = []
+    for case in ("mixup-ce", "distill"):
+        for B, C in shapes:
+            if (B, C) in skipped:
+                continue
+            r = bench_dense(case, B, C, torch.float32, device)
+            rows.append(r)
+            mib = "/".join("-" if r.get(f"{n}_peak_bytes") is None else f"{r[f'{n}_peak_bytes'] / 2**20:.0f}"
+                           for n in ("fused", "timm", "timm_compiled"))
+            print(f"{case:<10}{B:>6}{C:>7}{r['fused_ms']:>10.2f}{r['timm_ms']:>10.2f}{r['timm_compiled_ms']:>10.2f}"
+                  f"{r['speedup_vs_timm']:>8.2f}{r['speedup_vs_timm_compiled']:>8.2f}{mib:>30}", flush=True)
+    return {"benchmark": "dense soft targets: hald_ext.timm vs timm 1.0 losses, forward+backward",
+            "machine": machine(), "build": hald_ext.build_info(), "timm": timm.__version__, "liger_kernel": liger,
+            "skipped_shapes": [list(s) for s in skipped], "rows": rows}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     p.add_argument("--quick", action="store_true", help="only B=1024, C=1000 (the CPU target shape)")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline (sparse suite)")
+    p.add_argument("--suite", choices=["sparse", "dense", "all"], default="all")
     args = p.parse_args(argv)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or hald_ext.build_info()["cuda_available"]]
     shapes = [(1024, 1000)] if args.quick else [(256, 1000), (1024, 1000), (8192, 1000), (256, 21843),
                                                 (1024, 21843), (8192, 21843)]
     for device in devices:
+        if args.suite in ("dense", "all"):
+            payload = run_dense_suite(device, args.quick)
+            if payload is not None and not args.quick:
+                # THP_MEM_ALLOC_ENABLE=0 (4 KiB pages) changes mid-size CPU figures a lot: its own file.
+                thp = "_thp0" if device == "cpu" and os.environ.get("THP_MEM_ALLOC_ENABLE") == "0" else ""
+                print("wrote", write_results(f"loss_dense_{device_tag(device)}{thp}.json", payload))
+        if args.suite == "dense":
+            continue
         rows = []
         bw = copy_bandwidth_gbs(8192 * 21843 * 4 if device == "cuda" else 64 << 20, device)
         print(f"\n== {device} ({machine().get('gpu', machine()['cpu'])}), copy bandwidth {bw:.1f} GB/s")

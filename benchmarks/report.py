@@ -15,6 +15,25 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def loss_table(payload: dict) -> str:
     m = payload["machine"]
     where = m.get("gpu") or f"{m['cpu']}, {m['cpu_threads']} threads"
+    if payload["rows"] and "case" in payload["rows"][0]:  # the dense suite (hald_ext.timm vs timm)
+        def mib(r, name):
+            v = r.get(f"{name}_peak_bytes")
+            return "-" if v is None else f"{v / 2**20:.0f}"
+
+        lines = [f"Dense soft targets, forward + backward, hald_ext.timm vs timm {payload.get('timm', '')} "
+                 f"({where}; load {m.get('load_avg_1m', 0):.1f}; Liger-Kernel: {payload.get('liger_kernel')}):",
+                 "",
+                 "| case | B | C | fused ms | timm ms | timm compiled ms | x timm | x compiled "
+                 "| peak MiB fused / timm / compiled |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in payload["rows"]:
+            lines.append(f"| {r['case']} | {r['B']} | {r['C']} | {r['fused_ms']:.2f} | {r['timm_ms']:.2f} "
+                         f"| {r['timm_compiled_ms']:.2f} | {r['speedup_vs_timm']:.2f} "
+                         f"| {r['speedup_vs_timm_compiled']:.2f} "
+                         f"| {mib(r, 'fused')} / {mib(r, 'timm')} / {mib(r, 'timm_compiled')} |")
+        if payload.get("skipped_shapes"):
+            lines += ["", f"Not run on this machine (too slow for the CPU): B x C in {payload['skipped_shapes']}."]
+        return "\n".join(lines)
     lines = [f"Fused loss, forward + backward ({where}; copy bandwidth {payload['copy_bandwidth_GBps']:.0f} GB/s):",
              "",
              "| config | B | C | dtype | fused ms | eager ms | compiled ms | x eager | x compiled | x floor |"

@@ -19,18 +19,23 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 # would turn a build problem into a confusing "operator does not exist" at import).
 if _ext.loaded():
 
+    def _arg_names(op) -> tuple[str, ...]:
+        """The op's argument names after `logits`, read from its registered schema (written once, in C++)."""
+        return tuple(a.name for a in op.default._schema.arguments[1:])
+
+    _ARGS = _arg_names(torch.ops.hald.soft_hard_loss)  # (..., "ignore_index", "compute_grad")
+    _INPLACE_ARGS = _arg_names(torch.ops.hald.soft_hard_loss_)  # the same without compute_grad
+
     @torch.library.register_fake("hald::soft_hard_loss")
-    def _soft_hard_loss_fake(logits, topk_ids, topk_values, hard_target, target_b, mix_lambda, codebook,
-                             temperature, soft_weight, hard_weight, label_smoothing, decode, soft_loss, hinton,
-                             reduction, ignore_index, compute_grad):
+    def _soft_hard_loss_fake(logits, *args):
+        kw = dict(zip(_ARGS, args))
         torch._check(logits.dim() == 2, lambda: "soft_hard_loss: logits must be 2-D")
         B, C = logits.shape
-        if topk_ids is not None:
-            torch._check(topk_ids.shape[0] == B, lambda: "soft_hard_loss: topk_ids batch mismatch")
-        if hard_target is not None:
-            torch._check(hard_target.shape[0] == B, lambda: "soft_hard_loss: hard_target batch mismatch")
+        for name in ("topk_ids", "topk_values", "teacher_logits", "hard_target"):
+            if kw[name] is not None:
+                torch._check(kw[name].shape[0] == B, lambda: f"soft_hard_loss: {name} batch mismatch")
         rows = logits.new_empty((B,), dtype=_acc_dtype(logits.dtype))
-        grad = logits.new_empty((B, C)) if compute_grad else logits.new_empty((0,))
+        grad = logits.new_empty((B, C)) if kw["compute_grad"] else logits.new_empty((0,))
         return rows, grad
 
     @torch.library.register_fake("hald::soft_hard_loss_")
@@ -46,6 +51,8 @@ if _ext.loaded():
         _, grad = output
         ctx.save_for_backward(grad)
 
+    _NO_GRADS = (None,) * len(_ARGS)
+
     def _backward(ctx, grad_rows, _grad_grad):
         (grad,) = ctx.saved_tensors
         # Out of place, so retain_graph / gradcheck / double use stay correct; `inplace=True` is the
@@ -54,10 +61,10 @@ if _ext.loaded():
             # The usual case (a reduced loss at the end of the graph): the forward's gradient is the
             # answer. Checking costs nothing on CPU (no device to sync with); autograd copies it if
             # the graph is retained, so the saved buffer is never changed.
-            return (grad,) + (None,) * 16
+            return (grad,) + _NO_GRADS
         # The product is formed in fp32 and rounded once into the logits dtype.
         out = torch.mul(grad, grad_rows.unsqueeze(1), out=torch.empty_like(grad))
-        return (out,) + (None,) * 16
+        return (out,) + _NO_GRADS
 
     torch.library.register_autograd("hald::soft_hard_loss", _backward, setup_context=_setup_context)
 
@@ -70,6 +77,7 @@ class _InplaceSoftHard(torch.autograd.Function):
         buf = logits.detach()
         rows = torch.ops.hald.soft_hard_loss_.default(buf, *args)
         ctx.buf = buf
+        ctx.n_args = len(args)
         return rows
 
     @staticmethod
@@ -77,7 +85,7 @@ class _InplaceSoftHard(torch.autograd.Function):
         buf, ctx.buf = ctx.buf, None
         if buf is None:
             raise RuntimeError("soft_hard_loss(inplace=True): backward can run only once")
-        return (buf.mul_(grad_rows.unsqueeze(1)),) + (None,) * 15
+        return (buf.mul_(grad_rows.unsqueeze(1)),) + (None,) * ctx.n_args
 
 
 def soft_hard_loss(logits: torch.Tensor, topk_ids: torch.Tensor | None = None,
@@ -86,23 +94,30 @@ def soft_hard_loss(logits: torch.Tensor, topk_ids: torch.Tensor | None = None,
                    hard_weight: float = 0.0, label_smoothing: float = 0.0, decode: str = "marginal",
                    reduction: str = "batchmean", target_b: torch.Tensor | None = None,
                    mix_lambda: torch.Tensor | float | None = None, ignore_index: int = -100,
-                   soft_loss: str = "kl", hinton: bool = False, inplace: bool = False) -> torch.Tensor:
-    """Fused soft-KL / hard-CE loss on stored top-k soft labels; loss and gradient in one pass.
+                   soft_loss: str = "kl", hinton: bool = False, inplace: bool = False,
+                   teacher_logits: torch.Tensor | None = None,
+                   teacher_temperature: float | None = None) -> torch.Tensor:
+    """Fused soft-KL / hard-CE loss on stored soft labels, dense targets or teacher logits; loss and
+    gradient in one pass.
 
     Args:
         logits: [B, C] float32 / bfloat16 / float16 (float64 for gradcheck); rows may be strided.
         topk_ids: [B, k] class ids (int64 / int32 / int16 / uint16) of the stored soft label, distinct
-            per row; None for no soft term.
-        topk_values: [B, k] probabilities (float16 / bfloat16 / float32) or integer codes (uint8 with
-            a 256-entry `codebook`, int16 / uint16 with a 65536-entry one).
+            per row; None with `topk_values` [B, C] for a dense target; None for no soft term.
+        topk_values: [B, k] probabilities (float16 / bfloat16 / float32 / float64) or integer codes
+            (uint8 with a 256-entry `codebook`, int16 / uint16 with a 65536-entry one). Without
+            `topk_ids` it is a dense target [B, C] (class j in column j), e.g. timm's Mixup targets or
+            a full-width label store; decoded like a stored label with k = C ("marginal": taken as a
+            distribution, rows must sum to one within 1e-2; "renorm": divided by the row sum;
+            "truncate": taken as given).
         hard_target: [B] class ids for the hard term (rows equal to `ignore_index` are skipped).
         codebook: fp32 table mapping codes to probabilities (the label store provides it).
         temperature: T of the soft term; the target is a distribution at temperature T and the
             student is `softmax(logits / T)`.
         soft_weight, hard_weight: weights of the two terms (the hard term is off at weight 0).
         label_smoothing: eps of the hard target `(1 - eps) * onehot + eps / C`.
-        decode: how a stored top-k label becomes a distribution: "marginal" (the rest mass spread
-            over the other classes), "renorm" (top-k renormalised), "truncate" (top-k as stored).
+        decode: how a stored label becomes a distribution: "marginal" (the rest mass spread over the
+            other classes), "renorm" (renormalised), "truncate" (as stored).
         reduction: "batchmean" (sum / B), "mean" (soft: sum / B; hard: mean over rows not ignored,
             0 when every row is ignored), "sum", or "none" (per-row float32 losses).
         target_b, mix_lambda: CutMix pair: the hard target is `lam * y_a + (1 - lam) * y_b`
@@ -111,13 +126,19 @@ def soft_hard_loss(logits: torch.Tensor, topk_ids: torch.Tensor | None = None,
         hinton: multiply the soft term by T^2.
         inplace: write the gradient into `logits`' buffer instead of a new one (saves one logits-sized
             buffer; the logits values are lost, and backward can run once).
+        teacher_logits: [B, C] the teacher's logits (any float dtype) as the soft target:
+            `softmax(teacher_logits / teacher_temperature)`, fused (never materialised). Not with
+            `topk_values`.
+        teacher_temperature: temperature of the teacher's softmax (default: `temperature`).
 
     Returns:
         The reduced loss (float32; float64 for float64 logits), or per-row losses for "none".
         Its backward scales the gradient computed in the forward pass.
 
-    On CPU, out-of-range ids / targets and negative or NaN stored values raise. On CUDA such rows get
-    a NaN loss instead (raising would need a host sync); validate ids once when loading labels.
+    On CPU, out-of-range ids / targets, repeated ids, negative or non-finite stored values or teacher
+    logits, and dense rows that do not sum to one under "marginal" raise. On CUDA such rows get a NaN
+    loss and a NaN gradient row instead (raising would need a host sync); validate labels once when
+    loading them.
     """
     _ext.require()
     if decode not in _DECODES:
@@ -127,9 +148,14 @@ def soft_hard_loss(logits: torch.Tensor, topk_ids: torch.Tensor | None = None,
     if mix_lambda is not None and not torch.is_tensor(mix_lambda):
         mix_lambda = torch.full((logits.shape[0],), float(mix_lambda), device=logits.device,
                                 dtype=_acc_dtype(logits.dtype))
-    args = (topk_ids, topk_values, hard_target, target_b, mix_lambda, codebook, float(temperature),
-            float(soft_weight), float(hard_weight), float(label_smoothing), decode, soft_loss, bool(hinton),
-            reduction, int(ignore_index))
+    kw = dict(topk_ids=topk_ids, topk_values=topk_values, hard_target=hard_target, target_b=target_b,
+              mix_lambda=mix_lambda, codebook=codebook, teacher_logits=teacher_logits,
+              temperature=float(temperature),
+              teacher_temperature=float(temperature if teacher_temperature is None else teacher_temperature),
+              soft_weight=float(soft_weight), hard_weight=float(hard_weight), label_smoothing=float(label_smoothing),
+              decode=decode, soft_loss=soft_loss, hinton=bool(hinton), reduction=reduction,
+              ignore_index=int(ignore_index))
+    args = tuple(kw[name] for name in _INPLACE_ARGS)
     if inplace:
         rows = _InplaceSoftHard.apply(logits, *args)
     else:

@@ -17,8 +17,11 @@ def dequantize(topk_values: torch.Tensor, codebook: torch.Tensor | None, dtype=t
 
 def decode_dense(topk_ids, topk_values, num_classes: int, decode: str = "marginal", codebook=None,
                  dtype=torch.float32) -> torch.Tensor:
-    """The C-wide target q of METHOD.md section 3 (what the fused kernel never builds)."""
+    """The C-wide target q of METHOD.md section 3 (what the fused kernel never builds). With
+    `topk_ids=None`, `topk_values` is a dense target [B, C] (a stored label with k = C)."""
     p = dequantize(topk_values, codebook, dtype)
+    if topk_ids is None:
+        topk_ids = torch.arange(num_classes, device=p.device).expand(p.shape[0], num_classes)
     ids = topk_ids.long()
     if topk_ids.dtype == torch.int16:
         ids = ids & 0xFFFF
@@ -40,15 +43,20 @@ def decode_dense(topk_ids, topk_values, num_classes: int, decode: str = "margina
 def soft_hard_loss_reference(logits, topk_ids=None, topk_values=None, hard_target=None, *, codebook=None,
                              temperature=1.0, soft_weight=1.0, hard_weight=0.0, label_smoothing=0.0,
                              decode="marginal", reduction="batchmean", target_b=None, mix_lambda=None,
-                             ignore_index=-100, soft_loss="kl", hinton=False):
+                             ignore_index=-100, soft_loss="kl", hinton=False, teacher_logits=None,
+                             teacher_temperature=None):
     """Dense soft-KL / hard-CE loss with the semantics of `hald_ext.ops.soft_hard_loss`."""
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     z = logits.to(acc)
     B, C = z.shape
     zero = z.new_zeros(B)
     soft_rows, hard_rows = zero, zero
-    if topk_ids is not None and soft_weight != 0:
-        q = decode_dense(topk_ids, topk_values, C, decode, codebook, acc)
+    if (topk_values is not None or teacher_logits is not None) and soft_weight != 0:
+        if teacher_logits is not None:
+            Tt = temperature if teacher_temperature is None else teacher_temperature
+            q = torch.softmax(teacher_logits.to(acc) / Tt, dim=1)
+        else:
+            q = decode_dense(topk_ids, topk_values, C, decode, codebook, acc)
         logp = F.log_softmax(z / temperature, dim=1)
         soft_rows = -(q * logp).sum(1)
         if soft_loss == "kl":

@@ -28,6 +28,16 @@ namespace hald {
 
 enum class Decode : int32_t { Marginal = 0, Renorm = 1, Truncate = 2 };
 enum class Reduction : int32_t { None = 0, Sum = 1, BatchMean = 2, Mean = 3 };
+// Where the soft target comes from:
+//   Topk    : k stored entries at ids c_j (METHOD.md section 3);
+//   Dense   : a value for every class ([B, C], k == C, class j at column j), decoded like a stored
+//             label with k == C (marginal: as given, must sum to one; renorm; truncate);
+//   Teacher : the teacher's logits t [B, C]; q = softmax(t / T_teacher), never materialised.
+//             With d_i = (t_i - max t) / T_teacher, e_i = exp(d_i), S = sum e_i:
+//             q_i = e_i / S, sum q = 1, sum q z = (sum e z) / S, sum q log q = (sum e d) / S - log S.
+enum class SoftKind : int32_t { Topk = 0, Dense = 1, Teacher = 2 };
+// Dense targets under "marginal" must sum to one within this (fp16 / 8-bit stores round each entry).
+constexpr double kDenseSumTolerance = 1e-2;
 
 // Everything the row math needs that is the same for every row.
 struct LossParams {
@@ -39,6 +49,8 @@ struct LossParams {
   double hard_red = 1.0;    // hard reduction factor (1, 1/B); for "mean" the kernels divide by the count
   double smoothing = 0.0;
   int32_t decode = 0;       // Decode
+  int32_t soft_kind = 0;    // SoftKind
+  double teacher_temperature = 1.0;
   bool soft_kl = true;      // KL (true) or soft cross-entropy (false)
   bool has_soft = false;
   bool has_hard = false;
@@ -153,6 +165,8 @@ HALD_HD RowCoeffs<acc_t> finish_row(const LossParams& P, const RowStats<acc_t>& 
   }
   return r;
 }
+
+HALD_HD bool dense_soft(const LossParams& P) { return P.soft_kind != int32_t(SoftKind::Topk); }
 
 // Full-precision gradient at one class, given its logit (used for the few special classes, so the
 // value is computed once in fp32 and written once: no read-modify-write in a 16-bit dtype).

@@ -1,5 +1,10 @@
 // CPU kernel of the fused soft-KL / hard-CE loss.
 //
+// Soft targets: a stored top-k label (k gathers per row), or a dense one (probabilities / codes
+// [B, C], or the teacher's logits with their own temperature): the dense row is decoded into a
+// per-thread row buffer (the teacher's as exp((t - max t) / T_t)), reduced with the logits in the
+// first pass and added to the gradient in the last one; nothing [B, C] beyond the gradient.
+//
 // Rows run in parallel (at::parallel_for). Each row is touched three times, always from L1/L2:
 //   1. load (converting 16-bit logits to fp32) + max + sum,
 //   2. exp((z - m)/T) and exp(z - m) into row buffers + their sums,
@@ -93,6 +98,46 @@ HALD_CLONES void grad2(float* out, const float* eT, const float* e1, float sa, f
   for (int64_t i = 0; i < C; ++i) out[i] = sa * eT[i] + ha * e1[i] + base;
 }
 
+// out_i += a * w_i (the dense soft target's share of the gradient).
+HALD_CLONES void axpy(float* out, const float* w, float a, int64_t C) {
+#pragma omp simd
+  for (int64_t i = 0; i < C; ++i) out[i] += a * w[i];
+}
+
+// Sums of a dense target row w against the logits z: sum w, sum w z (vectorised); min w and
+// whether any w is NaN / inf are folded into `bad` (0 when every entry is finite and >= 0).
+HALD_CLONES void dense_sums(const float* w, const float* z, int64_t C, float* sw_out, float* swz_out, float* bad_out) {
+  float sw = 0.f, swz = 0.f, bad = 0.f;
+#pragma omp simd reduction(+ : sw, swz, bad)
+  for (int64_t i = 0; i < C; ++i) {
+    const float v = w[i];
+    sw += v;
+    swz += v * z[i];
+    bad += (v >= 0.f && v <= 3.4e38f) ? 0.f : 1.f;  // false for NaN, inf and negatives
+  }
+  *sw_out = sw;
+  *swz_out = swz;
+  *bad_out = bad;
+}
+
+// Teacher row: d_i = (t_i - mt) * invT, e_i = exp(d_i) written over t; returns sum e, sum e z, sum e d.
+HALD_CLONES void teacher_sums(float* t, const float* z, float mt, float invT, int64_t C, float* se_out,
+                              float* sez_out, float* sed_out) {
+  float se = 0.f, sez = 0.f, sed = 0.f;
+#pragma omp simd reduction(+ : se, sez, sed)
+  for (int64_t i = 0; i < C; ++i) {
+    const float d = (t[i] - mt) * invT;
+    const float e = exp_nonpos(d);
+    t[i] = e;
+    se += e;
+    sez += e * z[i];
+    sed += e * d;
+  }
+  *se_out = se;
+  *sez_out = sez;
+  *sed_out = sed;
+}
+
 // fp32 -> bf16, round to nearest even (NaN stays NaN), on raw bits so it vectorises.
 HALD_CLONES void store_bf16(const float* src, uint16_t* dst, int64_t C) {
 #pragma omp simd
@@ -109,21 +154,130 @@ HALD_CLONES void store_bf16(const float* src, uint16_t* dst, int64_t C) {
 template <typename acc_t>
 struct RowScratch {
   std::vector<acc_t> z, e1, eT;
+  std::vector<acc_t> w;       // dense target row (probabilities, or the teacher's exp((t - max) / T))
   std::vector<uint8_t> seen;  // distinct-id check for large k
 };
+
+// Stored top-k label of row b: validate the ids and values, reduce the sums of TopkSums.
+template <typename acc_t>
+void gather_topk(const SoftHardArgs& a, RowScratch<acc_t>& s, int64_t b, const acc_t* z, TopkSums<acc_t>* tk) {
+  const int64_t C = a.P.C, k = a.P.k;
+  const void* ids = a.ids.const_data_ptr();
+  const void* vals = a.values.const_data_ptr();
+  const float* codebook = a.codebook.defined() ? a.codebook.const_data_ptr<float>() : nullptr;
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t c = load_id(ids, a.id_kind, b * k + j);
+    TORCH_CHECK(c >= 0 && c < C, "soft_hard_loss: topk_ids[", b, ", ", j, "] = ", c, " is outside [0, ", C, ")");
+    const acc_t p = load_value<acc_t>(vals, a.val_kind, b * k + j, codebook);
+    TORCH_CHECK(p >= acc_t(0) && std::isfinite(double(p)), "soft_hard_loss: soft label value [", b, ", ", j,
+                "] = ", double(p), " is not a finite non-negative probability");
+    tk->add(p, z[c]);
+  }
+  // Distinct ids (the decode and the single write per class rely on it).
+  if (k > 16) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t c = load_id(ids, a.id_kind, b * k + j);
+      const bool dup = s.seen[c];
+      s.seen[c] = 1;
+      if (dup) {
+        for (int64_t t = 0; t < k; ++t) s.seen[load_id(ids, a.id_kind, b * k + t)] = 0;
+        TORCH_CHECK(false, "soft_hard_loss: topk_ids row ", b, " repeats class ", c);
+      }
+    }
+    for (int64_t j = 0; j < k; ++j) s.seen[load_id(ids, a.id_kind, b * k + j)] = 0;
+  } else {
+    for (int64_t j = 1; j < k; ++j) {
+      const int64_t c = load_id(ids, a.id_kind, b * k + j);
+      for (int64_t t = 0; t < j; ++t)
+        TORCH_CHECK(load_id(ids, a.id_kind, b * k + t) != c, "soft_hard_loss: topk_ids row ", b, " repeats class ", c);
+    }
+  }
+}
+
+// Dense soft target of row b (probabilities / codes [B, C], or the teacher's logits): writes w [C]
+// and the row's TopkSums (with k == C); returns the factor that turns w into q.
+template <typename acc_t>
+acc_t dense_row(const SoftHardArgs& a, int64_t b, const acc_t* z, acc_t sumz, acc_t* w, TopkSums<acc_t>* tk) {
+  const LossParams& P = a.P;
+  const int64_t C = P.C;
+  const void* vals = a.values.const_data_ptr();
+  const float* codebook = a.codebook.defined() ? a.codebook.const_data_ptr<float>() : nullptr;
+  // Row b as acc_t (fp32 loads are a copy; 16-bit floats and codes are decoded).
+  if (a.val_kind == int32_t(ValKind::F32) && std::is_same_v<acc_t, float>) {
+    std::memcpy(w, static_cast<const float*>(vals) + b * C, C * sizeof(float));
+  } else {
+    for (int64_t i = 0; i < C; ++i) w[i] = load_value<acc_t>(vals, a.val_kind, b * C + i, codebook);
+  }
+  const bool teacher = P.soft_kind == int32_t(SoftKind::Teacher);
+  acc_t bad = 0;
+  if (teacher) {
+    acc_t mt = -std::numeric_limits<acc_t>::infinity(), st = 0;
+    for (int64_t i = 0; i < C; ++i) {
+      mt = std::max(mt, w[i]);
+      st += w[i];
+    }
+    TORCH_CHECK(std::isfinite(double(mt)) && !std::isnan(double(st)), "soft_hard_loss: teacher_logits row ", b,
+                " has a NaN or infinite value (or no finite one)");
+    const acc_t invTt = acc_t(1) / acc_t(P.teacher_temperature);
+    acc_t se = 0, sez = 0, sed = 0;
+    if constexpr (std::is_same_v<acc_t, float>) {
+      teacher_sums(w, z, mt, invTt, C, &se, &sez, &sed);
+    } else {
+      for (int64_t i = 0; i < C; ++i) {
+        const acc_t d = (w[i] - mt) * invTt;
+        const acc_t e = std::exp(d);
+        w[i] = e;
+        se += e;
+        sez += e * z[i];
+        sed += e * d;
+      }
+    }
+    tk->sp = 1;
+    tk->spz = sez / se;
+    tk->sz = sumz;
+    tk->splogp = sed / se - std::log(se);
+    return acc_t(1) / se;
+  }
+  if constexpr (std::is_same_v<acc_t, float>) {
+    dense_sums(w, z, C, &tk->sp, &tk->spz, &bad);
+  } else {
+    for (int64_t i = 0; i < C; ++i) {
+      bad += (w[i] >= 0 && std::isfinite(w[i])) ? 0 : 1;
+      tk->sp += w[i];
+      tk->spz += w[i] * z[i];
+    }
+  }
+  if (bad != acc_t(0)) {
+    for (int64_t i = 0; i < C; ++i)
+      TORCH_CHECK(w[i] >= acc_t(0) && std::isfinite(double(w[i])), "soft_hard_loss: topk_values[", b, ", ", i,
+                  "] = ", double(w[i]), " is not a finite non-negative probability");
+  }
+  TORCH_CHECK(P.decode != int32_t(Decode::Marginal) || std::abs(double(tk->sp) - 1.0) <= kDenseSumTolerance,
+              "soft_hard_loss: topk_values row ", b, " (a dense target) sums to ", double(tk->sp),
+              ", not 1; decode='marginal' takes dense targets as distributions: pass decode='renorm' to normalise "
+              "them or decode='truncate' to use them as they are");
+  tk->sz = sumz;
+  if (P.soft_kl) {
+    acc_t e = 0;
+    for (int64_t i = 0; i < C; ++i) e += xlogx(w[i]);
+    tk->splogp = e;
+  }
+  return 1;
+}
 
 template <typename scalar_t>
 void run_rows(const SoftHardArgs& a, at::Tensor& loss_rows, at::Tensor& grad) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   const LossParams& P = a.P;
   const int64_t B = a.B, C = P.C, k = P.k;
+  const bool dense = P.has_soft && dense_soft(P);
   const int64_t lstride = a.logits.stride(0);
   const scalar_t* logits = a.logits.const_data_ptr<scalar_t>();
   scalar_t* gout = a.compute_grad ? grad.data_ptr<scalar_t>() : nullptr;
   const int64_t gstride = a.compute_grad ? grad.stride(0) : 0;
   acc_t* loss = loss_rows.data_ptr<acc_t>();
-  const void* ids = P.has_soft ? a.ids.const_data_ptr() : nullptr;
-  const void* vals = P.has_soft ? a.values.const_data_ptr() : nullptr;
+  const void* ids = P.has_soft && !dense ? a.ids.const_data_ptr() : nullptr;
+  const void* vals = P.has_soft && !dense ? a.values.const_data_ptr() : nullptr;
   const float* codebook = a.codebook.defined() ? a.codebook.const_data_ptr<float>() : nullptr;
   const int64_t* ta = a.target_a.defined() ? a.target_a.const_data_ptr<int64_t>() : nullptr;
   const int64_t* tb = a.target_b.defined() ? a.target_b.const_data_ptr<int64_t>() : nullptr;
@@ -145,7 +299,8 @@ void run_rows(const SoftHardArgs& a, at::Tensor& loss_rows, at::Tensor& grad) {
     s.z.resize(std::is_same_v<scalar_t, acc_t> ? 0 : C);
     s.e1.resize(C);
     s.eT.resize(C);
-    if (k > 16) s.seen.assign(C, 0);
+    if (dense) s.w.resize(C);
+    if (k > 16 && !dense) s.seen.assign(C, 0);
     for (int64_t b = b0; b < b1; ++b) {
       const scalar_t* row = logits + b * lstride;
       // Pass 1: fp32 view of the row, max and sum.
@@ -172,37 +327,14 @@ void run_rows(const SoftHardArgs& a, at::Tensor& loss_rows, at::Tensor& grad) {
         z = row;
       }
 
-      // Stored soft label: gather, validate, reduce.
+      // Soft target: gather, validate, reduce. Dense targets leave their row in s.w, scaled by
+      // w_scale into q.
       TopkSums<acc_t> tk;
-      if (P.has_soft) {
-        for (int64_t j = 0; j < k; ++j) {
-          const int64_t c = load_id(ids, a.id_kind, b * k + j);
-          TORCH_CHECK(c >= 0 && c < C, "soft_hard_loss: topk_ids[", b, ", ", j, "] = ", c, " is outside [0, ", C, ")");
-          const acc_t p = load_value<acc_t>(vals, a.val_kind, b * k + j, codebook);
-          TORCH_CHECK(p >= acc_t(0) && std::isfinite(double(p)), "soft_hard_loss: soft label value [", b, ", ", j,
-                      "] = ", double(p), " is not a finite non-negative probability");
-          tk.add(p, z[c]);
-        }
-        // Distinct ids (the decode and the single write per class rely on it).
-        if (k > 16) {
-          for (int64_t j = 0; j < k; ++j) {
-            const int64_t c = load_id(ids, a.id_kind, b * k + j);
-            const bool dup = s.seen[c];
-            s.seen[c] = 1;
-            if (dup) {
-              for (int64_t t = 0; t < k; ++t) s.seen[load_id(ids, a.id_kind, b * k + t)] = 0;
-              TORCH_CHECK(false, "soft_hard_loss: topk_ids row ", b, " repeats class ", c);
-            }
-          }
-          for (int64_t j = 0; j < k; ++j) s.seen[load_id(ids, a.id_kind, b * k + j)] = 0;
-        } else {
-          for (int64_t j = 1; j < k; ++j) {
-            const int64_t c = load_id(ids, a.id_kind, b * k + j);
-            for (int64_t t = 0; t < j; ++t)
-              TORCH_CHECK(load_id(ids, a.id_kind, b * k + t) != c, "soft_hard_loss: topk_ids row ", b,
-                          " repeats class ", c);
-          }
-        }
+      acc_t w_scale = 1;
+      if (P.has_soft && !dense) {
+        gather_topk(a, s, b, z, &tk);
+      } else if (dense) {
+        w_scale = dense_row(a, b, z, st.sumz, s.w.data(), &tk);
       }
 
       // Hard target(s).
@@ -273,7 +405,14 @@ void run_rows(const SoftHardArgs& a, at::Tensor& loss_rows, at::Tensor& grad) {
         for (int64_t i = 0; i < C; ++i)
           g[i] = (useT ? r.sa * eT[i] : acc_t(0)) + (use1 ? r.ha * e1[i] : acc_t(0)) + r.base;
       }
-      if (P.has_soft) {
+      if (dense) {
+        const acc_t cq = r.soft_corr * r.q_scale * w_scale;
+        if constexpr (std::is_same_v<acc_t, float>) {
+          axpy(g, s.w.data(), cq, C);
+        } else {
+          for (int64_t i = 0; i < C; ++i) g[i] += cq * s.w[i];
+        }
+      } else if (P.has_soft) {
         for (int64_t j = 0; j < k; ++j) {
           const int64_t c = load_id(ids, a.id_kind, b * k + j);
           const acc_t p = load_value<acc_t>(vals, a.val_kind, b * k + j, codebook);

@@ -8,8 +8,14 @@
 //   row [k + 2], before anything is overwritten (the in-place variant writes into logits);
 //   pass 2: re-read (from L2), write the gradient; then the special classes are written from scratch,
 //   so each gradient value is rounded to the logits dtype exactly once.
-// Out-of-range ids or targets cannot be reported without a host sync, so the kernel never touches
-// them and sets that row's loss to NaN; the CPU kernel raises. Non-distinct ids are a precondition.
+// Dense soft targets (probabilities / codes [B, C], or the teacher's logits with their own
+// temperature) are reduced in an extra streaming pass over the target row and added to the bulk
+// gradient in pass 2 (the teacher's softmax recomputed there, never stored).
+// Bad input cannot be reported without a host sync: a row with an out-of-range id or target, a
+// repeated id, a lambda outside [0, 1], a negative or non-finite target value or teacher logit, or a
+// dense row that does not sum to one under "marginal" is poisoned: its loss and its whole gradient
+// row are NaN (so an optimiser or a gradient scaler that looks only at gradients sees it too); the
+// kernel never reads or writes out of bounds. The CPU kernel raises instead.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -42,7 +48,8 @@ struct KernelArgs {
   const int64_t* tb;
   const void* lam;
   const int64_t* hard_count;  // "mean": rows not ignored (device scalar)
-  float* scratch;             // [B, k + 2]
+  void* scratch;              // acc_t [B, scr_w]: gradient at the stored ids (top-k only), y_a, y_b
+  int64_t scr_w;
   int64_t B;
   int32_t id_kind, val_kind;
   bool compute_grad;
@@ -194,14 +201,21 @@ __global__ void __launch_bounds__(kBlock) soft_hard_kernel(KernelArgs ka) {
     st.sumz = red[2];
   }
 
-  // Stored soft label: gather and reduce. Invalid ids are skipped and poison the row.
+  // Soft target: gather and reduce. Invalid entries are skipped and poison the row.
   TopkSums<acc_t> tk;
-  if (P.has_soft) {
+  const bool dense = P.has_soft && dense_soft(P);
+  const bool teacher = P.soft_kind == int32_t(SoftKind::Teacher);
+  const acc_t invTt = acc_t(1) / acc_t(P.teacher_temperature);
+  acc_t mt = 0, dense_scale = 1;  // teacher: max t; q = dense_scale * w (see dense_weight)
+  if (P.has_soft && !dense) {
     acc_t red[5] = {0, 0, 0, 0, 0};
     for (int64_t j = lane; j < k; j += TPR) {
       const int64_t c = load_id(ka.ids, ka.id_kind, b * k + j);
       const acc_t p = load_value<acc_t>(ka.vals, ka.val_kind, b * k + j, ka.codebook);
-      if (c < 0 || c >= C || !(p >= acc_t(0)) || isinf(p)) {
+      bool ok = c >= 0 && c < C && p >= acc_t(0) && !isinf(p);
+      // Distinct ids: each entry compares with the ones before it (k^2 / 2 compares per row).
+      for (int64_t t = 0; ok && t < j; ++t) ok = load_id(ka.ids, ka.id_kind, b * k + t) != c;
+      if (!ok) {
         red[4] += 1;
         continue;
       }
@@ -217,6 +231,48 @@ __global__ void __launch_bounds__(kBlock) soft_hard_kernel(KernelArgs ka) {
     tk.sz = red[2];
     tk.splogp = red[3];
     bad = bad || red[4] > acc_t(0);
+  } else if (dense && teacher) {
+    acc_t m_t = -std::numeric_limits<acc_t>::infinity(), nonfinite = 0;
+    for (int64_t i = lane; i < C; i += TPR) {
+      const acc_t t = load_value<acc_t>(ka.vals, ka.val_kind, b * C + i, nullptr);
+      nonfinite += (isnan(t) || isinf(t)) ? acc_t(1) : acc_t(0);
+      m_t = max(m_t, t);
+    }
+    mt = row_max<TPR>(m_t, smem);
+    acc_t red[4] = {0, 0, 0, nonfinite};
+    for (int64_t i = lane; i < C; i += TPR) {
+      const acc_t d = (load_value<acc_t>(ka.vals, ka.val_kind, b * C + i, nullptr) - mt) * invTt;
+      const acc_t e = dexp(d);
+      red[0] += e;
+      red[1] += e * acc_t(row[i]);
+      red[2] += e * d;
+    }
+    row_sum<TPR>(red, smem);
+    bad = bad || red[3] > acc_t(0) || isinf(mt);
+    tk.sp = 1;
+    tk.spz = red[1] / red[0];
+    tk.sz = st.sumz;
+    tk.splogp = red[2] / red[0] - ::log(red[0]);
+    dense_scale = acc_t(1) / red[0];
+  } else if (dense) {
+    acc_t red[4] = {0, 0, 0, 0};
+    for (int64_t i = lane; i < C; i += TPR) {
+      const acc_t p = load_value<acc_t>(ka.vals, ka.val_kind, b * C + i, ka.codebook);
+      if (!(p >= acc_t(0)) || isinf(p)) {
+        red[3] += 1;
+        continue;
+      }
+      red[0] += p;
+      red[1] += p * acc_t(row[i]);
+      red[2] += xlogx(p);
+    }
+    row_sum<TPR>(red, smem);
+    tk.sp = red[0];
+    tk.spz = red[1];
+    tk.sz = st.sumz;
+    tk.splogp = red[2];
+    bad = bad || red[3] > acc_t(0) ||
+          (P.decode == int32_t(Decode::Marginal) && !(::fabs(double(red[0]) - 1.0) <= kDenseSumTolerance));
   }
 
   acc_t hard_scale = acc_t(P.hard_weight) * acc_t(P.hard_red);
@@ -231,14 +287,20 @@ __global__ void __launch_bounds__(kBlock) soft_hard_kernel(KernelArgs ka) {
     static_cast<acc_t*>(ka.loss)[b] = bad ? std::numeric_limits<acc_t>::quiet_NaN() : r.loss;
   }
   if (!ka.compute_grad) return;
+  // Dense soft term of the gradient at class i: dcoef * w_i.
+  const acc_t dcoef = r.soft_corr * r.q_scale * dense_scale;
+  auto dense_weight = [&](int64_t i) -> acc_t {
+    const acc_t v = load_value<acc_t>(ka.vals, ka.val_kind, b * C + i, ka.codebook);
+    return teacher ? dexp((v - mt) * invTt) : v;
+  };
 
   // Full-precision gradient at the special classes, into scratch (read before any write).
-  float* scr = ka.scratch + b * (k + 2);
+  acc_t* scr = static_cast<acc_t*>(ka.scratch) + b * ka.scr_w;
+  const int64_t kt = P.has_soft && !dense ? k : 0;  // stored ids with their own scratch entry
   bool a_in_top = false, b_in_top = false;
-  if (P.has_soft) {
-    for (int64_t j = lane; j < k; j += TPR) {
+  if (!bad) {
+    for (int64_t j = lane; j < kt; j += TPR) {
       const int64_t c = load_id(ka.ids, ka.id_kind, b * k + j);
-      if (c < 0 || c >= C) continue;
       const acc_t p = load_value<acc_t>(ka.vals, ka.val_kind, b * k + j, ka.codebook);
       acc_t g = bulk_grad(r, st, acc_t(row[c]), invT) + r.soft_corr * (r.q_scale * p - r.u);
       if (hard_valid && c == ya) {
@@ -249,19 +311,21 @@ __global__ void __launch_bounds__(kBlock) soft_hard_kernel(KernelArgs ka) {
         g += r.corr_b;
         b_in_top = true;
       }
-      scr[j] = float(g);
+      scr[j] = g;
     }
   }
   // Did any thread of the row find y_a / y_b among the stored ids?
   {
     acc_t red[2] = {acc_t(a_in_top), acc_t(b_in_top)};
-    if (P.has_soft && hard_valid) row_sum<TPR>(red, smem);
+    if (kt > 0 && hard_valid && !bad) row_sum<TPR>(red, smem);
     a_in_top = red[0] > acc_t(0);
     b_in_top = red[1] > acc_t(0);
   }
-  if (lane == 0 && hard_valid) {
-    scr[k] = float(bulk_grad(r, st, z_a, invT) + r.corr_a + (ya == yb ? r.corr_b : acc_t(0)));
-    scr[k + 1] = float(bulk_grad(r, st, z_b, invT) + r.corr_b);
+  if (lane == 0 && hard_valid && !bad) {
+    const acc_t da = dense ? dcoef * dense_weight(ya) : acc_t(0);
+    const acc_t db = dense ? dcoef * dense_weight(yb) : acc_t(0);
+    scr[kt] = bulk_grad(r, st, z_a, invT) + da + r.corr_a + (ya == yb ? r.corr_b : acc_t(0));
+    scr[kt + 1] = bulk_grad(r, st, z_b, invT) + db + r.corr_b;
   }
   row_barrier<TPR>();  // every gather of this row is done before the row is overwritten
 
@@ -277,7 +341,8 @@ __global__ void __launch_bounds__(kBlock) soft_hard_kernel(KernelArgs ka) {
       acc_t g = r.base;
       if (useT) g += r.sa * dexp(d * invT);
       if (use1) g += r.ha * dexp(d);
-      out.v[t] = scalar_t(g);
+      if (dense) g += dcoef * dense_weight(i0 + t);
+      out.v[t] = scalar_t(bad ? std::numeric_limits<acc_t>::quiet_NaN() : g);
     }
     if constexpr (VEC > 1) {
       *reinterpret_cast<Pack<scalar_t, VEC>*>(grow + i0) = out;
@@ -287,16 +352,14 @@ __global__ void __launch_bounds__(kBlock) soft_hard_kernel(KernelArgs ka) {
   }
   row_barrier<TPR>();
 
-  // Special classes, each written once from its fp32 value.
-  if (P.has_soft) {
-    for (int64_t j = lane; j < k; j += TPR) {
-      const int64_t c = load_id(ka.ids, ka.id_kind, b * k + j);
-      if (c >= 0 && c < C) grow[c] = scalar_t(scr[j]);
-    }
+  // Special classes, each written once from its acc_t value.
+  if (bad) return;
+  for (int64_t j = lane; j < kt; j += TPR) {
+    grow[load_id(ka.ids, ka.id_kind, b * k + j)] = scalar_t(scr[j]);
   }
   if (lane == 0 && hard_valid) {
-    if (!a_in_top) grow[ya] = scalar_t(scr[k]);
-    if (!b_in_top && yb != ya) grow[yb] = scalar_t(scr[k + 1]);
+    if (!a_in_top) grow[ya] = scalar_t(scr[kt]);
+    if (!b_in_top && yb != ya) grow[yb] = scalar_t(scr[kt + 1]);
   }
 }
 
@@ -347,12 +410,15 @@ void soft_hard_loss_cuda_kernel(const SoftHardArgs& a, at::Tensor& loss_rows, at
   } else {
     ka.hard_count = nullptr;
   }
+  // Scratch in the accumulation type (double for float64 logits): the special classes' gradient
+  // keeps the precision the CPU kernel has.
   at::Tensor scratch;
+  ka.scr_w = (a.P.has_soft && !dense_soft(a.P) ? a.P.k : 0) + 2;
+  ka.scratch = nullptr;
   if (a.compute_grad) {
-    scratch = at::empty({a.B, a.P.k + 2}, a.logits.options().dtype(at::kFloat));
-    ka.scratch = scratch.data_ptr<float>();
-  } else {
-    ka.scratch = nullptr;
+    const auto acc_dtype = a.logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    scratch = at::empty({a.B, ka.scr_w}, a.logits.options().dtype(acc_dtype));
+    ka.scratch = scratch.data_ptr();
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.logits.scalar_type(), "soft_hard_loss_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
