@@ -22,7 +22,8 @@ def add_arguments(p) -> None:
     info.add_argument("file")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.add_argument("--images", help="also check the store against this image set (fingerprint)")
-    info.add_argument("--ipc", type=int, help="with --images: its first IPC images per class (as `hald relabel --ipc`)")
+    info.add_argument("--ipc", type=int, help="with --images: the IPC images per class that `hald select --ipc` draws")
+    info.add_argument("--ipc-seed", type=int, default=0, help="seed of the --ipc selection (default 0, as hald select)")
 
     def common(q, default_quantizer):
         q.add_argument("input", help="directory of files (or one file)")
@@ -33,7 +34,8 @@ def add_arguments(p) -> None:
                        help=f"how probabilities are stored (default {default_quantizer}; fp16 keeps them as float16)")
         q.add_argument("--images", help="the image set the labels belong to (recorded as its fingerprint)")
         q.add_argument("--split", default="train")
-        q.add_argument("--ipc", type=int, help="with --images: its first IPC images per class (as `hald relabel --ipc`)")
+        q.add_argument("--ipc", type=int, help="with --images: the IPC images per class that `hald select --ipc` draws")
+        q.add_argument("--ipc-seed", type=int, default=0, help="seed of the --ipc selection (default 0, as hald select)")
         q.add_argument("--teacher", help="teacher name to record")
 
     fkd = sub.add_parser("import-fkd", help="FKD per-image soft label files -> store")
@@ -120,7 +122,7 @@ def _info(args) -> int:
         from hald_ext.labels.relabel import select_ipc
 
         images = load_image_set(args.images)
-        images = select_ipc(images, args.ipc) if args.ipc else images
+        images = select_ipc(images, args.ipc, args.ipc_seed) if args.ipc else images
     s = store_summary(LabelStore.open(args.file, images=images))
     if args.json:
         print(json.dumps(s, indent=2))
@@ -169,7 +171,7 @@ def _load_images(args):
     from hald_ext.labels.relabel import select_ipc
 
     images = load_image_set(args.images, args.split)
-    return select_ipc(images, args.ipc) if args.ipc else images
+    return select_ipc(images, args.ipc, args.ipc_seed) if args.ipc else images
 
 
 def _import_fkd(args) -> int:

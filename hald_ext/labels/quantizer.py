@@ -3,7 +3,7 @@ thresholds between its entries (what the encoder uses).
 
 Kinds (all map 0 -> code 0 and 1 -> the last code; L = 2^bits levels):
   power    companded: codes (i / (L - 1))^gamma, thresholds at midpoints in the companded domain.
-           gamma = 1.5 is the default, chosen by measurement (benchmarks/STORAGE.md): it has the
+           gamma = 1.5 is the default, chosen by measurement (benchmarks/bench_storage.py, results/storage_cpu.json): it has the
            lowest worst-case added KL over C in {10, 1000, 21843} and T in {1, 20}. Finer steps near 0
            than uniform codes (small probabilities keep their relative precision), and finer
            absolute steps near 1 than log codes: a top-k label's rest mass 1 - sum(p) absorbs every

@@ -318,7 +318,7 @@ def add_arguments(p) -> None:
     p.add_argument("--temperature", "-T", type=float, default=1.0, help="labels are softmax(logits / T)")
     p.add_argument("--bits", type=int, choices=(8, 16), help="code bits per probability (default: 8; fp16: 16)")
     p.add_argument("--quantizer", choices=("power", "uniform", "log", "fp16"), default="power",
-                   help="code -> probability table (default: power, gamma 1.5; see benchmarks/STORAGE.md); fp16 "
+                   help="code -> probability table (default: power, gamma 1.5; see the README's label store section); fp16 "
                         "stores the float16 probabilities themselves (SRe2L / HALD's labels, no loss)")
     p.add_argument("--scale", type=float, nargs=2, default=(0.08, 1.0), help="RRC area scale range")
     p.add_argument("--ratio", type=float, nargs=2, default=(3 / 4, 4 / 3), help="RRC aspect ratio range")
