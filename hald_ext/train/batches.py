@@ -198,6 +198,16 @@ class _SourceBase:
         # Moved to the device once: a soft step gathers its rows there without a copy.
         self.mix = None if mix is None else type(mix)(*(t.to(self.device) for t in mix))
 
+    def _on_device(self, t: torch.Tensor) -> torch.Tensor:
+        """The trainer's CPU index tensors on the source's device without a blocking copy: a plain
+        host-to-GPU copy synchronises the host on every batch (the pinned buffer is kept alive by
+        torch's caching host allocator until the copy has run)."""
+        if t.device == self.device:
+            return t
+        if self.device.type == "cuda" and t.device.type == "cpu":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
     def _soft_rows(self, image_ids: torch.Tensor, slots: torch.Tensor):
         """(rows' image ids, rows' slots, CutMix record in batch terms or None) of a soft batch."""
         if self.mix is None:
@@ -272,7 +282,7 @@ class FusedBatchSource(_SourceBase):
         from hald_ext.ops import crop_and_lookup  # noqa: PLC0415  (needs the compiled extension)
         from hald_ext.ops.crop import CutMix  # noqa: PLC0415
 
-        ids, sl = image_ids.to(self.device), slots.to(self.device)
+        ids, sl = self._on_device(image_ids), self._on_device(slots)
         B = ids.shape[0]
         row_ids, row_slots, mix = self._soft_rows(ids, sl)
         b = self.images.batch(row_ids)
@@ -290,7 +300,7 @@ class FusedBatchSource(_SourceBase):
     def hard_batch(self, image_ids: torch.Tensor, step_seed: int) -> HardBatch:
         from hald_ext.ops import crop_and_lookup  # noqa: PLC0415
 
-        ids = image_ids.to(self.device)
+        ids = self._on_device(image_ids)
         b = self.images.batch(ids)
         # Fresh crops and CutMix in the same call, both drawn from the step's seed.
         r = crop_and_lookup(b.images, b.image_ids, self.out_size, seed=step_seed, offset=0, scale=self.rrc_scale,

@@ -118,30 +118,40 @@ class Trainer:
         return soft_hard_loss(logits, hard_target=b.y_a, target_b=b.y_b, mix_lambda=b.lam, soft_weight=0.0,
                               hard_weight=1.0, label_smoothing=cfg.label_smoothing, reduction="sum")
 
+    def step(self, kind: str, image_ids: torch.Tensor, slots, step_seed: int, global_size: int) -> torch.Tensor:
+        """One optimisation step on this rank's piece of a global batch; returns the detached summed
+        loss, still on the device (reading it would make the host wait for the GPU)."""
+        loss = self.loss_sum(kind, image_ids, slots, step_seed)
+        # DDP averages gradients over ranks: scale so the result is the global batch mean
+        # whatever the split (sum over all rows / global batch size).
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * (self.info.world_size / global_size)).backward()
+        self.optimizer.step()
+        return loss.detach()
+
     def train_epoch(self, epoch: int) -> dict:
         kind = self.schedule.kind_at(epoch)
         batches, sizes = self.epoch_batches(epoch)
         self.net.train()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, rows
+        # The loss sum stays on the device and the row count on the host: nothing in a step waits
+        # for the GPU (the one sync is the epoch's all-reduce and read-back below).
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        rows = 0
         bar = _progress(len(batches), f"epoch {epoch + 1}/{self.schedule.epochs} {kind}",
                         self.cfg.progress and self.info.is_main)
-        for step, ((ids, slots), global_size) in enumerate(zip(batches, sizes)):
+        for i, ((ids, slots), global_size) in enumerate(zip(batches, sizes)):
             if self.cfg.sched_on_updates:
-                self.lr_schedule.set_position(epoch + step / len(batches))
-            loss = self.loss_sum(kind, ids, slots, _seed(self.cfg.seed, epoch, step, self.info.rank))
-            # DDP averages gradients over ranks: scale so the result is the global batch mean
-            # whatever the split (sum over all rows / global batch size).
-            self.optimizer.zero_grad(set_to_none=True)
-            (loss * (self.info.world_size / global_size)).backward()
-            self.optimizer.step()
-            total += torch.stack([loss.detach().double(), torch.tensor(len(ids), dtype=torch.float64,
-                                                                      device=self.device)])
+                self.lr_schedule.set_position(epoch + i / len(batches))
+            loss = self.step(kind, ids, slots, _seed(self.cfg.seed, epoch, i, self.info.rank), global_size)
+            loss_sum += loss.double()
+            rows += len(ids)
             if bar is not None:
                 bar.update()
-                if step % 10 == 0 or step == len(batches) - 1:
+                if i % 10 == 0 or i == len(batches) - 1:
                     bar.set_postfix(loss=f"{loss.item() / max(len(ids), 1):.4f}", lr=f"{self.lr_schedule.last_lr():.2e}")
         if bar is not None:
             bar.close()
+        total = torch.stack([loss_sum, torch.tensor(float(rows), dtype=torch.float64).to(self.device)])
         D.all_reduce_sum(total)
         loss_sum, rows = total.tolist()
         return {"phase": kind, "train_loss": loss_sum / max(rows, 1), "train_samples": int(rows)}
