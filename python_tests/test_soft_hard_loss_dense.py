@@ -228,3 +228,20 @@ def test_module_takes_dense_targets_and_teacher_logits():
         teacher_temperature=2.0))
     torch.testing.assert_close(crit(logits, None, values, target), soft_hard_loss_reference(
         logits, None, values, target, temperature=4.0, hinton=True, hard_weight=0.5))
+
+
+def test_backward_allocates_no_logits_sized_buffer():
+    """The gradient is the forward's buffer: backward adds nothing [B, C]-sized (autograd used to pass a
+    zero-filled [B, C] gradient for the op's unused gradient output, doubling the loss's peak memory)."""
+    B, C = 64, 1000
+    x = torch.randn(B, C).requires_grad_()
+    t = torch.softmax(torch.randn(B, C), 1)
+    for kw in (dict(topk_values=t, soft_loss="ce", decode="truncate"), dict(teacher_logits=t, hard_target=t.argmax(1),
+                                                                           hard_weight=0.5, hinton=True)):
+        x.grad = None
+        loss = soft_hard_loss(x, **kw)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+            loss.backward()
+        big = [(e.name, e.cpu_memory_usage) for e in prof.events() if e.cpu_memory_usage >= B * C * 4]
+        assert not big, big
+        assert x.grad is not None and x.grad.shape == (B, C)

@@ -50,11 +50,17 @@ if _ext.loaded():
     def _setup_context(ctx, inputs, output):
         _, grad = output
         ctx.save_for_backward(grad)
+        # The second output (the gradient) normally gets no gradient of its own; autograd would then
+        # pass backward a zero-filled [B, C] tensor for it, a second logits-sized buffer allocated
+        # and zeroed on every step only to be ignored. Unmaterialised, it arrives as None.
+        ctx.set_materialize_grads(False)
 
     _NO_GRADS = (None,) * len(_ARGS)
 
     def _backward(ctx, grad_rows, _grad_grad):
         (grad,) = ctx.saved_tensors
+        if grad_rows is None:  # only the gradient output was used downstream: nothing flows to logits
+            return (None,) + _NO_GRADS
         # Out of place, so retain_graph / gradcheck / double use stay correct; `inplace=True` is the
         # mode that keeps no second logits-sized buffer.
         if _is_plain_cpu(grad_rows) and bool((grad_rows == 1).all()):
