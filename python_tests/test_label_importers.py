@@ -495,3 +495,64 @@ def test_pickled_numpy_calls_other_than_array_data_are_refused(obj, tmp_path):
     torch.save([obj], tmp_path / "big.tar")
     with pytest.raises(LabelImportError, match="big.tar: refused: refused numpy.*(called directly|plain ndarray)"):
         safe_load(str(tmp_path / "big.tar"))
+
+
+class _DtypeWithState:
+    """Pickles as numpy.dtype('f8') followed by a crafted BUILD state (what a hostile file can hold)."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __reduce__(self):
+        return (np.dtype, ("f8", False, True), self.state)
+
+
+class _ArrayWithDtype:
+    def __init__(self, dtype, shape, raw):
+        self.dtype, self.shape, self.raw = dtype, shape, raw
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (0,), b"b"), (1, self.shape, self.dtype, False, self.raw))
+
+
+@pytest.mark.parametrize("state", [
+    (3, "<", None, None, None, -1, -1, 0x3F),  # flags numpy never writes for a builtin dtype
+    (3, "<", (np.dtype("f8"), (1 << 20,)), None, None, -1, -1, 0),  # a sub-array dtype
+    (3, "<", None, None, None, 0, 1, 0),  # a zero item size
+    (3, "|", None, ("a",), {"a": (np.dtype("f8"), 0)}, 8, 1, 0),  # a structured dtype
+])
+@pytest.mark.parametrize("wrap", ["dtype", "array"])
+def test_safe_load_refuses_crafted_dtype_states(tmp_path, state, wrap):
+    d = _DtypeWithState(state)
+    path = str(tmp_path / "x.pt")
+    torch.save([d] if wrap == "dtype" else [_ArrayWithDtype(d, (4,), b"\0" * 32)], path)
+    with pytest.raises(LabelImportError, match="x.pt: refused: refused numpy dtype state"):
+        safe_load(path)
+
+
+def test_safe_load_refuses_zero_stride_views(tmp_path):
+    # A few bytes on disk that claim 10^10 elements: the first whole-tensor check would allocate 40 GB.
+    soft = torch.zeros(1).as_strided((10**7, 1000), (0, 0))
+    coords = torch.full((1,), 0.5).as_strided((10**7, 4), (0, 0))
+    flip = torch.zeros(1, dtype=torch.bool).as_strided((10**7,), (0,))
+    path = str(tmp_path / "epoch_0.tar")
+    torch.save([[coords, flip, None, None, None, soft]], path)
+    assert os.path.getsize(path) < 10_000
+    with pytest.raises(LabelImportError, match="epoch_0.tar: refused: a tensor of shape"):
+        safe_load(path)
+    # Transposed (strided but dense) tensors are fine.
+    torch.save([torch.arange(12.0).view(3, 4).t()], path)
+    assert torch.equal(safe_load(path)[0], torch.arange(12.0).view(3, 4).t())
+
+
+def test_order_rows_must_match_label_epochs(tmp_path):
+    root = tmp_path / "hald"
+    root.mkdir()
+    for e in range(2):
+        p = torch.softmax(torch.randn(4, 3), 1).half()
+        torch.save([[torch.tensor([[0.1, 0.2, 0.5, 0.5]] * 4).half(), torch.zeros(4, dtype=torch.bool), None, None,
+                     None, p]], str(root / f"epoch_{e}.tar"))
+    with pytest.raises(LabelImportError, match="--order gives 1 image order"):
+        import_batches(str(root), str(tmp_path / "o.safetensors"), 3, values="probs", order=np.array([[3, 2, 1, 0]]))

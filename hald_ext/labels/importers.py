@@ -62,11 +62,95 @@ class ImportReport:
 # ---------------------------------------------------------------------------------------- safe loading
 def _plain_dtype(*args):
     """numpy.dtype for unpickling: numeric and bool dtypes only (an object dtype would let the
-    array's state carry arbitrary pickled objects)."""
+    array's state carry arbitrary pickled objects), held in a _DtypeState until its pickled state
+    has been checked."""
     dt = np.dtype(*args)
     if dt.hasobject or dt.kind not in "biufc?" or dt.fields is not None:
         raise pickle.UnpicklingError(f"refused numpy dtype {dt} (only numeric arrays are read)")
-    return dt
+    return _DtypeState(dt)
+
+
+class _DtypeState:
+    """A dtype being unpickled. numpy writes a builtin dtype's state (pickle's BUILD) as
+    (3, byte order, None, None, None, -1, -1, 0); any other state (fields, a sub-array, flags) would
+    reach numpy's dtype.__setstate__ after the kind was checked, so only that one is accepted, and
+    numpy's dtype object is never handed a state at all."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and state[1] in ("<", ">", "|", "=")
+                and state[2:] == (None, None, None, -1, -1, 0)):
+            raise pickle.UnpicklingError(f"refused numpy dtype state {str(state)[:80]} (only plain numeric dtypes "
+                                         "are read)")
+        if state[1] in "<>" and self.dtype.itemsize > 1:
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _real_dtype(d):
+    if not isinstance(d, _DtypeState):
+        raise pickle.UnpicklingError("refused numpy array / scalar whose dtype is not a plain pickled dtype")
+    return d.dtype
+
+
+class _ArrayState:
+    """An array being unpickled: its state (shape, dtype, bytes) is checked and given to numpy with
+    the real dtype; `_unwrap` swaps in the array once loading is done."""
+
+    def __init__(self):
+        self.array = None
+
+    def __setstate__(self, state):
+        from numpy._core import multiarray
+
+        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[1], tuple)
+                and isinstance(state[3], bool) and isinstance(state[4], (bytes, bytearray))):
+            raise pickle.UnpicklingError("refused numpy array state other than (version, shape, dtype, order, bytes)")
+        a = multiarray._reconstruct(np.ndarray, (0,), b"b")
+        a.__setstate__((state[0], state[1], _real_dtype(state[2]), state[3], bytes(state[4])))
+        self.array = a
+
+
+def _scalar(dtype, data):
+    from numpy._core import multiarray
+
+    if not isinstance(data, (bytes, bytearray)):
+        raise pickle.UnpicklingError("refused numpy scalar whose data is not bytes")
+    return multiarray.scalar(_real_dtype(dtype), bytes(data))
+
+
+def _unwrap(obj):
+    """The loaded structure with every _ArrayState replaced by its array."""
+    if isinstance(obj, _ArrayState):
+        if obj.array is None:
+            raise pickle.UnpicklingError("refused numpy array without its data")
+        return obj.array
+    if isinstance(obj, list):
+        return [_unwrap(x) for x in obj]
+    if isinstance(obj, tuple):
+        return tuple(_unwrap(x) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _unwrap(v) for k, v in obj.items()}
+    return obj
+
+
+def _check_extents(obj, path: str) -> None:
+    """Refuse tensors that claim more elements than their storage holds (stride-0 views: a few bytes
+    on disk that become gigabytes in the first whole-tensor check)."""
+    if torch.is_tensor(obj):
+        need = obj.numel() * obj.element_size()
+        repeats = any(st == 0 and n > 1 for n, st in zip(obj.shape, obj.stride()))
+        if obj.numel() and (need > obj.untyped_storage().nbytes() or repeats):
+            raise LabelImportError(f"{path}: refused: a tensor of shape {list(obj.shape)} is a view that repeats "
+                                   f"{obj.untyped_storage().nbytes()} stored bytes (overlapping or zero strides); "
+                                   "label files hold dense tensors")
+    elif isinstance(obj, (list, tuple)):
+        for x in obj:
+            _check_extents(x, path)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            _check_extents(x, path)
 
 
 class _NdarrayName:
@@ -81,11 +165,9 @@ class _NdarrayName:
 def _reconstruct(subtype, shape, dtype):
     """numpy's pickle entry point for arrays, restricted to the empty plain ndarray it always starts
     from; the data then comes from the file (ndarray.__setstate__ checks its length)."""
-    from numpy._core import multiarray
-
     if subtype is not _NdarrayName or tuple(shape) != (0,):
         raise pickle.UnpicklingError("refused numpy array reconstruction other than a plain ndarray")
-    return multiarray._reconstruct(np.ndarray, shape, dtype)
+    return _ArrayState()
 
 
 def _numpy_allow_list() -> list:
@@ -94,11 +176,11 @@ def _numpy_allow_list() -> list:
     allowed = [(_NdarrayName, "numpy.ndarray"), (_plain_dtype, "numpy.dtype")]
     # Files written under numpy 1.x name the functions numpy.core.multiarray.*.
     for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        allowed += [(_reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
-    # Arrays and dtypes are built through __setstate__, which torch allows for allow-listed types only.
-    # A name with a newline cannot be written in a pickle's GLOBAL, so these types are never callable.
-    dtype_classes = {type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"}
-    for t in [np.ndarray, *sorted(dtype_classes, key=lambda t: t.__name__)]:
+        allowed += [(_reconstruct, f"{module}._reconstruct"), (_scalar, f"{module}.scalar")]
+    # Arrays and dtypes are built through __setstate__, which torch allows for allow-listed types only:
+    # our two checked state holders, never numpy's own types. A name with a newline cannot be written
+    # in a pickle's GLOBAL, so these are never callable from a file.
+    for t in (_DtypeState, _ArrayState):
         allowed.append((t, f"numpy\n(build only).{t.__name__}"))
     return allowed
 
@@ -114,7 +196,7 @@ def safe_load(path: str):
         _ALLOWED = _numpy_allow_list()
     try:
         with torch.serialization.safe_globals(_ALLOWED):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            obj = _unwrap(torch.load(path, map_location="cpu", weights_only=True))
     except pickle.UnpicklingError as e:
         msg = str(e)
         m = re.search(r"GLOBAL ([\w.]+)", msg) or re.search(r"[Uu]nsupported global: (?:GLOBAL )?([\w.]+)", msg)
@@ -132,6 +214,8 @@ def safe_load(path: str):
     except Exception as e:  # truncated zip, garbage bytes, bad storage records, ...
         first = str(e).splitlines()[0][:200] if str(e) else ""
         raise LabelImportError(f"{path}: not a readable torch file ({e.__class__.__name__}: {first})") from None
+    _check_extents(obj, path)
+    return obj
 
 
 # ---------------------------------------------------------------------------------------- field checks
@@ -481,6 +565,10 @@ def _row_order(root: str, epochs: list, per_epoch: list, order, sampler: str | N
     if order is not None:
         order = torch.as_tensor(np.asarray(order)).long()
         order = order.expand(len(per_epoch), -1) if order.dim() == 1 else order
+        if order.dim() != 2 or order.shape[0] != len(per_epoch):
+            raise LabelImportError(f"{root}: --order gives {order.shape[0] if order.dim() == 2 else 'no'} image "
+                                   f"order(s) for {len(per_epoch)} label epoch(s): give one order for all epochs "
+                                   "(1-D) or one row per epoch (2-D)")
         source = "--order"
     else:
         path = sampler or next((os.path.join(root, f) for f in SAMPLER_FILES if os.path.isfile(os.path.join(root, f))),
