@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from hald_ext.data.batch import ImageBatch
-from hald_ext.data.folder import (check_image_file, epoch_order, find_undecodable, list_image_folder, shard_from_env,
-                                 shard_range)
+from hald_ext.data.folder import (NeedsOtherDecoder, check_image_file, decode_file, epoch_order, find_undecodable,
+                                 list_image_folder, shard_from_env, shard_range)
 
 
 def _pipeline_tail(fn, types, images, ids, on_gpu: bool):
@@ -89,7 +89,11 @@ class DaliLoader:
             self.paths = paths
             lo, hi = shard_range(len(paths), self.rank, self.world)
             for p in paths[lo:hi]:
-                check_image_file(p)
+                try:
+                    check_image_file(p)
+                except ValueError as e:
+                    decode_file(p)  # raises, naming the file, when the file is really unreadable
+                    raise NeedsOtherDecoder(f"{e} (torchvision decodes it; use --loader torch)") from None
 
             @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
             def pipe():

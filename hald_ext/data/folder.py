@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -61,7 +62,10 @@ def decode_file(path: str) -> np.ndarray:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     try:
-        return decode_image(read_file(path), mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+        img = decode_image(read_file(path), mode=ImageReadMode.RGB)
+        if img.dtype != torch.uint8:  # 16-bit PNGs decode to uint16: keep the high byte (8-bit RGB)
+            img = (img.to(torch.int32) >> 8).to(torch.uint8)
+        return img.permute(1, 2, 0).numpy()
     except (RuntimeError, ValueError) as e:
         raise ValueError(f"{path}: cannot decode this image file (corrupt or not an image): {e}") from None
 
@@ -115,6 +119,11 @@ def _jpeg_markers_valid(path: str) -> bool:
                 return False
             i = int(first_real[0])
     return False
+
+
+class NeedsOtherDecoder(ValueError):
+    """A file that fails the structural check but that torchvision's decoder reads (a JPEG with stray
+    bytes, data appended after the image): too risky for DALI's CPU decoder, fine for the torch loader."""
 
 
 def check_image_file(path: str) -> None:

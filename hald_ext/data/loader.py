@@ -11,6 +11,7 @@ A file that cannot be decoded raises ValueError naming it, whichever backend run
 """
 from __future__ import annotations
 
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -94,9 +95,15 @@ def make_loader(source, batch_size: int, *, device="cpu", shuffle: bool = False,
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if loader_backend(backend) == "dali":
         from hald_ext.data.dali import DaliLoader
+        from hald_ext.data.folder import NeedsOtherDecoder
 
-        return DaliLoader(source, batch_size, device=device, shuffle=shuffle, seed=seed, shard=shard,
-                          num_threads=num_threads)
+        try:
+            return DaliLoader(source, batch_size, device=device, shuffle=shuffle, seed=seed, shard=shard,
+                              num_threads=num_threads)
+        except NeedsOtherDecoder as e:
+            if backend == "dali":
+                raise
+            warnings.warn(f"{e}: reading this image set with the torch loader instead of DALI", stacklevel=2)
     return TorchLoader(source, batch_size, device=device, shuffle=shuffle, seed=seed, shard=shard)
 
 

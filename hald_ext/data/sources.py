@@ -177,11 +177,13 @@ def write_image_folder(images: ImageSet, root: str, fmt: str = "png") -> list:
 
 
 def fingerprint(images: ImageSet) -> dict:
-    """Count + sha256 over names, shapes and pixel bytes: a store records it and checks it on replay."""
+    """Count + sha256 over each image's class id, shape and pixel bytes, in order: a store records it
+    and checks it on replay. Names are left out on purpose: the same images keep their identity when
+    `hald select` writes them to an NPZ or a renamed folder (a store made by `hald relabel --ipc` on
+    the source set then trains on the selection)."""
     h = hashlib.sha256()
-    for name, im in zip(images.names, images.images):
-        h.update(name.encode())
-        h.update(repr(im.shape).encode())
+    for label, im in zip(np.asarray(images.labels).tolist(), images.images):
+        h.update(repr((int(label), im.shape)).encode())
         h.update(np.ascontiguousarray(im).tobytes())
     return {"count": len(images), "sha256": h.hexdigest()}
 

@@ -92,8 +92,13 @@ class Trainer:
             order = pairs[torch.randperm(len(pairs), generator=gen)]
         else:
             order = torch.randperm(n, generator=gen)[:, None]
+        chunks = list(order.split(self.cfg.batch_size))
+        # A last chunk with fewer than two rows per rank joins the one before: BatchNorm in train
+        # mode cannot normalise a single sample (as relabel's batch plan does).
+        if len(chunks) > 1 and len(chunks[-1]) < 2 * self.info.world_size:
+            chunks[-2:] = [torch.cat(chunks[-2:])]
         out, sizes = [], []
-        for chunk in order.split(self.cfg.batch_size):
+        for chunk in chunks:
             if len(chunk) < self.info.world_size:  # too small to give every rank a row
                 continue
             mine = D.split_global_batch(chunk, self.info)
