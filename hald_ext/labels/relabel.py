@@ -62,9 +62,7 @@ from hald_ext.labels.relabel_plan import (concat_results, empty_results, load_pa
 from hald_ext.labels.relabel_teacher import (BN_MODES, encode_labels, ensemble_logits, ensemble_weights, label_kl,
                                              teacher_mode)
 from hald_ext.labels.store import LabelStore, MixRecord
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 __all__ = ["relabel", "relabel_with_stats", "sample_crops", "select_ipc", "sha256_file", "sha256_state"]
 
 

@@ -18,9 +18,7 @@ import numpy as np
 import torch
 
 from hald_ext import _ext
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 

@@ -10,9 +10,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from hald_ext.boxes import boxes_to_pixels, dequantize_boxes
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 
 def crop_reference(images: torch.Tensor, image_ids: torch.Tensor, size: int, boxes: torch.Tensor,
