@@ -78,13 +78,13 @@ def has_batchnorm(models) -> bool:
 
 
 def encode_labels(logits: torch.Tensor, k: int, temperature: float, quantizer, thresholds):
-    """(ids [B, k], values [B, k]) of softmax(logits / T): the fused encoder for top-k codes; for a
-    full-width label (k == C) ids are None and the values are in class order; fp16 values are the
-    probabilities themselves. Ties keep the lower class id first, as the encoder does."""
+    """(ids [B, k], values [B, k]) of softmax(logits / T): the fused encoder for codes (top-k, or full
+    width: k == C gives ids None and codes in class order); fp16 values are the probabilities
+    themselves. Ties keep the lower class id first, as the encoder does."""
     from hald_ext.ops import label_encode
 
     C = logits.shape[1]
-    if k < C and not quantizer.is_float:
+    if not quantizer.is_float:
         return label_encode(logits, k, thresholds, temperature=temperature, from_logits=True)
     if not torch.isfinite(logits).all():
         raise ValueError("relabel: the teacher returned NaN or infinite logits")
