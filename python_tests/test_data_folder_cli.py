@@ -76,6 +76,15 @@ def pipeline(train, val, out, loader):
                  "--img-size", str(SIZE), "--schedule", "hald", "--epochs", "3", "--batch-size", "3",
                  "--eval-every", "1", "--device", "cpu", "--output", out, "--experiment", "run",
                  "--no-progress", *common]) == 0
+    # The README's recipe: relabel the source folder with --ipc, train on the NPZ `hald select` wrote
+    # (other names, the same images: the store's fingerprint must match).
+    ipc_labels = os.path.join(out, "ipc.safetensors")
+    assert hald(["relabel", train, "--ipc", "2", "--ipc-seed", "3", "--out", ipc_labels, "--model", MODEL,
+                 "--checkpoint", teacher, "--sli", "1", "--k", "2", "--size", str(SIZE), "--device", "cpu",
+                 "--no-progress", *common]) == 0
+    assert hald(["train", "--data", sel_npz, "--labels", ipc_labels, "--eval-data", val, "--model", MODEL,
+                 "--img-size", str(SIZE), "--schedule", "soft-only", "--epochs", "1", "--batch-size", "3",
+                 "--device", "cpu", "--output", out, "--experiment", "npz", "--no-progress", *common]) == 0
     run = os.path.join(out, "run")
     assert hald(["lvsd", "--data", sel, "--teacher", teacher, "--student", os.path.join(run, "last.pth"),
                  "--crops", "3", "--pairs", "1", "--out", os.path.join(run, "lvsd.json"), *common]) == 0

@@ -115,14 +115,7 @@ def store_summary(store) -> dict:
 def _info(args) -> int:
     from hald_ext.labels.store import LabelStore
 
-    images = None
-    if args.images:
-        from hald_ext.data import load_image_set
-
-        from hald_ext.labels.relabel import select_ipc
-
-        images = load_image_set(args.images)
-        images = select_ipc(images, args.ipc, args.ipc_seed) if args.ipc else images
+    images = _load_images(args)
     s = store_summary(LabelStore.open(args.file, images=images))
     if args.json:
         print(json.dumps(s, indent=2))
@@ -170,7 +163,7 @@ def _load_images(args):
 
     from hald_ext.labels.relabel import select_ipc
 
-    images = load_image_set(args.images, args.split)
+    images = load_image_set(args.images, getattr(args, "split", "train"))
     return select_ipc(images, args.ipc, args.ipc_seed) if args.ipc else images
 
 

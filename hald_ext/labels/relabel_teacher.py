@@ -73,10 +73,6 @@ def teacher_mode(models, bn: str):
             mod.training = flag
 
 
-def has_batchnorm(models) -> bool:
-    return bool(_batchnorms(models))
-
-
 def encode_labels(logits: torch.Tensor, k: int, temperature: float, quantizer, thresholds):
     """(ids [B, k], values [B, k]) of softmax(logits / T): the fused encoder for codes (top-k, or full
     width: k == C gives ids None and codes in class order); fp16 values are the probabilities

@@ -306,8 +306,14 @@ class LabelStore:
         `codebook=store.codebook_on(device)`; (None, values [B, C]) for a full-width store. Ids and
         slots are CPU integer tensors (or sequences)."""
         local, slots = self._local(image_ids, slots)
-        ids = None if self.topk_ids is None else _to_device(self.topk_ids[local, slots], device)
-        return ids, _to_device(self.codes[local, slots], device)
+        ids = None if self.topk_ids is None else self._on(self.topk_ids[local, slots], device)
+        return ids, self._on(self.codes[local, slots], device)
+
+    @staticmethod
+    def _on(t: torch.Tensor, device) -> torch.Tensor:
+        from hald_ext.data.device import to_device
+
+        return t if device is None else to_device(t, device)
 
     def crops(self, image_ids, slots) -> tuple[torch.Tensor, torch.Tensor]:
         """(boxes uint16 [B, 4], flips bool [B]) of the given (image, slot) pairs."""
@@ -351,13 +357,6 @@ class LabelStore:
     def __repr__(self) -> str:
         return (f"LabelStore({self.path!r}, images={self.num_images}, slots={self.slots}, C={self.num_classes}, "
                 f"k={self.k}, {self.quantizer.kind}/{self.quantizer.bits}, {self.bytes_per_label:.1f} B/label)")
-
-
-def _to_device(t: torch.Tensor, device) -> torch.Tensor:
-    if device is None or torch.device(device).type == "cpu":
-        return t
-    pin = torch.cuda.is_available()
-    return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
 
 
 def write_tensors(path: str, header: Header, tensors: dict) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from hald_ext import _ext
+from hald_ext.data.device import to_device
 from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -65,15 +66,6 @@ if _ext.loaded():
                 lid, lval)
 
 
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor moved without blocking the host: to CUDA from pinned memory, asynchronously on
-    the current stream (a pageable copy would wait for the device)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
 def sample_cutmix(batch: int, size: int, alpha: float, seed: int, offset: int,
                   device: torch.device | str = "cpu") -> CutMix:
     """A fresh CutMix record, the SRe2L / HALD rule: one lambda ~ Beta(alpha, alpha) and one box per
@@ -91,7 +83,7 @@ def sample_cutmix(batch: int, size: int, alpha: float, seed: int, offset: int,
     y0, y1 = np.clip([cy - ch // 2, cy + ch // 2], 0, size)
     x0, x1 = np.clip([cx - cw // 2, cx + cw // 2], 0, size)
     box = torch.tensor([int(y0), int(x0), int(y1), int(x1)], dtype=torch.int32)
-    return CutMix(_to_device(torch.from_numpy(partner), device), _to_device(box.expand(batch, 4).contiguous(), device))
+    return CutMix(to_device(torch.from_numpy(partner), device), to_device(box.expand(batch, 4).contiguous(), device))
 
 
 def cutmix_lambda(mix_boxes: torch.Tensor, size: int) -> torch.Tensor:

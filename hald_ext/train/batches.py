@@ -31,6 +31,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from hald_ext.boxes import boxes_to_pixels, dequantize_boxes, mix_boxes_to_pixels, sample_rrc_pixels
 from hald_ext.data.cache import ResidentImageCache, StreamingImages, image_source
+from hald_ext.data.device import to_device
 from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize  # noqa: F401  (re-exported)
 from hald_ext.data.sources import ImageSet
 
@@ -126,13 +127,6 @@ def mix_rows(mix, image_ids: torch.Tensor, slots: torch.Tensor, size: int):
 
 # --------------------------------------------------------------------------------------------------
 # Plain torch implementation
-def images_to_tensor(images) -> torch.Tensor:
-    """A list / array of HWC uint8 images of ONE size -> uint8 [N, 3, H, W] (tests and benchmarks;
-    the commands go through hald_ext.data's image sources, which take any sizes)."""
-    arr = np.stack(images) if isinstance(images, (list, tuple)) else np.asarray(images)
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"expected uint8 images [N, H, W, 3], got {arr.dtype} {arr.shape}")
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).contiguous()
 
 
 def true_sizes(batch) -> list:
@@ -197,16 +191,6 @@ class _SourceBase:
         mix = getattr(labels, "mix", None) if labels is not None else None
         # Moved to the device once: a soft step gathers its rows there without a copy.
         self.mix = None if mix is None else type(mix)(*(t.to(self.device) for t in mix))
-
-    def _on_device(self, t: torch.Tensor) -> torch.Tensor:
-        """The trainer's CPU index tensors on the source's device without a blocking copy: a plain
-        host-to-GPU copy synchronises the host on every batch (the pinned buffer is kept alive by
-        torch's caching host allocator until the copy has run)."""
-        if t.device == self.device:
-            return t
-        if self.device.type == "cuda" and t.device.type == "cpu":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
 
     def _soft_rows(self, image_ids: torch.Tensor, slots: torch.Tensor):
         """(rows' image ids, rows' slots, CutMix record in batch terms or None) of a soft batch."""
@@ -282,7 +266,7 @@ class FusedBatchSource(_SourceBase):
         from hald_ext.ops import crop_and_lookup  # noqa: PLC0415  (needs the compiled extension)
         from hald_ext.ops.crop import CutMix  # noqa: PLC0415
 
-        ids, sl = self._on_device(image_ids), self._on_device(slots)
+        ids, sl = to_device(image_ids, self.device), to_device(slots, self.device)
         B = ids.shape[0]
         row_ids, row_slots, mix = self._soft_rows(ids, sl)
         b = self.images.batch(row_ids)
@@ -300,7 +284,7 @@ class FusedBatchSource(_SourceBase):
     def hard_batch(self, image_ids: torch.Tensor, step_seed: int) -> HardBatch:
         from hald_ext.ops import crop_and_lookup  # noqa: PLC0415
 
-        ids = self._on_device(image_ids)
+        ids = to_device(image_ids, self.device)
         b = self.images.batch(ids)
         # Fresh crops and CutMix in the same call, both drawn from the step's seed.
         r = crop_and_lookup(b.images, b.image_ids, self.out_size, seed=step_seed, offset=0, scale=self.rrc_scale,

@@ -11,6 +11,7 @@ from typing import Optional
 
 import yaml
 
+from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from hald_ext.train.schedule import PRESETS, build_schedule
 
 _KNOWN_SOURCES = ("fashion-mnist", "fashion_mnist")
@@ -32,8 +33,8 @@ class TrainConfig:
     loader: str = _f("auto", "image decoder: auto (DALI when installed) | dali | torch")
     eval_crop_ratio: Optional[float] = _f(None, "evaluation: resize to S / ratio, center crop S (default: 0.875 "
                                                 "for an image folder, 1 for arrays; S x S images untouched)")
-    mean: tuple = _f((0.485, 0.456, 0.406), "normalisation mean", nargs=3, type=float)
-    std: tuple = _f((0.229, 0.224, 0.225), "normalisation std", nargs=3, type=float)
+    mean: tuple = _f(IMAGENET_MEAN, "normalisation mean", nargs=3, type=float)
+    std: tuple = _f(IMAGENET_STD, "normalisation std", nargs=3, type=float)
     # model
     model: str = _f("convnet3", "student: any timm model name, or convnet3")
     # schedule

@@ -24,6 +24,7 @@ import time
 import torch
 from torch import nn
 
+from hald_ext.data.device import to_device
 from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from hald_ext.train import checkpoint as ckpt
 from hald_ext.train.optim import HalfCosineLR, create_optimizer
@@ -133,7 +134,7 @@ def train_teacher(model: nn.Module, images, targets=None, *, epochs: int, batch_
             sched.set_position(epoch + step / steps)
             B = b.image_ids.shape[0]
             if rrc_scale is None:
-                flips = (torch.rand(B, generator=gen) < 0.5).to(device)
+                flips = to_device(torch.rand(B, generator=gen) < 0.5, device)
                 x = crop_and_lookup(b.images, b.image_ids, size, image_sizes=b.image_sizes,
                                     boxes=whole.expand(B, 4), flips=flips, mean=mean, std=std).crops
             else:
