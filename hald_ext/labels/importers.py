@@ -32,7 +32,7 @@ import torch
 from hald_ext.boxes import quantize_boxes
 from hald_ext.labels.format import Header
 from hald_ext.labels.quality import kl_to_full, uniform_kl
-from hald_ext.labels.quantizer import Quantizer
+from hald_ext.labels.quantizer import Quantizer, encode_rows
 from hald_ext.labels.store import LabelStore, MixRecord
 
 SAMPLER_FILES = ("sampler_indices_dict.pt", "sampler_indices_epoch.json")
@@ -258,17 +258,6 @@ def _boxes(coords: torch.Tensor, path: str) -> torch.Tensor:
     if ((c[..., 2] <= 0) | (c[..., 3] <= 0)).any():
         raise LabelImportError(f"{path}: a crop box has zero height or width")
     return quantize_boxes(c)
-
-
-def _encode(p: torch.Tensor, k: int, q: Quantizer) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Rows of probabilities [B, C] -> (ids [B, k] by decreasing probability, ties to the lower
-    id, or None when k == C; stored values)."""
-    C = p.shape[1]
-    if k == C:
-        return None, q.encode(p)
-    order = torch.sort(-p, dim=1, stable=True).indices[:, :k]
-    ids = order.to(torch.int32)
-    return (ids.to(torch.uint16) if C <= 65535 else ids), q.encode(p.gather(1, order))
 
 
 class _KLMeter:
@@ -499,7 +488,7 @@ def import_batches(root: str, out: str, num_classes: int, *, values: str = "logi
         for where, obj in batches():
             coords, flip, soft, mix = _batch_fields(where, obj, num_classes, values, crop_size)
             p = torch.softmax(soft.float() / temperature, 1) if values == "logits" else soft
-            bi, bc = _encode(p if q.is_float and k == num_classes else p.double(), k, q)
+            bi, bc = encode_rows(p if q.is_float and k == num_classes else p.double(), k, q)
             meter.add(p, bi, bc, q)
             rows["boxes"].append(_boxes(coords, where))
             rows["flips"].append(flip.bool())

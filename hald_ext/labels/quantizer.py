@@ -126,3 +126,17 @@ class Quantizer:
         if not isinstance(d, dict) or set(d) - {"kind", "bits", "p_min", "gamma"}:
             raise ValueError(f"quantizer must be a mapping with kind, bits[, p_min | gamma], got {d!r}")
         return cls(kind=d.get("kind"), bits=d.get("bits"), p_min=d.get("p_min"), gamma=d.get("gamma"))
+
+
+def encode_rows(p, k: int, q: Quantizer):
+    """Rows of probabilities [B, C] -> (ids [B, k] by decreasing probability, ties to the lower id,
+    or None when k == C; values as `q` stores them). The Python path, for float16 values and for
+    imported probabilities; relabel's coded labels come from the label_encode op."""
+    import torch
+
+    C = p.shape[1]
+    if k == C:
+        return None, q.encode(p)
+    order = torch.sort(-p, dim=1, stable=True).indices[:, :k]
+    ids = order.to(torch.int32)
+    return (ids.to(torch.uint16) if C <= 65535 else ids), q.encode(p.gather(1, order))

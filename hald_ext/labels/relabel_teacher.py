@@ -77,19 +77,14 @@ def encode_labels(logits: torch.Tensor, k: int, temperature: float, quantizer, t
     """(ids [B, k], values [B, k]) of softmax(logits / T): the fused encoder for codes (top-k, or full
     width: k == C gives ids None and codes in class order); fp16 values are the probabilities
     themselves. Ties keep the lower class id first, as the encoder does."""
+    from hald_ext.labels.quantizer import encode_rows
     from hald_ext.ops import label_encode
 
-    C = logits.shape[1]
     if not quantizer.is_float:
         return label_encode(logits, k, thresholds, temperature=temperature, from_logits=True)
     if not torch.isfinite(logits).all():
         raise ValueError("relabel: the teacher returned NaN or infinite logits")
-    p = torch.softmax(logits.double() / temperature, 1)
-    if k == C:
-        return None, quantizer.encode(p)
-    order = torch.sort(-p, dim=1, stable=True).indices[:, :k]
-    ids = order.to(torch.int32)
-    return (ids.to(torch.uint16) if C <= 65535 else ids), quantizer.encode(p.gather(1, order))
+    return encode_rows(torch.softmax(logits.double() / temperature, 1), k, quantizer)
 
 
 def label_kl(logits: torch.Tensor, temperature: float, ids, values: torch.Tensor, codebook, decode: str):
