@@ -45,3 +45,8 @@ def build_info() -> dict:
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
     }
+
+
+def schema_names(op) -> list:
+    """An op's argument names in schema order (each C++ front file writes its list once)."""
+    return [a.name for a in op._schema.arguments]

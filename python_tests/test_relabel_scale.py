@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from hald_ext.boxes import mix_boxes_to_pixels, sample_rrc_pixels
+from hald_ext.boxes import mix_boxes_to_pixels, sample_rrc_batch, sample_rrc_pixels
 from hald_ext.cli import main as hald
 from hald_ext.data import dali_available, fingerprint, load_image_set
 from hald_ext.data.cache import pad_images
 from hald_ext.labels import LabelStore
 from hald_ext.labels.relabel import relabel
-from hald_ext.labels.relabel_plan import make_plan, sample_rrc_batch
+from hald_ext.labels.relabel_plan import make_plan
 from hald_ext.ops import label_encode
 from hald_ext.reference.crop import crop_reference
 from hald_ext.train.select import select_per_class, subset

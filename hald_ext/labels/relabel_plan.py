@@ -1,8 +1,8 @@
 """What `hald relabel` labels, in which batches, on which rank, and its per-rank resume file.
 
 Boxes and flips of every (image, slot) pair are drawn once, vectorised, from one seeded generator
-with torchvision's RandomResizedCrop rule (`hald_ext.boxes.sample_rrc_pixels`: ten attempts, then
-the centre-crop fallback) and quantised; the crop that is labelled is the one the quantised box
+with torchvision's RandomResizedCrop rule (`hald_ext.boxes.sample_rrc_batch`, the batched
+`sample_rrc_pixels`: ten attempts, then the centre-crop fallback) and quantised; the crop that is labelled is the one the quantised box
 replays. The pairs are labelled in global batches: slot-major (a slot is one label epoch, as in
 SRe2L / HALD relabel), each slot's images in a seeded random order, cut into batches of
 `batch_size` (a trailing batch of one joins the batch before it: a BatchNorm in train mode cannot
@@ -14,51 +14,14 @@ batches r, r + W, r + 2W, ...
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import NamedTuple
 
 import torch
 
-from hald_ext.boxes import quantize_boxes
+from hald_ext.boxes import quantize_boxes, sample_rrc_batch
 from hald_ext.labels.atomic import atomic_path
 from hald_ext.labels.format import LabelStoreError
-
-ATTEMPTS = 10  # torchvision's RandomResizedCrop.get_params
-
-
-def sample_rrc_batch(sizes: torch.Tensor, slots: int, scale, ratio, generator: torch.Generator) -> torch.Tensor:
-    """int64 [N, slots, 4] (top, left, height, width) pixel boxes for images of `sizes` [N, 2] (H, W):
-    the rule of `sample_rrc_pixels`, every draw at once (uniforms for all pairs and attempts first)."""
-    n = sizes.shape[0]
-    H = sizes[:, 0].double().view(n, 1, 1)
-    W = sizes[:, 1].double().view(n, 1, 1)
-    u_area = torch.rand(n, slots, ATTEMPTS, generator=generator, dtype=torch.float64)
-    u_ratio = torch.rand(n, slots, ATTEMPTS, generator=generator, dtype=torch.float64)
-    target = H * W * (scale[0] + u_area * (scale[1] - scale[0]))
-    lo, hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(lo + u_ratio * (hi - lo))
-    w = torch.sqrt(target * aspect).round()  # round half to even, as Python's round()
-    h = torch.sqrt(target / aspect).round()
-    ok = (w > 0) & (w <= W) & (h > 0) & (h <= H)
-    first = ok.to(torch.int8).argmax(-1, keepdim=True)  # the first attempt that fits
-    h, w = h.gather(-1, first).squeeze(-1), w.gather(-1, first).squeeze(-1)
-    H2, W2 = H.view(n, 1), W.view(n, 1)
-    u_i = torch.rand(n, slots, generator=generator, dtype=torch.float64)
-    u_j = torch.rand(n, slots, generator=generator, dtype=torch.float64)
-    top = torch.minimum((u_i * (H2 - h + 1)).floor(), H2 - h)
-    left = torch.minimum((u_j * (W2 - w + 1)).floor(), W2 - w)
-    # No attempt fits: the centre crop at the nearest allowed aspect ratio.
-    in_ratio = W2 / H2
-    fw = torch.where(in_ratio < min(ratio), W2, torch.where(in_ratio > max(ratio), (H2 * max(ratio)).round(), W2))
-    fh = torch.where(in_ratio < min(ratio), (W2 / min(ratio)).round(), H2)
-    fallback = ~ok.any(-1)
-    fh, fw = fh.expand_as(h), fw.expand_as(w)
-    h, w = torch.where(fallback, fh, h), torch.where(fallback, fw, w)
-    top = torch.where(fallback, torch.div(H2 - fh, 2, rounding_mode="floor"), top)
-    left = torch.where(fallback, torch.div(W2 - fw, 2, rounding_mode="floor"), left)
-    return torch.stack([top, left, h, w], -1).long()
-
 
 def sample_crops(image_sizes, slots: int, scale, ratio, flip_prob: float, seed: int):
     """(boxes uint16 [N, S, 4], flips bool [N, S]) from one seeded generator."""

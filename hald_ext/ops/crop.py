@@ -41,16 +41,11 @@ class CropResult(NamedTuple):
     mix_lambda: torch.Tensor | None  # float32 [B]: share of each crop that is its own image
 
 
-def _schema_names(op) -> list[str]:
-    """The op's argument names in schema order (the C++ front file writes the list once)."""
-    return [a.name for a in op._schema.arguments]
-
-
 if _ext.loaded():
 
     @torch.library.register_fake("hald::crop_and_lookup")
     def _crop_fake(*args, **kwargs):
-        a = dict(zip(_schema_names(torch.ops.hald.crop_and_lookup.default), args), **kwargs)
+        a = dict(zip(_ext.schema_names(torch.ops.hald.crop_and_lookup.default), args), **kwargs)
         images, size = a["images"], a["size"]
         torch._check(images.dim() == 4, lambda: "crop_and_lookup: images must be [N, H, W, 3]")
         B = a["image_ids"].shape[0]

@@ -21,7 +21,7 @@ if _ext.loaded():
 
     def _arg_names(op) -> tuple[str, ...]:
         """The op's argument names after `logits`, read from its registered schema (written once, in C++)."""
-        return tuple(a.name for a in op.default._schema.arguments[1:])
+        return tuple(_ext.schema_names(op.default)[1:])
 
     _ARGS = _arg_names(torch.ops.hald.soft_hard_loss)  # (..., "ignore_index", "compute_grad")
     _INPLACE_ARGS = _arg_names(torch.ops.hald.soft_hard_loss_)  # the same without compute_grad
