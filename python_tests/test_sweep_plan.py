@@ -25,8 +25,9 @@ def test_plan_shares_stages_and_lists_every_run(tmp_path):
     cfg = validate(base())
     plan = make_plan(cfg, str(tmp_path))
     kinds = {k: len(plan.by_kind(k)) for k in ("teacher", "select", "relabel", "transform", "lvsd", "train")}
-    # one teacher; one selection per seed; one relabel per (seed, SLI); lvsd does not depend on SLI
-    assert kinds == {"teacher": 1, "select": 3, "relabel": 9, "transform": 0, "lvsd": 3, "train": 27}
+    # one teacher; one selection per seed; one relabel per (seed, SLI); lvsd does not depend on SLI;
+    # hald and soft-only train per (seed, SLI), hard-only reads no labels: one run per seed
+    assert kinds == {"teacher": 1, "select": 3, "relabel": 9, "transform": 0, "lvsd": 3, "train": 9 + 9 + 3}
     assert len(plan.runs) == 27
     assert {(r.seed, r.cell["train.schedule"], r.cell["relabel.sli"]) for r in plan.runs} == {
         (s, sch, sli) for s in (0, 1, 2) for sch in ("hald", "soft-only", "hard-only") for sli in (1, 2, 5)}
@@ -48,14 +49,66 @@ def test_every_schedule_of_a_seed_trains_on_the_same_images_and_crops(tmp_path):
     by_key: dict = {}
     for r in plan.runs:
         argv = plan.stages[r.train].argv
+        labels = _flag(argv, "--labels") if "--labels" in argv else plan.stages[r.labels].output
         by_key.setdefault((r.seed, r.cell["relabel.sli"]), []).append(
-            (_flag(argv, "--data"), _flag(argv, "--labels"), _flag(argv, "--seed"), r.cell["train.schedule"]))
+            (_flag(argv, "--data"), labels, _flag(argv, "--seed"), r.cell["train.schedule"]))
+        # hard-only never reads labels: it is given none, and its run waits for no relabel
+        reads = r.cell["train.schedule"] != "hard-only"
+        assert ("--labels" in argv) == reads and (r.labels in plan.stages[r.train].deps) == reads
     for (seed, sli), group in by_key.items():
         assert len(group) == 3 and {g[3] for g in group} == {"hald", "soft-only", "hard-only"}
         assert len({g[:3] for g in group}) == 1, f"seed {seed} SLI {sli}: schedules see different inputs"
     # ... while each seed draws its own images and crops
     assert len({v[0][0] for v in by_key.values()}) == 3
     assert len({v[0][1] for v in by_key.values()}) == 9
+
+
+def test_a_run_without_soft_phases_is_shared_by_every_label_setting_of_its_seed(tmp_path):
+    cfg = validate(base(axes={"teacher.epochs": [1, 3], "relabel.sli": [1, 2],
+                              "train.schedule": ["hald", "hard-only", "hard:1,hard:1"],
+                              "train.label_smoothing": [0.1, 0.8]}, transform={"mode": "swap"}, compare=None))
+    plan = make_plan(cfg, str(tmp_path))
+    hard, select = {}, {}
+    for r in plan.runs:
+        hard.setdefault((r.seed, r.cell["train.schedule"], r.cell["train.label_smoothing"]), set()).add(r.train)
+        select[r.seed] = r.select
+    for (seed, sched, ls), ids in hard.items():
+        if sched == "hald":
+            assert len(ids) == 4  # one per (teacher, SLI)
+        else:  # one run for the 4 label settings, named by what it depends on
+            (tid,) = ids
+            assert tid.startswith(f"train/s{seed}-{sched.replace(':', '-').replace(',', '-')}-{ls}-")
+            assert plan.stages[tid].deps == [select[seed]] and "--labels" not in plan.stages[tid].argv
+    # 3 seeds x 2 smoothings x (4 hald + 1 hard-only + 1 explicit all-hard)
+    assert len(plan.by_kind("train")) == 3 * 2 * 6
+    # a soft epoch anywhere in the schedule makes a run read labels again
+    cfg = validate(base(axes={"relabel.sli": [1, 2], "train.schedule": ["hard:1,soft:1"]}, compare=None))
+    plan = make_plan(cfg, str(tmp_path))
+    assert len(plan.by_kind("train")) == 6 and all("--labels" in s.argv for s in plan.by_kind("train"))
+
+
+def test_sweeps_sharing_an_output_folder_reuse_a_run_planned_under_another_name(tmp_path):
+    # an SLI map finished its SLI 1 runs; a smoothing study at SLI 1 plans the same runs with other axes
+    train = {"eval_data": "held.npz", "epochs": 2, "batch_size": 8, "label_smoothing": 0.1}
+    sli_map = make_plan(validate(base(train=train)), str(tmp_path))
+    done = {}
+    for r in sli_map.runs:
+        if r.cell["relabel.sli"] == 1 or r.cell["train.schedule"] == "hard-only":
+            os.makedirs(sli_map.stages[r.train].output, exist_ok=True)
+            open(os.path.join(sli_map.stages[r.train].output, "done.json"), "w").write("{}")
+            done[(r.seed, r.cell["train.schedule"])] = r.train
+    smoothing = validate(base(relabel={"k": 3, "temperature": 4, "sli": 1}, compare=None,
+                              axes={"train.label_smoothing": [0.1, 0.8], "train.schedule": ["hald", "hard-only"]},
+                              train=train))
+    plan = make_plan(smoothing, str(tmp_path))
+    for r in plan.runs:
+        if r.cell["train.label_smoothing"] == 0.1:  # the same options as the map's runs: the map's folders
+            assert r.train == done[(r.seed, r.cell["train.schedule"])]
+        else:
+            assert r.train not in done.values() and "-0.8-" in r.train
+    # without the finished folders the runs get their own names
+    fresh = make_plan(smoothing, str(tmp_path / "elsewhere"))
+    assert all("-0.1-" in r.train or "-0.8-" in r.train for r in fresh.runs)
 
 
 def test_teacher_axis_and_transform_and_given_checkpoint(tmp_path):
@@ -103,7 +156,7 @@ def test_cli_reports_a_bad_key_and_plans(tmp_path, capsys):
     good.write_text(yaml.safe_dump(base()))
     assert main(["sweep", str(good), "--plan", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
-    assert "27 student runs (9 cell(s) x 3 seed(s))" in out and out.count("hald train ") == 27
+    assert "27 student runs (9 cell(s) x 3 seed(s))" in out and out.count("hald train ") == 21
 
 
 PRESETS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -118,6 +171,6 @@ def test_presets_plan(path, tmp_path):
         return
     cfg = load(path)
     plan = make_plan(cfg, str(tmp_path))
-    assert plan.runs and len(plan.by_kind("train")) == len(plan.runs)
+    assert plan.runs and {s.id for s in plan.by_kind("train")} == {r.train for r in plan.runs}
     if cfg["compare"]:
         assert all(v in cfg["axes"][cfg["compare"]["axis"]] for pair in cfg["compare"]["pairs"] for v in pair)

@@ -7,7 +7,9 @@ Sharing rules (the key of a stage is a hash of everything that decides its outpu
 - relabel: the teacher file, the selection and its own options; the seed is the crop sampler's seed;
 - transform: the relabel output, the mode and the seed;
 - lvsd: the teacher file, the selection, its options and the labels' temperature;
-- train: everything above plus its own options and the seed.
+- train: everything above plus its own options and the seed. A schedule without soft phases (hard-only)
+  never reads the labels: its run depends on the selection, its own options and the seed only, so one
+  run serves every label setting (SLI, k, T, teacher, transform) of a seed.
 So for one seed every schedule (any train-only axis) trains on the same image file and the same label
 store: the comparisons between train options are paired.
 """
@@ -64,6 +66,37 @@ def _key(obj) -> str:
 
 def _default(stage: str, dest: str):
     return C.spec(stage).actions[dest].default
+
+
+def _reads_labels(tr_opts: dict) -> bool:
+    """Whether a student run with these train options has soft phases (and so reads a label store)."""
+    from hald_ext.train.config import TrainConfig
+    from hald_ext.train.schedule import build_schedule
+
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    try:
+        sched = build_schedule(*(tr_opts.get(k, default[k]) for k in ("schedule", "epochs", "soft_epochs", "period")))
+    except ValueError:  # a bad schedule: planned as reading labels; `hald train` names the error
+        return True
+    return sched.epochs_of("soft") > 0
+
+
+# Axes whose values a run without soft phases never sees: they only change the labels.
+_LABEL_STAGES = ("teacher.", "relabel.", "transform.", "lvsd.")
+
+
+def _existing_run(root: str, seed: int, key: str) -> str | None:
+    """The folder of the same student run planned under another name (its key decides its output; its
+    name comes from the axes of the sweep that first planned it): sweeps sharing an output folder with
+    different axes reuse it. A finished one first, then one with a checkpoint to continue."""
+    import glob
+
+    found = sorted(glob.glob(os.path.join(root, "train", f"s{seed}-*-{key}")))
+    for marker in ("done.json", "last.pth"):
+        for d in found:
+            if os.path.exists(os.path.join(d, marker)):
+                return f"train/{os.path.basename(d)}"
+    return None
 
 
 def _slug(value) -> str:
@@ -147,16 +180,20 @@ def make_plan(cfg: dict, root: str, device: str | None = None) -> Plan:
                                [d for d in (teacher, sel) if d], l_out, {**l_opts, "seed": seed, **t_ident})).id
             # ---- train
             tr_opts = dict(opts["train"])
+            reads_labels = _reads_labels(tr_opts)
+            named = {k: v for k, v in cell.items() if reads_labels or not k.startswith(_LABEL_STAGES)}
             name = "-".join(_slug(v if k.startswith("train.") else f"{k.split('.')[1]}{v}")
-                            for k, v in cell.items()) or "run"
-            trid = f"train/s{seed}-{name}-{_key([labels_id, sid, tr_opts, seed])}"
+                            for k, v in named.items()) or "run"
+            key = [labels_id, sid, tr_opts, seed] if reads_labels else [sid, tr_opts, seed]
+            trid = _existing_run(root, seed, _key(key)) or f"train/s{seed}-{name}-{_key(key)}"
             run_dir = os.path.join(root, trid)
-            argv = ["train", "--data", s_out, "--labels", labels_file, *C.spec("train").argv(tr_opts),
-                    "--seed", str(seed), "--output", os.path.dirname(run_dir), "--experiment",
-                    os.path.basename(run_dir), "--no-progress"]
+            argv = ["train", "--data", s_out, *(["--labels", labels_file] if reads_labels else []),
+                    *C.spec("train").argv(tr_opts), "--seed", str(seed), "--output", os.path.dirname(run_dir),
+                    "--experiment", os.path.basename(run_dir), "--no-progress"]
             if device != "auto":
                 argv += ["--device", device]
-            tr = add(Stage(trid, "train", argv, [labels_id, sel], run_dir, {**tr_opts, "seed": seed})).id
+            deps = [labels_id, sel] if reads_labels else [sel]
+            tr = add(Stage(trid, "train", argv, deps, run_dir, {**tr_opts, "seed": seed})).id
             runs.append(Run(cell=cell, seed=seed, train=tr, labels=labels_id, select=sel, relabel=rel, lvsd=lv,
                             teacher=teacher))
     order = {"teacher": 0, "select": 1, "relabel": 2, "transform": 3, "lvsd": 4, "train": 5}

@@ -236,6 +236,10 @@ def markdown(res: dict, cfg: dict, plan: Plan) -> str:
     L.append("Stages: " + ", ".join(f"{n} {k}" for k, n in shared.items())
              + ". Every train-only axis value of a seed trains on the same selected images and the same "
                "stored crops (paired).")
+    label_free = sum(1 for s in plan.by_kind("train") if "--labels" not in s.argv)
+    if label_free:
+        L.append(f"{label_free} of the student runs have no soft phase and read no labels: each serves every label "
+                 "setting (SLI, k, T, teacher, transform) of its seed, so its figure repeats across those cells.")
     L += ["", "## Per cell", "", "| " + " | ".join(axes + ["n", "mean", "sd", "min", "max"]) + " |",
           "|" + "---|" * (len(axes) + 5)]
     for c in res["cells"]:
