@@ -15,6 +15,7 @@ COMMANDS = {
     "train": ("hald_ext.train.cli", "train a student with the HALD (or a baseline) schedule"),
     "lvsd": ("hald_ext.train.lvsd", "local-view semantic drift diagnostics"),
     "sweep": ("hald_ext.sweep.cli", "a grid of settings over seeds: shared stages, paired statistics, report"),
+    "sweep-summary": ("hald_ext.sweep.summary", "pool several sweeps: does Tr(Sigma) predict the paired gain?"),
     "label-transform": ("hald_ext.labels.transform", "swap or zero the non-top-1 entries of a label store"),
     "info": ("hald_ext.cli", "which kernels this build carries"),
 }

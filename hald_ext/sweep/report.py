@@ -208,6 +208,8 @@ def build(plan: Plan, out_dir: str | None = None, plots: bool = True) -> dict:
     pair_rows = paired(rows, axes, cfg["compare"], metric) if cfg["compare"] else []
     pred = lvsd_prediction(pair_rows) if pair_rows else []
     result = {"name": cfg["name"], "metric": metric, "axes": cfg["axes"], "seeds": cfg["seeds"],
+              "compare": ({"axis": cfg["compare"]["axis"], "pairs": [list(p) for p in cfg["compare"]["pairs"]]}
+                          if cfg["compare"] else None),
               "runs_done": len(rows), "runs_missing": missing, "rows": rows, "cells": cell_rows,
               "paired": pair_rows, "lvsd_prediction": pred, "explanation": explain(pair_rows) if pair_rows else []}
     _csv(rows, os.path.join(out_dir, "results.csv"))
