@@ -156,3 +156,64 @@ def test_example_configs_are_valid(path):
 
     cfg = parse_config(["-c", path])
     build_schedule(cfg.schedule, cfg.epochs, cfg.soft_epochs, cfg.period)
+
+
+def test_teacher_records_its_normalisation_and_relabel_and_lvsd_use_it(files, tmp_path, capsys):
+    """A teacher trained on inputs normalised with mean = std = 0.5 (a ViT's convention) must be shown
+    crops normalised the same way when it labels, not ImageNet's."""
+    half = ["0.5", "0.5", "0.5"]
+    t = tmp_path / "t.pth"
+    assert main(["teacher", "--data", str(files / "train.npz"), "--epochs", "1", "--batch-size", "8",
+                 "--mean", *half, "--std", *half, "--out", str(t), "--no-progress"]) == 0
+    state = torch.load(t, weights_only=True)
+    assert state["mean"] == [0.5] * 3 and state["std"] == [0.5] * 3
+    assert json.loads((tmp_path / "t.json").read_text())["mean"] == [0.5] * 3
+    assert create_model("convnet3", 4, img_size=16, checkpoint=str(t)).hald_normalization == ((0.5,) * 3, (0.5,) * 3)
+
+    from hald_ext.labels import LabelStore
+
+    def relabel(out, *extra, ckpts=(str(t),)):
+        argv = ["relabel", str(files / "train.npz"), "--sli", "2", "--k", "3", "--out", str(tmp_path / out),
+                "--no-progress", "--seed", "1", *extra]
+        for c in ckpts:
+            argv += ["--model", "convnet3", "--checkpoint", c]
+        return main(argv)
+
+    assert relabel("rec.safetensors") == 0
+    assert relabel("given.safetensors", "--mean", *half, "--std", *half) == 0
+    assert relabel("imagenet.safetensors", "--mean", "0.485", "0.456", "0.406", "--std", "0.229", "0.224", "0.225") == 0
+    rec, given, imnet = (LabelStore.open(str(tmp_path / f"{n}.safetensors"), validate=False)
+                         for n in ("rec", "given", "imagenet"))
+    assert rec.header.crops["mean"] == [0.5] * 3 and rec.header.crops["std"] == [0.5] * 3
+    assert torch.equal(rec.codes, given.codes) and torch.equal(rec.topk_ids, given.topk_ids)
+    assert not (torch.equal(rec.codes, imnet.codes) and torch.equal(rec.topk_ids, imnet.topk_ids))
+    # an ensemble whose members were trained with different normalisations cannot share crops
+    plain = dict(state)
+    del plain["mean"], plain["std"]
+    torch.save({**plain, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}, tmp_path / "imnet.pth")
+    capsys.readouterr()
+    assert relabel("mixed.safetensors", ckpts=(str(t), str(tmp_path / "imnet.pth"))) == 2
+    err = capsys.readouterr().err
+    assert "different input normalisations" in err and "teacher 1 (convnet3)" in err and "teacher 2 (convnet3)" in err
+    assert not (tmp_path / "mixed.safetensors").exists()
+    # lvsd crops for the recorded normalisation: a copy of the weights without the record differs
+    torch.save(plain, tmp_path / "bare.pth")
+    for c in ("t", "bare"):
+        assert main(["lvsd", "--data", str(files / "train.npz"), "--teacher", str(tmp_path / f"{c}.pth"),
+                     "--crops", "4", "--out", str(tmp_path / f"{c}.json")]) == 0
+    a, b = (json.loads((tmp_path / f"{c}.json").read_text())["trace_sigma"] for c in ("t", "bare"))
+    assert a != b
+
+
+def test_recorded_normalisation_wins_over_a_pretrained_cfg():
+    from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalization_of
+
+    m = torch.nn.Linear(1, 1)
+    m.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    assert normalization_of([m]) == ((0.5,) * 3, (0.5,) * 3)
+    m.hald_normalization = ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    assert normalization_of([m]) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    assert normalization_of([m], mean=(1, 1, 1), std=(2, 2, 2)) == ((1.0,) * 3, (2.0,) * 3)
+    assert normalization_of([torch.nn.Linear(1, 1)]) == (IMAGENET_MEAN, IMAGENET_STD)
+    with pytest.raises(ValueError, match="std > 0"):
+        normalization_of([m], mean=(0, 0, 0), std=(0, 1, 1))

@@ -62,7 +62,7 @@ from hald_ext.labels.relabel_plan import (concat_results, empty_results, load_pa
 from hald_ext.labels.relabel_teacher import (BN_MODES, encode_labels, ensemble_logits, ensemble_weights, label_kl,
                                              teacher_mode)
 from hald_ext.labels.store import LabelStore, MixRecord
-from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from hald_ext.data.normalize import normalization_of
 __all__ = ["relabel", "relabel_with_stats", "sample_crops", "select_ipc", "sha256_file", "sha256_state"]
 
 
@@ -152,9 +152,8 @@ def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5,
         raise ValueError(f"relabel: slots (--sli) must be >= 1, got {slots}")
     sizes = [tuple(int(v) for v in im.shape[:2]) for im in images.images]
     S = _crop_size(sizes, size)
-    cfg = getattr(teachers[0], "pretrained_cfg", None) or {}
-    mean = [float(m) for m in (mean or cfg.get("mean") or IMAGENET_MEAN)]
-    std = [float(s) for s in (std or cfg.get("std") or IMAGENET_STD)]
+    mean, std = (list(v) for v in normalization_of(
+        teachers, [nm or type(t).__name__ for t, nm in zip(teachers, names)], mean, std))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     info = distributed.current() if shard else distributed.DistInfo()
     q = Quantizer(quantizer, bits)

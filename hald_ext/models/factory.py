@@ -19,6 +19,9 @@ def create_model(name: str, num_classes: int, img_size: int | None = None, check
     if checkpoint is not None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "model" in state:
+            if state.get("mean") is not None and state.get("std") is not None:
+                # the normalisation the weights were trained with (`hald teacher` / `hald train` record it)
+                model.hald_normalization = (tuple(state["mean"]), tuple(state["std"]))
             state = state["model"]
         model.load_state_dict(state)
     return model

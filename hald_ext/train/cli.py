@@ -111,7 +111,7 @@ def build_trainer(cfg: C.TrainConfig, run_dir: str | None):
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = create_model(cfg.model, images.num_classes, img_size=img_size)
     meta = {"model_name": cfg.model, "num_classes": images.num_classes, "img_size": img_size,
-            "classes": list(images.classes)}
+            "classes": list(images.classes), "mean": list(cfg.mean), "std": list(cfg.std)}
     trainer = Trainer(cfg, model, source, schedule, eval_set, run_dir, device, images.num_classes, meta)
     if trainer.info.is_main:
         mem = cache.memory()

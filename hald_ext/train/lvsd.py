@@ -71,6 +71,8 @@ def load_model(path: str, num_classes: int, img_size: int, name: str | None = No
         raise ValueError(f"{path} does not record its model: pass the model name")
     model = create_model(name, num_classes, img_size=state.get("img_size", img_size))
     model.load_state_dict(state["model"] if "model" in state else state)
+    if state.get("mean") is not None and state.get("std") is not None:
+        model.hald_normalization = (tuple(state["mean"]), tuple(state["std"]))
     return model, int(state.get("img_size", img_size))
 
 
@@ -91,6 +93,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from hald_ext.data import image_source, load_image_set
+    from hald_ext.data.normalize import normalization_of
 
     if not (args.teacher or args.student):
         print("hald lvsd: error: give --teacher (Tr(Sigma)) and / or --student (crop consistency)", file=sys.stderr)
@@ -105,7 +108,8 @@ def run(args) -> int:
         result = {"data": args.data, "num_images": len(data)}
         if args.teacher:
             teacher, size = load_model(args.teacher, data.num_classes, natural, args.model)
-            crops = random_crops(x, args.crops, size, tuple(args.scale), args.seed)
+            mean, std = normalization_of([teacher], [args.teacher])
+            crops = random_crops(x, args.crops, size, tuple(args.scale), args.seed, mean=mean, std=std)
             tr = trace_sigma(crop_probs(teacher, crops, args.temperature).view(len(data), args.crops, -1))
             result.update(trace_sigma_mean=tr.mean().item(), trace_sigma=tr.tolist(), crops=args.crops,
                           temperature=args.temperature)
@@ -113,7 +117,8 @@ def run(args) -> int:
                   f"max {tr.max():.4f}")
         if args.student:
             student, size = load_model(args.student, data.num_classes, natural, args.model)
-            crops = random_crops(x, 2 * args.pairs, size, tuple(args.scale), args.seed + 1)
+            mean, std = normalization_of([student], [args.student])
+            crops = random_crops(x, 2 * args.pairs, size, tuple(args.scale), args.seed + 1, mean=mean, std=std)
             probs = crop_probs(student, crops).view(len(data) * args.pairs, 2, -1)
             cos, js = (v.view(len(data), args.pairs).mean(1) for v in consistency(probs))
             result.update(cosine_mean=cos.mean().item(), js_mean=js.mean().item(), cosine=cos.tolist(), js=js.tolist())

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from hald_ext.data.device import to_device
-from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD, checked
 from hald_ext.train import checkpoint as ckpt
 from hald_ext.train.optim import HalfCosineLR, create_optimizer
 
@@ -54,6 +54,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--save-every", type=int, default=0,
                         help="also keep the expert of every N-th epoch as <out>-epochNNN.pth (earlier-epoch "
                              "experts label better at small IPC); 0: only the last")
+    parser.add_argument("--mean", type=float, nargs=3, default=IMAGENET_MEAN,
+                        help="input normalisation mean, recorded in the checkpoint (default: ImageNet's)")
+    parser.add_argument("--std", type=float, nargs=3, default=IMAGENET_STD,
+                        help="input normalisation std, recorded in the checkpoint (default: ImageNet's)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
     parser.add_argument("--out", default="runs/teacher/teacher.pth", help="checkpoint path")
@@ -176,6 +180,7 @@ def run(args) -> int:
     try:
         if args.save_every < 0:
             raise ValueError(f"--save-every must be >= 0, got {args.save_every}")
+        mean, std = checked(args.mean, args.std)
         if args.stream:
             if not os.path.isdir(args.data) or args.train_images is not None or not args.img_size:
                 raise ValueError("--stream reads an image folder every epoch: give a folder as --data and "
@@ -206,7 +211,8 @@ def run(args) -> int:
         return 2
     n_train = train.num_samples() if args.stream else len(train)
     meta = {"model_name": args.model, "num_classes": num_classes, "img_size": img_size,
-            "classes": list(train.classes), "data": args.data, "train_images": n_train}
+            "classes": list(train.classes), "data": args.data, "train_images": n_train,
+            "mean": list(mean), "std": list(std)}  # relabel and lvsd normalise crops with these
 
     def save(path: str, epoch: int, model: nn.Module, extra: dict | None = None) -> None:
         ckpt.save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, **meta, "epochs": epoch,
@@ -219,11 +225,12 @@ def run(args) -> int:
     t0 = time.perf_counter()
     train_teacher(model, train if args.stream else image_source(train, device), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   weight_decay=args.weight_decay, seed=args.seed, img_size=img_size,
-                  rrc_scale=args.rrc_scale, device=device, progress=args.progress, on_epoch=on_epoch)
+                  rrc_scale=args.rrc_scale, mean=mean, std=std, device=device, progress=args.progress,
+                  on_epoch=on_epoch)
     train_time = time.perf_counter() - t0
     result = {**meta, "epochs": args.epochs, "train_seconds": round(train_time, 1)}
     if eval_data is not None:
-        result.update(evaluate(model, eval_data))
+        result.update(evaluate(model, eval_data, mean=mean, std=std))
     save(args.out, args.epochs, model, result)
     if args.save_every and args.epochs % args.save_every == 0:
         save(epoch_checkpoint_path(args.out, args.epochs), args.epochs, model, result)
