@@ -59,14 +59,17 @@ def teacher_logits(labels, C, g):
     return torch.nn.functional.one_hot(torch.as_tensor(labels), C).float() * 4 + torch.randn(len(labels), C, generator=g)
 
 
-def write_fkd(save_path, names, labels, C, num_crops=3, k=5, seed=0):
-    """One file per image at <save_path>/<last three dirs>/<stem>.tar, as generate_soft_labels does."""
+def write_fkd(save_path, names, labels, C, num_crops=3, k=5, seed=0, half=False):
+    """One file per image at <save_path>/<last three dirs>/<stem>.tar, as generate_soft_labels does.
+    `half`: the teacher ran in float16, so softmax is float16 and stacking the int64 ids with it
+    promotes both to float16."""
     g = torch.Generator().manual_seed(seed)
     truth = {}
     for path, lab in zip(names, labels):
         coords = torch.stack([crop_coords(g) for _ in range(num_crops)])
         flip_status = torch.tensor([bool(torch.rand(1, generator=g) < 0.5) for _ in range(num_crops)])
-        output = torch.nn.functional.softmax(teacher_logits([lab] * num_crops, C, g), dim=1)
+        logits = teacher_logits([lab] * num_crops, C, g)
+        output = torch.nn.functional.softmax(logits.half() if half else logits, dim=1)
         quantized = []
         for p in output:  # label_quantization(output, 'marginal_smoothing_k5')
             order = torch.argsort(p, descending=True)
@@ -217,6 +220,29 @@ def test_fkd_import_matches_files_to_images_by_name(tmp_path):
     wrong = ImageSet(images.images, images.labels, images.classes, ["c0/other.png"] + names[1:])
     with pytest.raises(LabelImportError, match="no FKD label file.*'c0/other.png'"):
         import_fkd(str(tmp_path / "fkd"), str(tmp_path / "s3"), 10, images=wrong)
+
+
+def test_fkd_names_cut_at_the_first_dot_and_half_precision_teachers(tmp_path):
+    from hald_ext.data import ImageSet
+
+    # FKD writes `img.v2.png` as `img.tar`
+    names = ["c0/img.v2.png", "c1/x.y.z.JPEG", "c0/plain.png"]
+    labels = [0, 1, 0]
+    truth = write_fkd(str(tmp_path / "fkd"), [f"/data/set/train/{n}" for n in names], labels, 10)
+    assert sorted(os.listdir(tmp_path / "fkd" / "set" / "train" / "c0")) == ["img.tar", "plain.tar"]
+    images = ImageSet([np.zeros((4, 4, 3), np.uint8)] * 3, np.array(labels), ["c0", "c1"], names)
+    s = import_fkd(str(tmp_path / "fkd"), str(tmp_path / "s"), 10, images=images).store
+    for i, n in enumerate(names):
+        assert torch.equal(s.flips[i], truth[f"/data/set/train/{n}"][1])
+    # a float16 teacher at C = 1000: ids below 2048 survive float16 and import exactly
+    truth = write_fkd(str(tmp_path / "h1k"), ["/d/t/c0/a.png", "/d/t/c0/b.png"], [7, 999], 1000, half=True)
+    s = import_fkd(str(tmp_path / "h1k"), str(tmp_path / "s1k"), 1000).store
+    assert torch.equal(s.topk_ids[0].long(), truth["/d/t/c0/a.png"][2].float().topk(5).indices)
+    # at C = 21843 the same writer rounds ids above 2048: refused, naming the file
+    write_fkd(str(tmp_path / "h21k"), ["/d/t/c0/a.png"], [5000], 21843, half=True)
+    with pytest.raises(LabelImportError, match=r"a\.tar: labels are float16, so class ids above 2048"):
+        import_fkd(str(tmp_path / "h21k"), str(tmp_path / "s21k"), 21843)
+    assert not (tmp_path / "s21k").exists()
 
 
 def test_fkd_errors(tmp_path):
@@ -393,13 +419,13 @@ def test_cli_import_info_and_train(writer, tmp_path, capsys):
     out = capsys.readouterr().out
     slots = 3 if writer == "fkd" else 2
     assert f"SLI {slots}" in out and f"SLC {16 * slots // 4} per class" in out and "top-k = 2" in out
-    assert "(fp16, C wide, 33 bytes/label)" in out and "as FKD's generator writes them (float32 top-2, 33 bytes" in out
+    assert "(fp16, C wide, 33 bytes/label)" in out and "fp16 coords too, 25 bytes/label" in out and "as FKD's generator writes them (float32 top-2, 33 bytes" in out
     if writer != "fkd":  # imported from full labels: the KL the top-2 import lost is recorded
         assert "kl_to_teacher" in out and "kl_uniform" in out and "as far from the teacher's as a uniform" in out
     assert hald(["labels", "info", store, "--json"]) == 0
     z = json.loads(capsys.readouterr().out)["sizes"]
     assert (z["sli"], z["slc"], z["sre2l_bytes_per_label"], z["fkd_bytes_per_label"]) == (slots, 4 * slots, 33, 33)
-    assert z["sre2l_mb"] == 16 * slots * 33 / 1e6
+    assert z["sre2l_mb"] == 16 * slots * 33 / 1e6 and z["hald_bytes_per_label"] == 2 * 4 + 17
     rc = hald(["train", "--data", str(tmp_path / "train.npz"), "--labels", store, "--epochs", "2", "--batch-size", "8",
                "--schedule", "soft-only", "--output", str(tmp_path / "runs"), "--experiment", writer, "--threads", "1",
                "--no-progress"])

@@ -141,6 +141,15 @@ def test_teacher_axis_and_transform_and_given_checkpoint(tmp_path):
     ({"report": {"x": "select.ipc"}}, "report.x 'select.ipc' is not one of the axes"),
     ({"transform": {"mode": "shuffle"}}, "transform.mode must be one of"),
     ({"extra": 1}, "unknown key 'extra'"),
+    ({"teacher": {"data": "t.npz", "epochs": 4, "use_epoch": 2}}, "teacher.use_epoch 2 needs snapshots"),
+    ({"teacher": {"data": "t.npz", "epochs": 4, "save_every": 2, "use_epoch": 3}},
+     "teacher.use_epoch 3 is not a multiple of teacher.save_every 2"),
+    ({"teacher": {"data": "t.npz", "epochs": 4, "save_every": 2}, "axes": {"teacher.use_epoch": [2, 6]}},
+     "teacher.use_epoch 6 is past the teacher's last epoch (teacher.epochs 4)"),
+    ({"teacher": {"data": "t.npz", "save_every": 1, "use_epoch": 2}},
+     "teacher.use_epoch 2 is past the teacher's last epoch (teacher.epochs 1)"),
+    ({"teacher": {"data": "t.npz", "epochs": 4, "save_every": 1, "use_epoch": "last"}},
+     "teacher.use_epoch must be a whole number"),
 ])
 def test_bad_config_names_the_key(over, message):
     with pytest.raises(SweepConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -6,8 +6,8 @@
 
 Sizes are reported in the papers' units: total MB (10^6 bytes), SLI (stored labels per image), SLC
 (stored labels per class = SLI x IPC), and what the same labels take as SRe2L / LPLD / HALD write
-them (fp16 C-wide: 2*C + 25 bytes per label, METHOD.md) and as FKD's generator writes them (float32
-numpy: coords 16 + flip 1 + 2 x k x 4 bytes per label).
+them (fp16 C-wide: 2*C + 25 bytes per label, METHOD.md; HALD's float16 coords: 2*C + 17) and as
+FKD's generator writes them (float32 numpy: coords 16 + flip 1 + 2 x k x 4 bytes per label).
 """
 from __future__ import annotations
 
@@ -77,8 +77,12 @@ def sizes(store) -> dict:
         "bytes_per_label": store.bytes_per_label,
         "sli": store.slots,
         "slc": labels / h.num_classes,
+        # SRe2L / LPLD: float32 coords (16) + flip (1) + int64 mix index (8) + fp16 logits (2 C)
         "sre2l_mb": labels * (2 * h.num_classes + 25) / 1e6,
         "sre2l_bytes_per_label": 2 * h.num_classes + 25,
+        # HALD's relabel_slc.py: float16 coords (8) + flip (1) + int64 mix index (8) + fp16 probabilities (2 C)
+        "hald_mb": labels * (2 * h.num_classes + 17) / 1e6,
+        "hald_bytes_per_label": 2 * h.num_classes + 17,
         "fkd_mb": labels * fkd_per_label / 1e6,
         "fkd_bytes_per_label": fkd_per_label,
     }
@@ -134,8 +138,9 @@ def _info(args) -> int:
     print(f"  images fingerprint: {h['images'] or '-'}" + ("  (matches)" if images is not None else ""))
     print(f"  crops: {h['crops']}; seed {h['seed']}")
     print(f"  size: {z['total_mb']:.3f} MB ({s['nbytes']} bytes), {z['bytes_per_label']:.2f} bytes/label")
-    print(f"  the same labels as SRe2L / LPLD / HALD write them (fp16, C wide, {z['sre2l_bytes_per_label']} bytes/label): "
-          f"{z['sre2l_mb']:.3f} MB ({z['sre2l_mb'] / max(z['total_mb'], 1e-12):.1f}x this store)")
+    print(f"  the same labels as SRe2L / LPLD write them (fp16, C wide, {z['sre2l_bytes_per_label']} bytes/label): "
+          f"{z['sre2l_mb']:.3f} MB ({z['sre2l_mb'] / max(z['total_mb'], 1e-12):.1f}x this store); as HALD writes "
+          f"them (fp16 coords too, {z['hald_bytes_per_label']} bytes/label): {z['hald_mb']:.3f} MB")
     print(f"  as FKD's generator writes them (float32 top-{min(k, C)}, {z['fkd_bytes_per_label']} bytes/label): "
           f"{z['fkd_mb']:.3f} MB")
     st = h.get("stats") or {}

@@ -304,8 +304,12 @@ def _match_fkd_files(root: str, files: list, images) -> list:
     out = []
     for n in names:
         want = tuple(os.path.splitext(str(n))[0].replace(os.sep, "/").split("/"))
-        hits = [f for key, f in by_key.items() if key[-len(want):] == want or key[-1:] == want[-1:]]
-        exact = [f for key, f in by_key.items() if key[-len(want):] == want]
+        # FKD cuts the file name at its first dot (`a.b.png` -> `a.tar`): try that name too
+        cut = want[:-1] + (os.path.basename(str(n)).split(".")[0],)
+        hits, exact = [], []
+        for w in dict.fromkeys((want, cut)):
+            hits += [f for key, f in by_key.items() if (key[-len(w):] == w or key[-1:] == w[-1:]) and f not in hits]
+            exact += [f for key, f in by_key.items() if key[-len(w):] == w and f not in exact]
         hits = exact or hits
         if len(hits) != 1:
             raise LabelImportError(f"{root}: {'no' if not hits else len(hits)} FKD label file(s) for image {n!r} "
@@ -343,6 +347,11 @@ def import_fkd(root: str, out: str, num_classes: int, *, bits: int | None = None
             shape = tuple(lab.shape)
         elif tuple(lab.shape) != shape:
             raise LabelImportError(f"{path}: labels {list(lab.shape)} differ from the first file's {list(shape)}")
+        if lab.dtype == torch.float16 and num_classes > 2049:
+            # FKD stacks the ids with the probabilities: a half-precision teacher writes both as float16,
+            # which holds whole numbers exactly only up to 2048 (2049 -> 2048, 2051 -> 2052)
+            raise LabelImportError(f"{path}: labels are float16, so class ids above 2048 were rounded when written "
+                                   f"(C = {num_classes}); relabel with a float32 teacher output")
         raw_ids, p = lab[:, 0].double(), lab[:, 1].double()
         if not torch.isfinite(raw_ids).all() or (raw_ids != raw_ids.round()).any():
             raise LabelImportError(f"{path}: class ids must be whole numbers")

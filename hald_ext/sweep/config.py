@@ -254,9 +254,42 @@ def validate(cfg, where: str = "sweep config") -> dict:
     if "use_epoch" in out["teacher"] or "teacher.use_epoch" in out["axes"]:
         if "checkpoint" in out["teacher"]:
             raise SweepConfigError(f"{where}: teacher.use_epoch needs a trained teacher, not teacher.checkpoint")
+        _check_use_epoch(out, where)
     out["compare"] = _compare(cfg.get("compare"), out["axes"], where)
     out["report"] = _report(cfg.get("report"), out["axes"], where)
     return out
+
+
+def _values(out: dict, stage: str, opt: str, default) -> list:
+    """Every value an option takes in the grid: its axis values, else its base value, else `default`."""
+    key = f"{stage}.{opt}"
+    if key in out["axes"]:
+        return list(out["axes"][key])
+    return [out[stage].get(opt, default)]
+
+
+def _check_use_epoch(out: dict, where: str) -> None:
+    """A snapshot exists for epoch e when `hald teacher --save-every N` wrote it: e a multiple of N and at
+    most the teacher's epochs (checked before hours of teacher training, not when relabel misses it)."""
+    teacher = spec("teacher")
+    epochs = _values(out, "teacher", "epochs", teacher.actions["epochs"].default)
+    every = _values(out, "teacher", "save_every", teacher.actions["save_every"].default)
+    for e in _values(out, "teacher", "use_epoch", None):
+        if e is None:
+            continue
+        if not isinstance(e, int) or isinstance(e, bool) or e < 1:
+            raise SweepConfigError(f"{where}: teacher.use_epoch must be a whole number of epochs >= 1, got {e!r}")
+        for n in every:
+            if not n:
+                raise SweepConfigError(f"{where}: teacher.use_epoch {e} needs snapshots: set teacher.save_every "
+                                       f"(hald teacher --save-every N)")
+            if e % n:
+                raise SweepConfigError(f"{where}: teacher.use_epoch {e} is not a multiple of teacher.save_every "
+                                       f"{n}: no snapshot is written after epoch {e}")
+        for total in epochs:
+            if e > total:
+                raise SweepConfigError(f"{where}: teacher.use_epoch {e} is past the teacher's last epoch "
+                                       f"(teacher.epochs {total})")
 
 
 def _compare(raw, axes: dict, where: str):
