@@ -43,6 +43,19 @@ def test_streaming_batches_crop_like_the_resident_cache():
     assert torch.equal(out_a.crops, out_b.crops) and torch.equal(out_a.boxes, out_b.boxes)
 
 
+def test_streaming_keeps_no_padded_copy_of_the_set():
+    """One large image must not make every image of the set take its size on the host: a batch of
+    small images is padded to its own largest image only."""
+    s = image_set([(400, 600), (10, 12), (8, 9), (12, 7)], seed=2)
+    streaming = StreamingImages(s)
+    assert streaming.memory()["host_bytes"] == (400 * 600 + 10 * 12 + 8 * 9 + 12 * 7) * 3  # the set itself
+    assert not any(isinstance(v, torch.Tensor) and v.numel() >= 4 * 400 * 600 for v in vars(streaming).values())
+    b = streaming.batch(torch.tensor([3, 1, 2, 1]))
+    assert b.images.shape == (3, 12, 12, 3) and b.image_sizes.tolist() == [[10, 12], [8, 9], [12, 7]]
+    assert torch.equal(b.images[2, :12, :7], torch.from_numpy(s.images[3])) and b.images[2, :, 7:].sum() == 0
+    assert b.image_ids.tolist() == [2, 0, 1, 0] and b.sample_ids.tolist() == [3, 1, 2, 1]
+
+
 def test_compiles_fullgraph():
     images = torch.randint(0, 256, (3, 20, 24, 3), dtype=torch.uint8)
     ids = torch.tensor([0, 2, 1, 1])

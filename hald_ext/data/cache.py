@@ -69,36 +69,38 @@ class ResidentImageCache:
 
 
 class StreamingImages:
-    """Fallback when the set does not fit on the device: host-resident (pinned when a GPU is used),
-    and each batch copies only the distinct images it uses."""
+    """Fallback when the set does not fit on the device: the decoded images stay on the host as they
+    are (each its own size, no padded copy of the set), and each batch pads only the distinct images
+    it uses to that batch's largest height and width and copies them to the device (through pinned
+    memory when it is a GPU)."""
 
     resident = False
 
     def __init__(self, image_set: ImageSet, device="cpu"):
         self.device = torch.device(device)
-        padded, sizes = pad_images(image_set.images)
-        self.host = torch.from_numpy(padded)
-        if self.device.type == "cuda":
-            self.host = self.host.pin_memory()
-        self.host_sizes = None if sizes is None else torch.from_numpy(sizes)
+        self.images = image_set.images
         self.labels = torch.as_tensor(image_set.labels, dtype=torch.int64).to(self.device)
 
     def __len__(self) -> int:
-        return self.host.shape[0]
+        return len(self.images)
 
     def batch(self, image_ids: torch.Tensor) -> ImageBatch:
         ids = image_ids.cpu()
         unique, local = torch.unique(ids, return_inverse=True)
-        images = self.host.index_select(0, unique)
-        sizes = None if self.host_sizes is None else self.host_sizes.index_select(0, unique)
+        padded, sizes = pad_images([self.images[i] for i in unique.tolist()])
+        images = torch.from_numpy(padded)
+        sizes = None if sizes is None else torch.from_numpy(sizes)
         nb = self.device.type == "cuda"
+        if nb:
+            images = images.pin_memory()
+            sizes = None if sizes is None else sizes.pin_memory()
         return ImageBatch(images.to(self.device, non_blocking=nb),
                           None if sizes is None else sizes.to(self.device, non_blocking=nb),
                           local.to(self.device, non_blocking=nb), image_ids.to(self.device))
 
     def memory(self) -> dict:
         return {"kind": "streaming", "device": str(self.device), "images": len(self),
-                "host_bytes": self.host.numel(), "bytes": 0}
+                "host_bytes": sum(int(im.nbytes) for im in self.images), "bytes": 0}
 
 
 def image_source(image_set: ImageSet, device="cpu", max_bytes: int | None = None):
