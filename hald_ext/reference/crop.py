@@ -43,13 +43,16 @@ def crop_reference(images: torch.Tensor, image_ids: torch.Tensor, size: int, box
             crop = TF.horizontal_flip(crop)
         out.append((crop.float() / 255 - mean_t) / std_t)
     crops = torch.stack(out) if out else torch.empty(0, 3, size, size)
-    if mix_partner is not None:
-        mixed = crops.clone()
-        for b in range(len(image_ids)):
-            y0, x0, y1, x1 = (int(v) for v in mix_boxes[b])
-            mixed[b, :, y0:y1, x0:x1] = crops[int(mix_partner[b]), :, y0:y1, x0:x1]
-        crops = mixed
-    return crops
+    return crops if mix_partner is None else paste_reference(crops, mix_partner, mix_boxes)
+
+
+def paste_reference(x: torch.Tensor, partner: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """CutMix paste, per sample: row b shows row partner[b] of `x` inside boxes[b] ((y0, x0, y1, x1),
+    pixels, end exclusive); `x` is left as it is."""
+    out = x.clone()
+    for b, (p, (y0, x0, y1, x1)) in enumerate(zip(partner.tolist(), boxes.tolist())):
+        out[b, :, int(y0):int(y1), int(x0):int(x1)] = x[int(p), :, int(y0):int(y1), int(x0):int(x1)]
+    return out
 
 
 def gather_labels_reference(label_ids: torch.Tensor, label_values: torch.Tensor, image_ids: torch.Tensor,

@@ -34,6 +34,7 @@ from hald_ext.data.cache import ResidentImageCache, StreamingImages, image_sourc
 from hald_ext.data.device import to_device
 from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize  # noqa: F401  (re-exported)
 from hald_ext.data.sources import ImageSet
+from hald_ext.reference.crop import paste_reference
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,14 +147,6 @@ def crop_resize(batch, pixels: torch.Tensor, flips: torch.Tensor, size: int) -> 
     return out
 
 
-def paste(x: torch.Tensor, partner: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """CutMix paste, per sample: x[b] shows x[partner[b]] inside boxes[b] ((y0, x0, y1, x1))."""
-    out = x.clone()
-    for b, (p, (y0, x0, y1, x1)) in enumerate(zip(partner.tolist(), boxes.tolist())):
-        out[b, :, y0:y1, x0:x1] = x[p, :, y0:y1, x0:x1]
-    return out
-
-
 def cutmix(x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator,
            gen: torch.Generator) -> tuple:
     """CutMix on a batch (one box per batch, timm's rand_bbox): returns (x, y_b, lam) with lam the
@@ -214,7 +207,7 @@ class TorchBatchSource(_SourceBase):
         flips = self.labels.flips[row_ids, row_slots].bool()
         x = crop_resize(b, pixels, flips, self.out_size)
         if mix is not None:
-            x = paste(x, *mix)
+            x = paste_reference(x, *mix)
         ids, codes = self.labels.labels(image_ids, slots, device=self.device)
         return SoftBatch(normalize(x[:B], self.mean, self.std), ids, codes)
 
