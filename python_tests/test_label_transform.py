@@ -66,6 +66,12 @@ def test_errors_and_cli(store, tmp_path, capsys):
     assert "missing.safetensors" in capsys.readouterr().err
     assert main(["label-transform", store.path, str(tmp_path / "z.safetensors"), "--mode", "swap"]) == 0
     assert LabelStore.open(str(tmp_path / "z.safetensors")).num_labels == store.num_labels
+    # the same command under `hald labels`, next to info and the importers
+    assert main(["labels", "transform", store.path, str(tmp_path / "w.safetensors"), "--mode", "swap"]) == 0
+    a, b = (LabelStore.open(str(tmp_path / f"{n}.safetensors")) for n in ("z", "w"))
+    assert torch.equal(a.topk_ids, b.topk_ids) and torch.equal(a.codes, b.codes)
+    assert main(["labels", "transform", store.path, store.path, "--mode", "zero"]) == 2
+    assert "hald labels transform: error:" in capsys.readouterr().err
 
 
 def test_full_width_fp16_store(tmp_path):

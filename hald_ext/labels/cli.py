@@ -53,6 +53,10 @@ def add_arguments(p) -> None:
     b.add_argument("--sampler", help="sampler file (default: sampler_indices_dict.pt / sampler_indices_epoch.json "
                                      "in the input folder)")
     b.add_argument("--sampler-seed", type=int, help="rebuild SRe2L's image order from its --fkd-seed (42)")
+    from hald_ext.labels import transform
+
+    transform.add_arguments(sub.add_parser("transform", help="swap or zero the non-top-1 entries (as `hald "
+                                                             "label-transform`)"))
 
 
 def run(args) -> int:
@@ -62,6 +66,10 @@ def run(args) -> int:
     from hald_ext.labels.importers import LabelImportError
 
     try:
+        if args.labels_command == "transform":
+            from hald_ext.labels import transform
+
+            return transform.run(args, prog="hald labels transform")
         return {"info": _info, "import-fkd": _import_fkd, "import-sre2l": _import_sre2l}[args.labels_command](args)
     except (LabelStoreError, LabelImportError, ValueError) as e:  # bad files and bad flag values
         print(f"hald labels {args.labels_command}: error: {e}", file=sys.stderr)

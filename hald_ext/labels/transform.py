@@ -116,13 +116,13 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the swap permutations")
 
 
-def run(args) -> int:
+def run(args, prog: str = "hald label-transform") -> int:
     from hald_ext.labels.format import LabelStoreError
 
     try:
         store = transform_store(args.src, args.dst, args.mode, seed=args.seed)
     except (FileNotFoundError, ValueError, LabelStoreError) as e:
-        print(f"hald label-transform: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     print(f"{args.mode}: {store!r}")
     return 0
