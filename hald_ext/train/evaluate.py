@@ -25,7 +25,7 @@ DEFAULT_CROP_RATIO = 0.875
 def center_crop_boxes(image_sizes: torch.Tensor, size: int, ratio: float) -> torch.Tensor:
     """float32 [M, 4] (y, x, h, w) fractions of each image: the window that Resize(int(size / ratio)) on
     the shorter side then CenterCrop(size) keeps, in whole pixels of the original; (0, 0, 1, 1) for an
-    image already size x size."""
+    image already size x size. Element-wise on the sizes' device (no host sync on a GPU)."""
     if not 0 < ratio <= 1:
         raise ValueError(f"eval crop ratio must be in (0, 1], got {ratio}")
     hw = image_sizes.to(torch.float64)
@@ -41,9 +41,9 @@ def center_crop_boxes(image_sizes: torch.Tensor, size: int, ratio: float) -> tor
     top = top.round().clamp(0).minimum(h - ch)
     left = left.round().clamp(0).minimum(w - cw)
     boxes = torch.stack([top / h, left / w, ch / h, cw / w], -1)
-    exact = (h == size) & (w == size)
-    boxes[exact] = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
-    return boxes.float()
+    exact = ((h == size) & (w == size))[:, None]
+    whole = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64, device=boxes.device)
+    return torch.where(exact, whole, boxes).float()
 
 
 class EvalData:
@@ -78,7 +78,7 @@ class EvalData:
         for b in self.loader:
             sizes = b.image_sizes if b.image_sizes is not None else \
                 torch.tensor(b.images.shape[1:3], dtype=torch.int32).expand(b.images.shape[0], 2)
-            boxes = center_crop_boxes(sizes.cpu(), self.img_size, self.crop_ratio).to(b.images.device)
+            boxes = center_crop_boxes(sizes, self.img_size, self.crop_ratio)
             r = crop_and_lookup(b.images, b.image_ids, self.img_size, image_sizes=b.image_sizes,
                                 boxes=boxes[b.image_ids], flips=torch.zeros_like(b.image_ids, dtype=torch.bool),
                                 mean=mean, std=std)
