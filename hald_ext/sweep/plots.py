@@ -81,7 +81,8 @@ def paired_map(res: dict, cfg: dict, path: str) -> str:
     im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
     for i in range(len(rows)):
         for j in range(len(cols)):
-            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8)
+            dark = np.isfinite(grid[i, j]) and abs(grid[i, j]) > 0.6 * lim  # deep red / blue: white text
+            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set_xticks(range(len(cols)), [json.loads(c) if x else "" for c in cols])
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     if x:
