@@ -94,26 +94,14 @@ def bench_one(B, C, dtype, device, config, compile_ref=True):
     floor_bytes = 2 * B * C * elem  # logits read once + gradient written once
     row["floor_bytes"] = floor_bytes
     for name, fn in [("fused", fused), ("eager", eager)] + ([("compiled", compiled)] if compile_ref else []):
-        if device == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        ms = time_fn(fn, device, min_time=0.5 if B * C < 10_000_000 else 0.2, max_reps=100)
-        row[f"{name}_ms"] = ms
-        if device == "cuda":
-            # Peak memory above what was allocated before (logits, labels): the extra buffers.
-            fn()
-            torch.cuda.synchronize()
-            row[f"{name}_extra_bytes"] = torch.cuda.max_memory_allocated() - base
+        row[f"{name}_ms"] = time_fn(fn, device, min_time=0.5 if B * C < 10_000_000 else 0.2, max_reps=100)
+        if device == "cuda":  # peak memory above what is allocated before (logits, labels): the extra buffers
+            row[f"{name}_extra_bytes"] = peak_extra_bytes(fn, device)
     if device == "cuda":
         # The in-place mode: the gradient goes into the logits buffer, nothing logits-sized is added.
-        buf = logits.clone()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        soft_hard_loss(buf.requires_grad_(), ids, codes, y, inplace=True, **kw).backward()
-        torch.cuda.synchronize()
-        row["fused_inplace_extra_bytes"] = torch.cuda.max_memory_allocated() - base
+        buf = logits.clone().requires_grad_()
+        row["fused_inplace_extra_bytes"] = peak_extra_bytes(
+            lambda: soft_hard_loss(buf, ids, codes, y, inplace=True, **kw).backward(), device)
     row["speedup_vs_eager"] = row["eager_ms"] / row["fused_ms"]
     if compile_ref:
         row["speedup_vs_compiled"] = row["compiled_ms"] / row["fused_ms"]
