@@ -101,3 +101,14 @@ def test_bad_input_names_the_file_or_argument(tmp_path, capsys):
     assert "no finished paired runs of hald - hard-only" in capsys.readouterr().err
     assert main(["sweep-summary", good, "--out", str(tmp_path / "o"), "--pairs", "hald - soft-only"]) == 0
     assert (tmp_path / "o" / "summary.png").exists() and (tmp_path / "o" / "summary.json").exists()
+
+
+def test_sign_rule_reads_as_a_constant_when_no_threshold_splits_the_cells(tmp_path):
+    res = sli_map()
+    for r in res["rows"]:  # every hald run 10 points below its soft-only pair: all gains negative
+        if r["train.schedule"] == "hald":
+            r["top1"] = 60.0 - r["relabel.sli"]
+    s = S.build([write(tmp_path, "neg", res)], str(tmp_path / "out"), ["hald - soft-only"], plots=False)
+    r = s["pairs"][0]["predictors"]["lvsd_drift"]["sign_rule"]
+    assert r["sign_correct"] == 3 and r["above"] == 0 and r["loo_correct"] == 3
+    assert "Best sign rule 'gain < 0 always': 3/3 cells in-sample" in (tmp_path / "out" / "summary.md").read_text()

@@ -139,12 +139,21 @@ def leave_one_out(drift: list, gain: list) -> dict:
     for i in range(n):
         d = drift[:i] + drift[i + 1:]
         g = gain[:i] + gain[i + 1:]
-        rule = sign_rule(d, g)
-        thr = rule["threshold"]
-        # no threshold: the best rule on the others is "always positive" (or the majority sign)
-        pred = (drift[i] > thr) if thr is not None else (sum(x > 0 for x in g) * 2 >= len(g))
+        thr = sign_rule(d, g)["threshold"]
+        if thr is None:  # the best rule on the others: always positive
+            pred = True
+        elif not any(v > thr for v in d):  # ... always negative (no threshold splits them)
+            pred = False
+        else:
+            pred = drift[i] > thr
         correct += pred == (gain[i] > 0)
     return {"loo_correct": correct, "loo_n": n}
+
+
+def _rule(x: list, y: list) -> dict:
+    r = {**sign_rule(x, y), **leave_one_out(x, y), "n": len(x)}
+    r["above"] = sum(v > r["threshold"] for v in x) if r["threshold"] is not None else len(x)  # cells called positive
+    return r
 
 
 def analyse(pts: list, pairs: list) -> list:
@@ -173,7 +182,7 @@ def analyse(pts: list, pairs: list) -> list:
                 "label": label,
                 "cells": spearman_test(x, y),
                 "seeds": spearman_test([p[key] for p in sp], [p["gain"] for p in sp]),
-                "sign_rule": {**sign_rule(x, y), **leave_one_out(x, y), "n": len(cs)},
+                "sign_rule": _rule(x, y),
             }
         out.append(entry)
     return out
@@ -204,8 +213,12 @@ def markdown(summary: dict) -> str:
                 L.append(f"- {q['label']}: {c['n']} cell(s) with a measurement, too few for a rank correlation.")
                 continue
             loo = (f"{r['loo_correct']}/{r['loo_n']}" if r.get("loo_correct") is not None else "-")
-            rule = ("'gain > 0 always'" if r["threshold"] is None
-                    else f"'gain > 0 when {q['label']} > {_f(r['threshold'], '{:.4g}')}'")
+            if r["threshold"] is None:
+                rule = "'gain > 0 always'"
+            elif not r.get("above"):
+                rule = "'gain < 0 always'"
+            else:
+                rule = f"'gain > 0 when {q['label']} > {_f(r['threshold'], '{:.4g}')}'"
             L.append(f"- {q['label']}: Spearman rho = {_f(c['rho'], '{:+.2f}')} over {c['n']} cells "
                      f"(p = {_f(c['p'], '{:.3f}')}, {c['p_method']}); over {s['n']} single seeds rho = "
                      f"{_f(s['rho'], '{:+.2f}')} (p = {_f(s['p'], '{:.3g}')}). Best sign rule {rule}: "
