@@ -4,6 +4,8 @@ The decoded label is what the loss trains towards (METHOD.md section 3), built h
 reference decoder, so this measures the store, not a kernel."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from hald_ext.labels.format import DECODES
@@ -41,8 +43,8 @@ def kl_to_full(full_probs: torch.Tensor, ids: torch.Tensor | None, values: torch
         raise ValueError(f"ids {list(ids.shape)} and values {list(values.shape)} must have the same shape")
     if codebook is None and not values.is_floating_point():
         raise ValueError(f"integer values ({values.dtype}) need the codebook they index")
-    out = torch.empty(N, dtype=torch.float64)
-    dense_ids = torch.arange(C).expand(min(chunk_rows, N), C) if ids is None else None
+    out = torch.empty(N, dtype=torch.float64, device=full_probs.device)  # on the labels' device
+    dense_ids = torch.arange(C, device=full_probs.device).expand(min(chunk_rows, N), C) if ids is None else None
     for lo in range(0, N, chunk_rows):
         hi = min(lo + chunk_rows, N)
         p = full_probs[lo:hi].to(torch.float64)
@@ -55,8 +57,8 @@ def kl_to_full(full_probs: torch.Tensor, ids: torch.Tensor | None, values: torch
 def uniform_kl(full_probs: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
     """float64 [N]: KL(full || uniform) = log C - H(full), the reference a stored label should beat."""
     N, C = full_probs.shape
-    out = torch.empty(N, dtype=torch.float64)
+    out = torch.empty(N, dtype=torch.float64, device=full_probs.device)
     for lo in range(0, N, chunk_rows):
         p = full_probs[lo:lo + chunk_rows].to(torch.float64)
-        out[lo:lo + chunk_rows] = torch.xlogy(p, p).sum(1) + torch.log(torch.tensor(float(C), dtype=torch.float64))
+        out[lo:lo + chunk_rows] = torch.xlogy(p, p).sum(1) + math.log(C)
     return out

@@ -89,10 +89,12 @@ def encode_labels(logits: torch.Tensor, k: int, temperature: float, quantizer, t
 
 def label_kl(logits: torch.Tensor, temperature: float, ids, values: torch.Tensor, codebook, decode: str):
     """float64 [B] KL(teacher's full label || stored label decoded with `decode`) and float64 [B]
-    KL(full label || uniform), for comparison (hald_ext.labels.quality)."""
+    KL(full label || uniform), for comparison (hald_ext.labels.quality), on the host. Computed on the
+    logits' device: only the two [B] results cross to the host, not the [B, C] probabilities."""
     from hald_ext.labels.quality import kl_to_full, uniform_kl
 
-    p = torch.softmax(logits.double() / temperature, 1).cpu()
-    kl = kl_to_full(p, None if ids is None else ids.cpu(), values.cpu(), None if codebook is None else codebook.cpu(),
-                    decode)
-    return kl, uniform_kl(p)
+    dev = logits.device
+    p = torch.softmax(logits.double() / temperature, 1)
+    kl = kl_to_full(p, None if ids is None else ids.to(dev), values.to(dev),
+                    None if codebook is None else codebook.to(dev), decode)
+    return kl.cpu(), uniform_kl(p).cpu()
