@@ -1,5 +1,6 @@
 """`hald sweep` configuration checks and planning: shared stages, the run list, paired inputs."""
 import glob
+import re
 import os
 
 import pytest
@@ -183,3 +184,27 @@ def test_presets_plan(path, tmp_path):
     assert plan.runs and {s.id for s in plan.by_kind("train")} == {r.train for r in plan.runs}
     if cfg["compare"]:
         assert all(v in cfg["axes"][cfg["compare"]["axis"]] for pair in cfg["compare"]["pairs"] for v in pair)
+
+
+def test_set_overrides_make_a_quick_version_of_a_preset(tmp_path, capsys):
+    preset = os.path.join(os.path.dirname(__file__), "..", "experiments", "fmnist", "map-sli.yaml")
+    cfg = C.load(preset, ["seeds=[0]", "train.epochs=2", "axes.relabel.sli=[1, 2]", "teacher.train_images=500",
+                          "name=quick"])
+    assert cfg["seeds"] == [0] and cfg["train"]["epochs"] == 2 and cfg["axes"]["relabel.sli"] == [1, 2]
+    assert cfg["teacher"]["train_images"] == 500 and cfg["name"] == "quick"
+    plan = make_plan(cfg, str(tmp_path))
+    assert len(plan.runs) == 6 and len(plan.by_kind("train")) == 5  # hard-only once
+    assert all(_flag(s.argv, "--epochs") == "2" for s in plan.by_kind("train"))
+    assert load(preset)["train"]["epochs"] == 150  # the file is untouched
+    for bad, message in [(["train.epochs"], "expected KEY=VALUE"), (["trainer.epochs=2"], "unknown stage 'trainer'"),
+                         (["relabel.sli=3"], "relabel.sli is an axis of this sweep; set axes.relabel.sli"),
+                         (["train.epochz=2"], "unknown option train.epochz"), (["seeds=[1, 1]"], "seeds has duplicates"),
+                         (["train.epochs=[2"], "not valid YAML")]:
+        with pytest.raises(SweepConfigError, match=re.escape(message)):
+            C.load(preset, bad)
+    assert main(["sweep", preset, "--set", "seeds=[0]", "--set", "train.epochs=3", "--plan",
+                 "--out", str(tmp_path / "q")]) == 0
+    out = capsys.readouterr().out
+    assert "12 student runs (12 cell(s) x 1 seed(s))" in out and "--epochs 3" in out and "--epochs 150" not in out
+    assert main(["sweep", preset, "--set", "relabel.sli=3", "--plan"]) == 2
+    assert "is an axis of this sweep" in capsys.readouterr().err

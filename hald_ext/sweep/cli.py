@@ -27,6 +27,9 @@ def add_arguments(p) -> None:
                    help="where results.{csv,json}, report.md and the plots go (default: --out); several "
                         "configurations may share one --out (and so their common stages) with their own reports")
     p.add_argument("--no-plots", action="store_true", help="skip the matplotlib figures")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the configuration (YAML value): seeds=[0], train.epochs=2, "
+                        "axes.relabel.sli=[1], name=quick; repeatable. Give a quick look its own --out")
     p.add_argument("--cli", default=None, help=argparse.SUPPRESS)  # tests: a stand-in for `python -m hald_ext.cli`
 
 
@@ -37,7 +40,7 @@ def run(args) -> int:
     from hald_ext.sweep.runner import Runner
 
     try:
-        cfg = C.load(args.config)
+        cfg = C.load(args.config, args.overrides)
     except C.SweepConfigError as e:
         print(f"hald sweep: error: {e}", file=sys.stderr)
         return 2

@@ -150,7 +150,9 @@ def spec(stage: str) -> CommandSpec:
     return _SPECS[stage]
 
 
-def load(path: str) -> dict:
+def load(path: str, overrides: list | None = None) -> dict:
+    """Read and validate a configuration; `overrides` are "KEY=VALUE" strings applied first (see
+    apply_overrides)."""
     import yaml
 
     if not os.path.exists(path):
@@ -160,7 +162,49 @@ def load(path: str) -> dict:
             cfg = yaml.safe_load(f)
         except yaml.YAMLError as e:
             raise SweepConfigError(f"{path}: not valid YAML ({e})") from None
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
     return validate(cfg, where=path)
+
+
+def apply_overrides(cfg, overrides: list) -> dict:
+    """`--set` values: "seeds=[0]", "name=quick", "train.epochs=2" (a stage option, or an axis's value
+    list "axes.relabel.sli=[1, 2]"); VALUE is read as YAML. A stage option that is also an axis is
+    refused (set the axis instead), so an override never silently loses to the grid."""
+    import copy
+
+    import yaml
+
+    if not isinstance(cfg, dict):
+        return cfg  # validate names the problem
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SweepConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. train.epochs=2)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise SweepConfigError(f"--set {item!r}: the value is not valid YAML ({e})") from None
+        if key.startswith("axes."):
+            cfg.setdefault("axes", {})
+            if not isinstance(cfg["axes"], dict):
+                raise SweepConfigError(f"--set {item!r}: the configuration's axes are not a mapping")
+            cfg["axes"][key[len("axes."):]] = value
+        elif "." in key:
+            stage, _, opt = key.partition(".")
+            if stage not in STAGES:
+                raise SweepConfigError(f"--set {item!r}: unknown stage {stage!r} (one of {', '.join(STAGES)})")
+            if any(_norm(a.partition(".")[2]) == _norm(opt) and a.partition(".")[0] == stage
+                   for a in (cfg.get("axes") or {})):
+                raise SweepConfigError(f"--set {item!r}: {key} is an axis of this sweep; set axes.{key}=[...]")
+            if not isinstance(cfg.get(stage) or {}, dict):
+                raise SweepConfigError(f"--set {item!r}: {stage} is not a mapping in the configuration")
+            cfg[stage] = {**(cfg.get(stage) or {}), opt: value}
+        else:
+            cfg[key] = value
+    return cfg
 
 
 def _stage_options(stage: str, opts, where: str) -> dict:
