@@ -252,6 +252,7 @@ def plot(summary: dict, pts: list, path: str) -> str | None:
         rho = e["predictors"]["lvsd_drift"]["cells"]["rho"]
         ax.axhline(0, color="gray", lw=1)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor-tick labels overlap on a short log axis
         ax.set_title(f"{e['pair']}  (cells: Spearman {_f(rho, '{:+.2f}')})", fontsize=9)
         ax.set_xlabel("Tr(Sigma) / SLI (hald lvsd, before training)")
         ax.set_ylabel("paired gain (points): dots = seeds, bars = cell 95 % CI")
