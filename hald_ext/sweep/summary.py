@@ -220,7 +220,7 @@ def markdown(summary: dict) -> str:
             else:
                 rule = f"'gain > 0 when {q['label']} > {_f(r['threshold'], '{:.4g}')}'"
             L.append(f"- {q['label']}: Spearman rho = {_f(c['rho'], '{:+.2f}')} over {c['n']} cells "
-                     f"(p = {_f(c['p'], '{:.3f}')}, {c['p_method']}); over {s['n']} single seeds rho = "
+                     f"(p = {_f(c['p'], '{:.2g}')}, {c['p_method']}); over {s['n']} single seeds rho = "
                      f"{_f(s['rho'], '{:+.2f}')} (p = {_f(s['p'], '{:.3g}')}). Best sign rule {rule}: "
                      f"{r['sign_correct']}/{r['n']} cells in-sample, {loo} leaving each cell out; the majority "
                      f"sign alone: {r['sign_majority']}/{r['n']}.")
@@ -292,6 +292,6 @@ def run(args) -> int:
     for e in s["pairs"]:
         q = e["predictors"]["lvsd_drift"]
         print(f"{e['pair']}: {len(e['cells'])} cells, {e['points']} seed pairs; Tr(Sigma)/SLI vs gain: "
-              f"Spearman {_f(q['cells']['rho'], '{:+.2f}')} (p = {_f(q['cells']['p'], '{:.3f}')})")
+              f"Spearman {_f(q['cells']['rho'], '{:+.2f}')} (p = {_f(q['cells']['p'], '{:.2g}')})")
     print(f"[sweep-summary] {os.path.join(args.out, 'summary.md')}")
     return 0
