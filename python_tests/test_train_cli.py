@@ -217,3 +217,38 @@ def test_recorded_normalisation_wins_over_a_pretrained_cfg():
     assert normalization_of([torch.nn.Linear(1, 1)]) == (IMAGENET_MEAN, IMAGENET_STD)
     with pytest.raises(ValueError, match="std > 0"):
         normalization_of([m], mean=(0, 0, 0), std=(0, 1, 1))
+
+
+def test_teacher_resumes_a_killed_run_exactly(files, tmp_path, capsys, monkeypatch):
+    """A teacher killed after epoch 1 of 3 continues from <out>.partial and ends with the weights an
+    uninterrupted run has; a resume file written with other options is refused by name."""
+    import hald_ext.train.teacher as T
+
+    flags = ["--data", str(files / "train.npz"), "--epochs", "3", "--batch-size", "8", "--rrc-scale", "0.3", "1",
+             "--no-progress"]
+    assert main(["teacher", *flags, "--out", str(tmp_path / "straight.pth")]) == 0
+    assert not (tmp_path / "straight.pth.partial").exists()
+
+    real = T.train_teacher
+
+    def killed_after_first_epoch(*a, on_epoch=None, **kw):
+        def hook(epoch, model, state):
+            on_epoch(epoch, model, state)
+            raise KeyboardInterrupt  # the process dies here, after the epoch's state was written
+        return real(*a, on_epoch=hook, **kw)
+
+    monkeypatch.setattr(T, "train_teacher", killed_after_first_epoch)
+    out = str(tmp_path / "resumed.pth")
+    with pytest.raises(KeyboardInterrupt):
+        main(["teacher", *flags, "--out", out])
+    assert torch.load(out + ".partial", weights_only=True)["epoch"] == 1 and not os.path.exists(out)
+    monkeypatch.setattr(T, "train_teacher", real)
+    capsys.readouterr()
+    assert main(["teacher", *(f if f != "0.3" else "0.5" for f in flags), "--out", out]) == 2
+    assert "resumed.pth.partial was written with other options (rrc_scale)" in capsys.readouterr().err
+    assert main(["teacher", *flags, "--out", out]) == 0
+    assert "resuming from" in capsys.readouterr().out and not os.path.exists(out + ".partial")
+    a, b = torch.load(tmp_path / "straight.pth", weights_only=True), torch.load(out, weights_only=True)
+    assert b["resumed_after_epoch"] == 1
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k

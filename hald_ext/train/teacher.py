@@ -59,6 +59,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--std", type=float, nargs=3, default=IMAGENET_STD,
                         help="input normalisation std, recorded in the checkpoint (default: ImageNet's)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    parser.add_argument("--restart", action="store_true",
+                        help="ignore <out>.partial (the state after the last finished epoch) and start again")
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
     parser.add_argument("--out", default="runs/teacher/teacher.pth", help="checkpoint path")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -102,12 +104,14 @@ class _LoaderEpochs:
 def train_teacher(model: nn.Module, images, targets=None, *, epochs: int, batch_size: int, lr: float,
                   weight_decay: float, seed: int, img_size: int | None = None, rrc_scale=None,
                   mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu", progress: bool = True,
-                  on_epoch=None) -> nn.Module:
+                  on_epoch=None, resume: dict | None = None) -> nn.Module:
     """Plain supervised training through the image path every command uses: batches from the image
     source (resident cache or streaming; `images` may also be an ImageSet, a uint8 [N, 3, H, W] tensor
     with `targets`, or a loader from hald_ext.data.make_loader that decodes every epoch), crop_and_lookup
     crops (the whole image, or random-resized crops with `rrc_scale`) and random horizontal flips,
-    cross-entropy, AdamW with a cosine to 0. `on_epoch(epoch, model)` runs after every epoch (1-based)."""
+    cross-entropy, AdamW with a cosine to 0. `on_epoch(epoch, model, state)` runs after every epoch
+    (1-based); `state` (optimizer, sampler generator and torch RNG states) passed back as `resume`
+    (with "model" and "epoch") continues the run exactly where that epoch ended."""
     from tqdm.auto import tqdm
 
     from hald_ext.ops import crop_and_lookup
@@ -128,10 +132,17 @@ def train_teacher(model: nn.Module, images, targets=None, *, epochs: int, batch_
     labels = epochs_of.labels.to(device)
     model.to(device).train()
     opt = create_optimizer(model, lr, weight_decay)
+    start = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        gen.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        start = int(resume["epoch"])
     sched = HalfCosineLR(opt, epochs, eta=1.0, on_updates=True)
     steps = len(epochs_of)
     whole = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=device)
-    for epoch in range(epochs):
+    for epoch in range(start, epochs):
         bar = tqdm(epochs_of.epoch(epoch), total=steps, desc=f"teacher epoch {epoch + 1}/{epochs}",
                    disable=not progress, leave=False)
         for step, b in enumerate(bar):
@@ -151,8 +162,14 @@ def train_teacher(model: nn.Module, images, targets=None, *, epochs: int, batch_
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         if on_epoch is not None:
-            on_epoch(epoch + 1, model)
+            on_epoch(epoch + 1, model, {"optimizer": opt.state_dict(), "generator": gen.get_state(),
+                                        "torch_rng": torch.get_rng_state()})
     return model.eval()
+
+
+# The options that decide a teacher's weights: a resume file is used only when they all match.
+_DECIDES = {"data", "model", "epochs", "train_images", "batch_size", "lr", "weight_decay", "rrc_scale", "img_size",
+            "seed", "mean", "std", "stream", "loader"}
 
 
 def held_out_for(args):
@@ -218,22 +235,48 @@ def run(args) -> int:
         ckpt.save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, **meta, "epochs": epoch,
                           **(extra or {})}, path)
 
-    def on_epoch(epoch: int, model: nn.Module) -> None:
+    # The state after each finished epoch, so a killed run continues instead of starting again.
+    partial = args.out + ".partial"
+    decided = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(vars(args).items()) if k in _DECIDES}
+    resume = None
+    if os.path.exists(partial) and not args.restart:
+        try:
+            resume = ckpt.load(partial)
+        except Exception as e:  # noqa: BLE001 - any unreadable file: say which, lose nothing
+            print(f"hald teacher: error: {partial} is not a readable resume file ({str(e).splitlines()[0]}); "
+                  "delete it or pass --restart", file=sys.stderr)
+            return 2
+        if resume.get("options") != decided:
+            was = resume.get("options") or {}
+            diff = sorted(k for k in set(was) | set(decided) if was.get(k) != decided.get(k))
+            print(f"hald teacher: error: {partial} was written with other options ({', '.join(diff)}): delete it, "
+                  "pass --restart, or rerun with the same options", file=sys.stderr)
+            return 2
+        print(f"resuming from {partial} after epoch {resume['epoch']} of {args.epochs}", flush=True)
+
+    def on_epoch(epoch: int, model: nn.Module, state: dict) -> None:
         if args.save_every and epoch % args.save_every == 0 and epoch < args.epochs:
             save(epoch_checkpoint_path(args.out, epoch), epoch, model)
+        if epoch < args.epochs:
+            ckpt.save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "epoch": epoch,
+                              "options": decided, **state}, partial)
 
     t0 = time.perf_counter()
     train_teacher(model, train if args.stream else image_source(train, device), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   weight_decay=args.weight_decay, seed=args.seed, img_size=img_size,
                   rrc_scale=args.rrc_scale, mean=mean, std=std, device=device, progress=args.progress,
-                  on_epoch=on_epoch)
+                  on_epoch=on_epoch, resume=resume)
     train_time = time.perf_counter() - t0
     result = {**meta, "epochs": args.epochs, "train_seconds": round(train_time, 1)}
     if eval_data is not None:
         result.update(evaluate(model, eval_data, mean=mean, std=std))
+    if resume is not None:
+        result["resumed_after_epoch"] = int(resume["epoch"])  # train_seconds counts this process only
     save(args.out, args.epochs, model, result)
     if args.save_every and args.epochs % args.save_every == 0:
         save(epoch_checkpoint_path(args.out, args.epochs), args.epochs, model, result)
+    if os.path.exists(partial):
+        os.remove(partial)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(result, f, indent=1)
     acc = f", test top-1 {result['eval_top1']:.2f} %" if "eval_top1" in result else ""
