@@ -84,6 +84,8 @@ def test_t_approximation_for_many_points():
     assert t["rho"] == pytest.approx(0.85) and t["p_method"] == "t approximation"
     assert 0.001 < t["p"] < 0.01
     assert math.isnan(S.spearman_test([1, 2], [1, 2])["rho"])
+    # a perfect ordering of 9 points: only 2 of the 9! orderings reach |rho| = 1
+    assert S.spearman_test(list(range(9)), list(range(9)))["p"] == pytest.approx(2 / 362880)
 
 
 def test_bad_input_names_the_file_or_argument(tmp_path, capsys):
