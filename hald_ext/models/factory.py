@@ -17,11 +17,17 @@ def create_model(name: str, num_classes: int, img_size: int | None = None, check
         kwargs["img_size"] = img_size
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     if checkpoint is not None:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "model" in state:
-            if state.get("mean") is not None and state.get("std") is not None:
-                # the normalisation the weights were trained with (`hald teacher` / `hald train` record it)
-                model.hald_normalization = (tuple(state["mean"]), tuple(state["std"]))
-            state = state["model"]
-        model.load_state_dict(state)
+        load_checkpoint_state(model, torch.load(checkpoint, map_location="cpu", weights_only=True))
+    return model
+
+
+def load_checkpoint_state(model: torch.nn.Module, state: dict) -> torch.nn.Module:
+    """Weights from a checkpoint this package wrote ({"model": state_dict, ...}) or a bare state dict;
+    the normalisation the weights were trained with, when recorded (`hald teacher` / `hald train`),
+    is kept as `model.hald_normalization` (read by hald_ext.data.normalize.normalization_of)."""
+    if isinstance(state, dict) and "model" in state:
+        if state.get("mean") is not None and state.get("std") is not None:
+            model.hald_normalization = (tuple(state["mean"]), tuple(state["std"]))
+        state = state["model"]
+    model.load_state_dict(state)
     return model

@@ -63,6 +63,7 @@ def consistency(probs: torch.Tensor) -> tuple:
 def load_model(path: str, num_classes: int, img_size: int, name: str | None = None):
     """A checkpoint written by `hald teacher` / `hald train` (they record model_name and img_size)."""
     from hald_ext.models import create_model
+    from hald_ext.models.factory import load_checkpoint_state
     from hald_ext.train import checkpoint as ckpt
 
     state = ckpt.load(path)
@@ -70,9 +71,7 @@ def load_model(path: str, num_classes: int, img_size: int, name: str | None = No
     if name is None:
         raise ValueError(f"{path} does not record its model: pass the model name")
     model = create_model(name, num_classes, img_size=state.get("img_size", img_size))
-    model.load_state_dict(state["model"] if "model" in state else state)
-    if state.get("mean") is not None and state.get("std") is not None:
-        model.hald_normalization = (tuple(state["mean"]), tuple(state["std"]))
+    load_checkpoint_state(model, state)
     return model, int(state.get("img_size", img_size))
 
 
