@@ -9,6 +9,7 @@ import yaml
 from hald_ext.cli import main
 from hald_ext.sweep import SweepConfigError, load, make_plan, validate
 from hald_ext.sweep import config as C
+from hald_ext.sweep.report import write_config
 
 
 def base(**over):
@@ -182,6 +183,9 @@ def test_presets_plan(path, tmp_path):
     cfg = load(path)
     plan = make_plan(cfg, str(tmp_path))
     assert plan.runs and {s.id for s in plan.by_kind("train")} == {r.train for r in plan.runs}
+    written = str(tmp_path / "config.yaml")  # what a report keeps: reads back to the same plan
+    write_config(cfg, written)
+    assert load(written) == cfg and set(make_plan(load(written), str(tmp_path)).stages) == set(plan.stages)
     if cfg["compare"]:
         assert all(v in cfg["axes"][cfg["compare"]["axis"]] for pair in cfg["compare"]["pairs"] for v in pair)
 
@@ -207,4 +211,7 @@ def test_set_overrides_make_a_quick_version_of_a_preset(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "12 student runs (12 cell(s) x 1 seed(s))" in out and "--epochs 3" in out and "--epochs 150" not in out
     assert main(["sweep", preset, "--set", "relabel.sli=3", "--plan"]) == 2
+    written = str(tmp_path / "config.yaml")  # a report's config.yaml keeps the overrides
+    write_config(cfg, written)
+    assert load(written) == cfg and load(written)["train"]["epochs"] == 2
     assert "is an axis of this sweep" in capsys.readouterr().err

@@ -117,7 +117,11 @@ def test_full_sweep_writes_tables_and_paired_statistics(sweep):
     assert "HALD beats hard-only" in out
     assert pair["hald - soft-only"]["lvsd_trace_sigma"] == pytest.approx(0.11)
     report = (tmp / "out" / "report.md").read_text()
-    assert "| hald - hard-only | 3 | +0.83 |" in report
+    assert "| hald - hard-only | 3 | +0.83 |" in report and "`config.yaml`" in report
+    from hald_ext.sweep import config as C
+
+    assert C.load(str(tmp / "out" / "config.yaml")) == C.load(str(tmp / "fake.yaml"))
+    assert res["config"]["compare"]["pairs"] == ["hald - soft-only", "hald - hard-only"]
 
 
 def test_demo_summary_says_what_the_numbers_show(sweep, capsys):

@@ -336,6 +336,17 @@ def _check_use_epoch(out: dict, where: str) -> None:
                                        f"(teacher.epochs {total})")
 
 
+def as_written(cfg: dict) -> dict:
+    """A validated configuration in the format `load` reads, giving the same plan: what a report keeps
+    as the configuration that ran (the preset with every `--set` applied)."""
+    out = {k: copy.deepcopy(v) for k, v in cfg.items() if v is not None}
+    if cfg.get("compare"):
+        out["compare"] = {"axis": cfg["compare"]["axis"],
+                          "pairs": [f"{a} - {b}" for a, b in cfg["compare"]["pairs"]]}
+    out["report"] = {k: v for k, v in (cfg.get("report") or {}).items() if v is not None}
+    return out
+
+
 def _compare(raw, axes: dict, where: str):
     if raw is None:
         return None

@@ -10,6 +10,7 @@ import math
 import os
 
 from hald_ext.sweep import stats
+from hald_ext.sweep.config import as_written
 from hald_ext.sweep.plan import Plan
 from hald_ext.sweep.runner import read_done, write_json_atomic
 
@@ -211,12 +212,14 @@ def build(plan: Plan, out_dir: str | None = None, plots: bool = True) -> dict:
               "compare": ({"axis": cfg["compare"]["axis"], "pairs": [list(p) for p in cfg["compare"]["pairs"]]}
                           if cfg["compare"] else None),
               "runs_done": len(rows), "runs_missing": missing, "rows": rows, "cells": cell_rows,
-              "paired": pair_rows, "lvsd_prediction": pred, "explanation": explain(pair_rows) if pair_rows else []}
+              "paired": pair_rows, "lvsd_prediction": pred, "explanation": explain(pair_rows) if pair_rows else [],
+              "config": as_written(cfg)}
     _csv(rows, os.path.join(out_dir, "results.csv"))
     _csv(cell_rows, os.path.join(out_dir, "cells.csv"))
     if pair_rows:
         _csv(pair_rows, os.path.join(out_dir, "paired.csv"))
     write_json_atomic(result, os.path.join(out_dir, "results.json"))
+    write_config(cfg, os.path.join(out_dir, "config.yaml"))
     figures = []
     if plots and rows:
         from hald_ext.sweep import plots as P
@@ -228,6 +231,20 @@ def build(plan: Plan, out_dir: str | None = None, plots: bool = True) -> dict:
     return result
 
 
+def write_config(cfg: dict, path: str) -> None:
+    """The configuration as run (every `--set` applied), readable by `hald sweep`: the preset file alone
+    does not say what a report came from once overrides were given."""
+    import yaml
+
+    text = ("# The configuration this report came from (the preset with every --set applied).\n"
+            "# Rerun or continue it: hald sweep THIS_FILE --out <the same --out>\n"
+            + yaml.safe_dump(as_written(cfg), sort_keys=False, default_flow_style=None, width=110))
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def markdown(res: dict, cfg: dict, plan: Plan) -> str:
     axes = list(cfg["axes"])
     L = [f"# Sweep `{res['name']}`", ""]
@@ -237,7 +254,7 @@ def markdown(res: dict, cfg: dict, plan: Plan) -> str:
                                                                     "lvsd", "train")) if n}
     L.append("Stages: " + ", ".join(f"{n} {k}" for k, n in shared.items())
              + ". Every train-only axis value of a seed trains on the same selected images and the same "
-               "stored crops (paired).")
+               "stored crops (paired). The configuration as run: `config.yaml`.")
     label_free = sum(1 for s in plan.by_kind("train") if "--labels" not in s.argv)
     if label_free:
         L.append(f"{label_free} of the student runs have no soft phase and read no labels: each serves every label "
