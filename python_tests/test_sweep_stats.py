@@ -27,6 +27,15 @@ def test_t_quantile_other_levels_and_cdf():
         stats.t_quantile(1.0, 3)
 
 
+def test_t_tail_far_out_is_not_rounded_to_zero():
+    # df 2 has a closed form: P(T > t) = (1 - t / sqrt(2 + t^2)) / 2, about 1 / (2 t^2) for large t
+    for t in (0.5, 3.0, 1e3, 1e9):
+        exact = 0.5 / (math.sqrt(2 + t * t) * (math.sqrt(2 + t * t) + t) / 2)  # the same, without cancellation
+        assert stats.t_sf(t, 2) == pytest.approx(exact, rel=1e-6)
+    assert stats.t_sf(1e9, 2) > 0 and 1.0 - stats.t_cdf(1e9, 2) == 0.0  # what a p-value "= 0" came from
+    assert stats.t_sf(-1.5, 7) == pytest.approx(stats.t_cdf(1.5, 7)) and stats.t_sf(0.0, 5) == pytest.approx(0.5)
+
+
 def test_mean_sd_and_paired_interval_by_hand():
     a = [71.0, 73.5, 70.0, 74.0]
     b = [70.0, 71.5, 69.5, 72.5]

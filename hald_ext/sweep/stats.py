@@ -68,6 +68,14 @@ def t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t > 0 else tail
 
 
+def t_sf(t: float, df: float) -> float:
+    """P(T > t), from the tail directly: 1 - t_cdf(t) rounds to 0 below ~1e-16, this does not."""
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df}")
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return tail if t > 0 else 1.0 - tail
+
+
 def t_quantile(p: float, df: float) -> float:
     """The p-quantile of Student's t (bisection on t_cdf; accurate to ~1e-10)."""
     if not 0.0 < p < 1.0:

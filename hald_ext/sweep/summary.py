@@ -126,7 +126,7 @@ def spearman_test(x: list, y: list) -> dict:
     if abs(rho) >= 1.0 - 1e-12:  # only the orderings reaching |rho| = 1: 2 of n! (exact without ties)
         return {"n": n, "rho": rho, "p": 2.0 / math.factorial(n), "p_method": "exact: 2 of n! orderings"}
     t = rho * math.sqrt((n - 2) / (1.0 - rho * rho))
-    p = 2.0 * (1.0 - stats.t_cdf(abs(t), n - 2))
+    p = 2.0 * stats.t_sf(abs(t), n - 2)
     return {"n": n, "rho": rho, "p": p, "p_method": "t approximation"}
 
 
