@@ -62,13 +62,14 @@ def sweep(tmp_path):
     argv = [sys.executable, "-m", "hald_ext.cli", "sweep", str(tmp_path / "fake.yaml"), "--out", str(tmp_path / "out"),
             "--jobs", "2", "--no-plots", "--cli", f"{sys.executable} {fake}"]
 
-    def start(hang=None, fail=None):
+    def start(hang=None, fail=None, extra=()):
         e = dict(env)
         if hang:
             e["FAKE_HANG"] = hang
         if fail:
             e["FAKE_FAIL"] = fail
-        return subprocess.Popen(argv, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(argv + list(extra), env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
 
     def calls():
         with open(tmp_path / "log.jsonl") as f:
@@ -122,6 +123,18 @@ def test_full_sweep_writes_tables_and_paired_statistics(sweep):
 
     assert C.load(str(tmp / "out" / "config.yaml")) == C.load(str(tmp / "fake.yaml"))
     assert res["config"]["compare"]["pairs"] == ["hald - soft-only", "hald - hard-only"]
+
+
+def test_a_sweep_without_lvsd_reports_no_drift_section(sweep):
+    tmp, start, calls, _ = sweep
+    p = start(extra=["--set", "lvsd=null"])
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    assert "lvsd" not in [c[0] for c in calls()]
+    report = (tmp / "out" / "report.md").read_text()
+    assert "| hald - hard-only | 3 | +0.83 |" in report  # the paired table is still there
+    assert "Tr(Sigma)" not in report and "predict" not in report
+    assert json.load(open(tmp / "out" / "results.json"))["lvsd_prediction"] == []
 
 
 def test_demo_summary_says_what_the_numbers_show(sweep, capsys):

@@ -207,7 +207,8 @@ def build(plan: Plan, out_dir: str | None = None, plots: bool = True) -> dict:
     rows, missing = collect(plan)
     cell_rows = cells(rows, axes, metric)
     pair_rows = paired(rows, axes, cfg["compare"], metric) if cfg["compare"] else []
-    pred = lvsd_prediction(pair_rows) if pair_rows else []
+    with_lvsd = any(p["lvsd_drift"] is not None for p in pair_rows)
+    pred = lvsd_prediction(pair_rows) if with_lvsd else []  # no section about a diagnostic never run
     result = {"name": cfg["name"], "metric": metric, "axes": cfg["axes"], "seeds": cfg["seeds"],
               "compare": ({"axis": cfg["compare"]["axis"], "pairs": [list(p) for p in cfg["compare"]["pairs"]]}
                           if cfg["compare"] else None),
@@ -266,16 +267,18 @@ def markdown(res: dict, cfg: dict, plan: Plan) -> str:
                                                                    _num(c["min"]), _num(c["max"])]) + " |")
     if res["paired"]:
         others = [a for a in axes if a != cfg["compare"]["axis"]]
+        lvsd = any(p["lvsd_drift"] is not None for p in res["paired"])
         L += ["", "## Paired differences (same seed: same images, same stored crops)", "",
-              "| " + " | ".join(others + ["pair", "n", "mean", "sd", "95 % CI", "+/-", "Tr(Sigma)", "Tr(Sigma)/SLI"])
-              + " |", "|" + "---|" * (len(others) + 8)]
+              "| " + " | ".join(others + ["pair", "n", "mean", "sd", "95 % CI", "+/-"]
+                                + (["Tr(Sigma)", "Tr(Sigma)/SLI"] if lvsd else [])) + " |",
+              "|" + "---|" * (len(others) + 6 + 2 * lvsd)]
         for p in res["paired"]:
             ci = "-" if p["n"] < 2 else f"[{p['lo']:+.2f}, {p['hi']:+.2f}]"
             L.append("| " + " | ".join([_label(p[o]) for o in others]
                                        + [p["pair"], str(p["n"]), _num(p["mean"], "{:+.2f}"), _num(p["sd"]), ci,
-                                          f"{p['positive']}/{p['negative']}",
-                                          _num(p["lvsd_trace_sigma"], "{:.4f}"),
-                                          _num(p["lvsd_drift"], "{:.4f}")]) + " |")
+                                          f"{p['positive']}/{p['negative']}"]
+                                       + ([_num(p["lvsd_trace_sigma"], "{:.4f}"), _num(p["lvsd_drift"], "{:.4f}")]
+                                          if lvsd else [])) + " |")
         L += ["", "### What the numbers show", ""] + [f"- {s}" for s in res["explanation"]]
     if res["lvsd_prediction"]:
         L += ["", "## Does Tr(Sigma) predict the gain?", ""]
