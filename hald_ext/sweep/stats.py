@@ -60,19 +60,22 @@ def betainc(a: float, b: float, x: float) -> float:
     return 1.0 - math.exp(lbeta) * _betacf(b, a, 1.0 - x) / b
 
 
-def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with df degrees of freedom."""
+def _t_tail(t: float, df: float) -> float:
+    """P(T > |t|) for Student's t with df degrees of freedom."""
     if df <= 0:
         raise ValueError(f"degrees of freedom must be > 0, got {df}")
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with df degrees of freedom."""
+    tail = _t_tail(t, df)
     return 1.0 - tail if t > 0 else tail
 
 
 def t_sf(t: float, df: float) -> float:
     """P(T > t), from the tail directly: 1 - t_cdf(t) rounds to 0 below ~1e-16, this does not."""
-    if df <= 0:
-        raise ValueError(f"degrees of freedom must be > 0, got {df}")
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    tail = _t_tail(t, df)
     return tail if t > 0 else 1.0 - tail
 
 
