@@ -267,7 +267,7 @@ def markdown(res: dict, cfg: dict, plan: Plan) -> str:
                                                                    _num(c["min"]), _num(c["max"])]) + " |")
     if res["paired"]:
         others = [a for a in axes if a != cfg["compare"]["axis"]]
-        lvsd = any(p["lvsd_drift"] is not None for p in res["paired"])
+        lvsd = bool(res["lvsd_prediction"])  # non-empty exactly when the pairs carry Tr(Sigma)
         L += ["", "## Paired differences (same seed: same images, same stored crops)", "",
               "| " + " | ".join(others + ["pair", "n", "mean", "sd", "95 % CI", "+/-"]
                                 + (["Tr(Sigma)", "Tr(Sigma)/SLI"] if lvsd else [])) + " |",

@@ -258,8 +258,7 @@ def run(args) -> int:
         if args.save_every and epoch % args.save_every == 0 and epoch < args.epochs:
             save(epoch_checkpoint_path(args.out, epoch), epoch, model)
         if epoch < args.epochs:
-            ckpt.save_atomic({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "epoch": epoch,
-                              "options": decided, **state}, partial)
+            save(partial, epoch, model, {"epoch": epoch, "options": decided, **state})
 
     t0 = time.perf_counter()
     train_teacher(model, train if args.stream else image_source(train, device), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
