@@ -2,7 +2,8 @@
 import numpy as np
 import torch
 
-from hald_ext.data.cache import ResidentImageCache, StreamingImages, image_source, pad_images
+from hald_ext.data import image_source
+from hald_ext.data.cache import ResidentImageCache, StreamingImages, pad_images
 from hald_ext.data.sources import ImageSet
 from hald_ext.ops import crop_and_lookup
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from conftest import interrupt_on_call
 from hald_ext.cli import main as hald
 from hald_ext.data import fingerprint, load_image_set, write_image_folder
 from hald_ext.data.sources import FASHION_MNIST_ROOT
@@ -63,16 +64,7 @@ def test_resume_after_interruption(images, tmp_path, save_every_s):
     ref = run(images, tmp_path / "ref.safetensors")
     out = tmp_path / "s.safetensors"
     model = teacher()
-    calls = {"n": 0}
-    forward = model.forward
-
-    def dying_forward(x):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return forward(x)
-
-    model.forward = dying_forward
+    forward = interrupt_on_call(model, 3)
     with pytest.raises(KeyboardInterrupt):
         run(images, out, model, save_every_s=save_every_s)
     assert not out.exists() and os.path.exists(str(out) + ".partial")
@@ -125,9 +117,10 @@ def test_image_folder_and_cli(images, tmp_path, capsys):
                  "--batch-size", "16", "--no-progress"]) == 0
     folder = load_image_set(str(root))
     s = LabelStore.open(out, images=folder)
-    assert s.num_images == 30 and s.header.images == fingerprint(folder)
+    # A store made on a folder identifies its images by their files (hald_ext.data.files_fingerprint).
+    assert s.num_images == 30 and s.header.images == fingerprint(folder, "files")
     with pytest.raises(LabelStoreError, match="image set mismatch"):
-        s.check_images(images)  # same pixels, other names: a different image set
+        s.check_images(images)  # the same pixels as arrays, not the folder's files
     capsys.readouterr()
     assert hald(["labels", "info", str(out), "--images", str(root)]) == 0
     text = capsys.readouterr().out

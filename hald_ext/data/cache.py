@@ -101,13 +101,3 @@ class StreamingImages:
     def memory(self) -> dict:
         return {"kind": "streaming", "device": str(self.device), "images": len(self),
                 "host_bytes": sum(int(im.nbytes) for im in self.images), "bytes": 0}
-
-
-def image_source(image_set: ImageSet, device="cpu", max_bytes: int | None = None):
-    """A ResidentImageCache when the padded set fits in `max_bytes` (default: half the free device
-    memory), else StreamingImages. `memory()` on the result reports which, and the bytes taken."""
-    device = torch.device(device)
-    budget = device_budget(device) if max_bytes is None else int(max_bytes)
-    if padded_nbytes(image_set.images) <= budget:
-        return ResidentImageCache.from_image_set(image_set, device)
-    return StreamingImages(image_set, device)

@@ -70,6 +70,19 @@ def decode_file(path: str) -> np.ndarray:
         raise ValueError(f"{path}: cannot decode this image file (corrupt or not an image): {e}") from None
 
 
+def image_size(path: str) -> tuple:
+    """(height, width) of an image file from its header (no decode), in the stored orientation (the
+    decoders ignore EXIF orientation); ValueError naming a file that is not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{path}: cannot read this image file's header (corrupt or not an image): {e}") from None
+    return int(h), int(w)
+
+
 def find_undecodable(paths: list) -> str | None:
     """The first file of `paths` that does not decode (to name it when a batch decoder failed)."""
     for p in paths:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import json
 import os
 import struct
 
 import numpy as np
 
-from hald_ext.data.folder import IMAGE_EXTENSIONS, list_image_folder  # noqa: F401  (re-exported)
+from hald_ext.data.files import ImageFiles
+from hald_ext.data.folder import IMAGE_EXTENSIONS, decode_file, list_image_folder  # noqa: F401  (re-exported)
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -30,6 +32,11 @@ class ImageSet:
     classes: list
     names: list  # one stable name per image (file path relative to the root, or "array:<i>")
     kind: str = "arrays"  # "folder" (natural images, decoded from files) or "arrays" (IDX / NPZ / NPY)
+    # The folder files these images were decoded from (`load_image_set` of a folder), or their files
+    # fingerprint (an NPZ that `hald select` wrote from a folder records it): a store identifying its
+    # images by their files then accepts the decoded set.
+    files: "ImageFiles | None" = None
+    files_fingerprint: dict | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -108,6 +115,7 @@ def _load_arrays(path: str) -> ImageSet:
             images, labels = z["images"], z["labels"]
             classes = [str(c) for c in z["classes"]] if "classes" in z else None
             sizes = z["image_sizes"] if "image_sizes" in z else None
+            files_fp = json.loads(str(z["files_fingerprint"])) if "files_fingerprint" in z else None
         if images.dtype != np.uint8:
             raise ValueError(f"{path}: images must be uint8, got {images.dtype}")
         if sizes is not None:  # a padded stack of images of different sizes (hald select writes it)
@@ -120,7 +128,7 @@ def _load_arrays(path: str) -> ImageSet:
         if lab is None or not os.path.exists(lab):
             raise FileNotFoundError(f"{path}: expected labels beside it in {lab}")
         labels = np.load(lab, allow_pickle=False)
-        classes = None
+        classes, files_fp = None, None
         if images.dtype != np.uint8:
             raise ValueError(f"{path}: images must be uint8, got {images.dtype}")
     labels = labels.astype(np.int64)
@@ -128,7 +136,8 @@ def _load_arrays(path: str) -> ImageSet:
         raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
     if classes is None:
         classes = [str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0)]
-    return ImageSet([_to_rgb(im) for im in images], labels, classes, [f"array:{i}" for i in range(len(images))])
+    return ImageSet([_to_rgb(im) for im in images], labels, classes, [f"array:{i}" for i in range(len(images))],
+                    files_fingerprint=files_fp)
 
 
 def _load_folder(root: str, loader: str = "auto", batch_size: int = 64) -> ImageSet:
@@ -138,7 +147,8 @@ def _load_folder(root: str, loader: str = "auto", batch_size: int = 64) -> Image
     ld = make_loader(root, batch_size, backend=loader, shard=(0, 1))
     images = decode_all(ld)
     names = [os.path.relpath(p, root).replace(os.sep, "/") for p in ld.paths]
-    return ImageSet(images, np.asarray(ld.labels, dtype=np.int64), list(ld.classes), names, kind="folder")
+    return ImageSet(images, np.asarray(ld.labels, dtype=np.int64), list(ld.classes), names, kind="folder",
+                    files=ImageFiles.open(root))
 
 
 def load_image_set(source: str, split: str = "train", loader: str = "auto") -> ImageSet:
@@ -176,23 +186,64 @@ def write_image_folder(images: ImageSet, root: str, fmt: str = "png") -> list:
     return paths
 
 
-def fingerprint(images: ImageSet) -> dict:
-    """Count + sha256 over each image's class id, shape and pixel bytes, in order: a store records it
-    and checks it on replay. Names are left out on purpose: the same images keep their identity when
-    `hald select` writes them to an NPZ or a renamed folder (a store made by `hald relabel --ipc` on
-    the source set then trains on the selection)."""
+FINGERPRINT_KINDS = ("pixels", "files")
+
+
+def fingerprint(images, kind: str | None = None) -> dict:
+    """The identity a label store records and checks on replay: {"kind", "count", "sha256"}.
+
+    "files" (an image folder's ImageFiles, the default for one): from each file's bytes without
+    decoding (hald_ext.data.files.files_fingerprint). "pixels" (arrays, the default for an ImageSet;
+    and what stores made before folders were read as files record -- an ImageFiles then decodes its
+    files once, batch by batch, to check one): sha256 over each image's class id, shape and pixel
+    bytes, in order. Names are left out on purpose either way: the same images keep their identity
+    when `hald select` writes them to an NPZ or a renamed folder."""
+    kind = kind or ("files" if isinstance(images, ImageFiles) else "pixels")
+    if kind not in FINGERPRINT_KINDS:
+        raise ValueError(f"unknown image fingerprint kind {kind!r} (known: {', '.join(FINGERPRINT_KINDS)})")
+    if kind == "files":
+        if isinstance(images, ImageFiles):
+            return images.fingerprint()
+        if getattr(images, "files", None) is not None:
+            return images.files.fingerprint()
+        if getattr(images, "files_fingerprint", None):
+            return dict(images.files_fingerprint)
+        raise ValueError("these labels identify their images by the files of an image folder: give that "
+                         "folder (or an NPZ `hald select` wrote from it), not other decoded arrays")
     h = hashlib.sha256()
-    for label, im in zip(np.asarray(images.labels).tolist(), images.images):
+    if isinstance(images, ImageFiles):
+        pixels = (decode_file(images.path(i)) for i in range(len(images)))
+    else:
+        pixels = iter(images.images)
+    for label, im in zip(np.asarray(images.labels).tolist(), pixels):
         h.update(repr((int(label), im.shape)).encode())
         h.update(np.ascontiguousarray(im).tobytes())
-    return {"count": len(images), "sha256": h.hexdigest()}
+    return {"kind": "pixels", "count": len(images), "sha256": h.hexdigest()}
+
+
+def image_sizes(images) -> np.ndarray:
+    """int32 [N, 2] (height, width) of every image: an ImageSet's arrays, or an ImageFiles' headers."""
+    if isinstance(images, ImageFiles):
+        return images.sizes()
+    return np.array([im.shape[:2] for im in images.images], dtype=np.int32).reshape(-1, 2)
+
+
+def open_images(source: str, split: str = "train", loader: str = "auto"):
+    """What every command opens: an image folder as its files (ImageFiles: a listing, nothing decoded),
+    anything else as decoded arrays (`load_image_set`: Fashion-MNIST, IDX, NPZ / NPY)."""
+    from hald_ext.data.loader import loader_backend
+
+    loader_backend(loader)  # an unknown name is an error whatever the source
+    if isinstance(source, str) and os.path.isdir(source):
+        return ImageFiles.open(source)
+    return load_image_set(source, split, loader)
 
 
 def check_same_classes(train: "ImageSet | list", held, train_name: str, held_name: str) -> None:
     """A held-out set must name the classes of the training set, in the same order (the class ids
     of the model's outputs); refuse, naming both, when it does not."""
-    a = list(train.classes if isinstance(train, ImageSet) else train)
-    b = list(held.classes if isinstance(held, ImageSet) else held)
+    a = list(getattr(train, "classes", train))
+    b = list(getattr(held, "classes", held))
     if a == b or _without_index_prefix(a) == _without_index_prefix(b):
         return
     only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))

@@ -59,7 +59,7 @@ class Header:
     quantizer: Quantizer
     default_decode: str = "marginal"
     teacher: dict = dataclasses.field(default_factory=dict)  # {"name", "checkpoint_sha256"}
-    images: dict | None = None  # hald_ext.data.fingerprint(): {"count", "sha256"}
+    images: dict | None = None  # hald_ext.data.fingerprint(): {"kind", "count", "sha256"} (no kind: pixels)
     crops: dict = dataclasses.field(default_factory=dict)  # sampling rule and parameters
     seed: int | None = None
     mix: bool = False
@@ -160,6 +160,9 @@ def _header_from_dict(d: dict, where: str) -> Header:
     if images is not None and not (isinstance(images, dict) and isinstance(images.get("count"), int)
                                    and isinstance(images.get("sha256"), str)):
         raise LabelStoreError(f"{where}: header field 'images' must be a fingerprint {{count, sha256}}, got {images!r}")
+    if images is not None and images.get("kind", "pixels") not in ("pixels", "files"):
+        raise LabelStoreError(f"{where}: header field 'images' has an unknown fingerprint kind {images['kind']!r} "
+                              "(known: pixels, files)")
     if images is not None and images["count"] != n:
         raise LabelStoreError(f"{where}: header says {n} images but its image fingerprint counts {images['count']}")
     crops = _field(d, "crops", where, dict)

@@ -63,6 +63,7 @@ from hald_ext.labels.relabel_teacher import (BN_MODES, encode_labels, ensemble_l
                                              teacher_mode)
 from hald_ext.labels.store import LabelStore, MixRecord
 from hald_ext.data.normalize import normalization_of
+from hald_ext.data.stream import add_source_arguments
 __all__ = ["relabel", "relabel_with_stats", "sample_crops", "select_ipc", "sha256_file", "sha256_state"]
 
 
@@ -121,13 +122,16 @@ def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5,
                        device=None, teacher_name=None, teacher_sha256=None, teacher_weights=None,
                        teacher_bn: str = "train", cutmix_alpha: float | None = None, save_every_s: float = 120.0,
                        restart: bool = False, progress: bool = True, default_decode: str = "marginal",
-                       max_resident_bytes: int | None = None, shard: bool = True):
+                       max_resident_bytes: int | str | None = None, shard: bool = True, loader: str = "auto",
+                       workers: int | None = None):
     """(store, stats): the store on every rank (written by rank 0 under torch.distributed) and
     {"kl_to_teacher", "kl_uniform"} (mean nats over all labels, also in the store's header).
     `max_resident_bytes`: the image cache's budget on `device` (`hald_ext.data.image_source`);
-    a set that does not fit is streamed batch by batch. `shard=False` labels every pair in this
+    a set that does not fit is streamed from disk batch by batch (decoded by `loader` with `workers`,
+    the rank's batches prefetched in plan order), so an image folder of any size relabels in bounded
+    memory. `shard=False` labels every pair in this
     process even under torch.distributed (a helper that builds a store per rank, e.g. in a test)."""
-    from hald_ext.data import fingerprint, image_source
+    from hald_ext.data import fingerprint, image_sizes, image_source
     from hald_ext.ops import crop_and_lookup
     from hald_ext.ops.crop import sample_cutmix
     from hald_ext.train import distributed
@@ -150,7 +154,7 @@ def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5,
         raise ValueError(f"relabel: k = {k} must be in [1, {num_classes}] (the classes)")
     if slots < 1:
         raise ValueError(f"relabel: slots (--sli) must be >= 1, got {slots}")
-    sizes = [tuple(int(v) for v in im.shape[:2]) for im in images.images]
+    sizes = [tuple(hw) for hw in image_sizes(images).tolist()]  # a folder's from its file headers
     S = _crop_size(sizes, size)
     mean, std = (list(v) for v in normalization_of(
         teachers, [nm or type(t).__name__ for t, nm in zip(teachers, names)], mean, std))
@@ -185,7 +189,9 @@ def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5,
         raise LabelStoreError(f"{partial}: says {done} batches are done but this rank has {len(mine)}; delete it "
                               "(or pass --restart) to start over")
 
-    source = image_source(images, device, max_bytes=max_resident_bytes)
+    source = image_source(images, device, max_bytes=max_resident_bytes, loader=loader, workers=workers)
+    if hasattr(source, "prefetch"):  # streaming: decode this rank's remaining batches ahead, in order
+        source.prefetch([plan.batch(b) // slots for b in mine[done:]])
     thresholds = None if q.is_float else q.thresholds().to(device)
     codebook = q.codebook()
     teachers = [t.to(device) for t in teachers]
@@ -306,12 +312,14 @@ def add_arguments(p) -> None:
                         "is stored with the labels")
     p.add_argument("--split", default="train", help="split of a named data set (default: train)")
     p.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto", help="image decoding backend")
+    add_source_arguments(p)
     p.add_argument("--ipc", type=int,
                    help="label IPC images per class, the ones `hald select --ipc IPC --seed IPC_SEED` picks")
     p.add_argument("--ipc-seed", type=int, default=0, help="seed of the --ipc selection (default: 0, as hald select)")
     p.add_argument("--sli", "--crops-per-image", dest="sli", type=int, default=1, help="stored crops per image")
-    p.add_argument("--k", type=int, default=5,
-                   help="top-k entries kept per label (1..C; k = C stores full-width labels, no class ids)")
+    p.add_argument("--k", type=int, default=None,
+                   help="top-k entries kept per label (1..C; k = C stores full-width labels, no class ids; "
+                        "default: min(5, C))")
     p.add_argument("--temperature", "-T", type=float, default=1.0, help="labels are softmax(logits / T)")
     p.add_argument("--bits", type=int, choices=(8, 16), help="code bits per probability (default: 8; fp16: 16)")
     p.add_argument("--quantizer", choices=("power", "uniform", "log", "fp16"), default="power",
@@ -377,30 +385,32 @@ def load_teachers(models: list, checkpoints: list, num_classes: int, img_size: i
 
 
 def _load_images(args):
-    from hald_ext.data import load_image_set
+    from hald_ext.data import open_images
 
-    images = load_image_set(args.images, args.split, loader=args.loader)
+    images = open_images(args.images, args.split, loader=args.loader)  # a folder is listed, not decoded
     return select_ipc(images, args.ipc, args.ipc_seed) if args.ipc else images
 
 
 def _run(args) -> int:
     from hald_ext.train import distributed
 
+    from hald_ext.data import image_sizes
+
     images = _load_images(args)
-    sizes = [tuple(im.shape[:2]) for im in images.images]
-    size = _crop_size(sizes, args.size)
+    size = _crop_size([tuple(hw) for hw in image_sizes(images).tolist()], args.size)
     teachers = load_teachers(args.model, args.checkpoint, images.num_classes, size)
     info = distributed.init_from_env(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     device = distributed.device_for(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), info)
     t0 = time.time()
     store, stats = relabel_with_stats(
-        images, teachers, args.out, slots=args.sli, k=args.k, temperature=args.temperature, bits=args.bits,
+        images, teachers, args.out, slots=args.sli, k=min(5, images.num_classes) if args.k is None else args.k,
+        temperature=args.temperature, bits=args.bits,
         quantizer=args.quantizer, scale=tuple(args.scale), ratio=tuple(args.ratio), flip_prob=args.flip_prob,
         size=size, mean=args.mean, std=args.std, seed=args.seed, batch_size=args.batch_size, device=device,
         teacher_name=args.model, teacher_sha256=[sha256_file(c) for c in args.checkpoint],
         teacher_weights=args.teacher_weights, teacher_bn=args.teacher_bn, cutmix_alpha=args.cutmix_alpha,
         save_every_s=args.save_every_s, restart=args.restart, progress=not args.no_progress,
-        default_decode=args.decode)
+        default_decode=args.decode, max_resident_bytes=args.resident_budget, loader=args.loader, workers=args.workers)
     if info.is_main:
         print(f"wrote {args.out}: {store.num_images} images x {store.slots} slots = {store.num_labels} labels, "
               f"{store.bytes_per_label:.1f} bytes/label, {store.nbytes} bytes, {time.time() - t0:.1f} s; "

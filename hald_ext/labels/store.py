@@ -337,21 +337,33 @@ class LabelStore:
         return LabelStore(self.path, self.header, tensors, self._nbytes, self.image_offset + lo)
 
     def check_images(self, images) -> None:
-        """Raise FingerprintMismatch unless `images` (ImageSet or fingerprint dict) is the set this
-        store was made for."""
+        """Raise FingerprintMismatch unless `images` (an ImageSet, an ImageFiles or a fingerprint dict)
+        is the set this store was made for. The fingerprint is computed in the kind the store recorded
+        (hald_ext.data.fingerprint: "files" for a store made on an image folder, "pixels" for arrays and
+        for stores written before folders were read as files)."""
         from hald_ext.data import fingerprint
 
-        fp = images if isinstance(images, dict) else fingerprint(images)
         want = self.header.images
         if want is None:
             raise FingerprintMismatch(f"{self.path}: the store records no image-set fingerprint, so it cannot be "
                                       "checked against these images")
+        kind = want.get("kind", "pixels")
+        if isinstance(images, dict):
+            fp = images
+            if fp.get("kind", "pixels") != kind:
+                raise FingerprintMismatch(f"{self.path}: the store identifies its images by {kind}, the set given "
+                                          f"by {fp.get('kind', 'pixels')}: check it with the image set itself")
+        else:
+            try:
+                fp = fingerprint(images, kind)
+            except ValueError as e:
+                raise FingerprintMismatch(f"{self.path}: image set mismatch: {e}") from None
         if fp.get("count") != want["count"]:
             raise FingerprintMismatch(f"{self.path}: image set mismatch: the store was made for {want['count']} "
                                       f"images, this set has {fp.get('count')}")
         if fp.get("sha256") != want["sha256"]:
             raise FingerprintMismatch(f"{self.path}: image set mismatch: same count ({want['count']}) but other "
-                                      f"names or pixels (sha256 {str(fp.get('sha256'))[:12]}... != "
+                                      f"{'file contents' if kind == 'files' else 'pixels'} (sha256 {str(fp.get('sha256'))[:12]}... != "
                                       f"{want['sha256'][:12]}...)")
 
     def __repr__(self) -> str:

@@ -30,7 +30,9 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from hald_ext.boxes import boxes_to_pixels, dequantize_boxes, mix_boxes_to_pixels, sample_rrc_pixels
-from hald_ext.data.cache import ResidentImageCache, StreamingImages, image_source
+from hald_ext.data.cache import ResidentImageCache, StreamingImages
+from hald_ext.data.files import ImageFiles
+from hald_ext.data.stream import FileImages, image_source
 from hald_ext.data.device import to_device
 from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize  # noqa: F401  (re-exported)
 from hald_ext.data.sources import ImageSet
@@ -80,6 +82,8 @@ class BatchSource(Protocol):
 
     def hard_batch(self, image_ids: torch.Tensor, step_seed: int) -> HardBatch: ...
 
+    def prefetch(self, batches: list) -> None: ...
+
 
 def open_label_store(path: str) -> LabelSource:
     """The label store at `path` (validated on open: ids, codebook, boxes)."""
@@ -89,13 +93,13 @@ def open_label_store(path: str) -> LabelSource:
 
 
 def as_image_source(images, targets=None, device="cpu"):
-    """An image source (ResidentImageCache / StreamingImages, kept), an ImageSet (the cache, or the
-    streaming source when it does not fit), or a uint8 [N, 3, H, W] tensor of one size with
-    `targets` (a cache around it)."""
+    """An image source (ResidentImageCache / StreamingImages / FileImages, kept), an ImageSet or an
+    ImageFiles (the cache, or a streaming source when it does not fit), or a uint8 [N, 3, H, W] tensor
+    of one size with `targets` (a cache around it)."""
     device = torch.device(device)
-    if isinstance(images, (ResidentImageCache, StreamingImages)):
+    if isinstance(images, (ResidentImageCache, StreamingImages, FileImages)):
         return images
-    if isinstance(images, ImageSet):
+    if isinstance(images, (ImageSet, ImageFiles)):
         return image_source(images, device)
     if torch.is_tensor(images) and images.dim() == 4 and images.shape[1] == 3 and images.dtype == torch.uint8:
         if targets is None:
@@ -184,6 +188,20 @@ class _SourceBase:
         mix = getattr(labels, "mix", None) if labels is not None else None
         # Moved to the device once: a soft step gathers its rows there without a copy.
         self.mix = None if mix is None else type(mix)(*(t.to(self.device) for t in mix))
+        self._mix_cpu = mix  # for planning a streaming source's rows on the host
+
+    def prefetch(self, batches: list) -> None:
+        """The epoch's batches ahead, as (image_ids, slots) pairs (slots None: hard batches), in the order
+        they will be asked for: a streaming image source starts decoding them (the rows a soft batch reads
+        include its stored CutMix partners). Nothing to do for a resident source."""
+        if not hasattr(self.images, "prefetch"):
+            return
+        rows = []
+        for ids, slots in batches:
+            if slots is not None and self.mix is not None:
+                ids = mix_rows(self._mix_cpu, ids.cpu(), slots.cpu(), self.out_size)[0]
+            rows.append(ids)
+        self.images.prefetch(rows)
 
     def _soft_rows(self, image_ids: torch.Tensor, slots: torch.Tensor):
         """(rows' image ids, rows' slots, CutMix record in batch terms or None) of a soft batch."""

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 
 from hald_ext.train import config as C
@@ -44,25 +45,33 @@ def run_dir_for(cfg: C.TrainConfig) -> str:
     return os.path.join(cfg.output, name)
 
 
-def check_store(store, images, img_fp: dict) -> None:
-    """The store must describe exactly this image set (same images, same classes)."""
+def check_store(store, images) -> None:
+    """The store must describe exactly this image set (same images, same classes). A folder's files are
+    identified from their bytes, without decoding them (hald_ext.data.fingerprint)."""
     if store.num_images != len(images):
         raise C.ConfigError(f"the label store labels {store.num_images} images but --data has {len(images)}")
     from hald_ext.labels import FingerprintMismatch
 
     try:
-        store.check_images(img_fp)
+        store.check_images(images)
     except FingerprintMismatch as e:
         raise C.ConfigError(f"{e}: relabel this image set") from e
     if store.num_classes != images.num_classes:
         raise C.ConfigError(f"the label store has {store.num_classes} classes but --data has {images.num_classes}")
 
 
+def image_shapes(images) -> set:
+    """The distinct (height, width) of a set's images: decoded arrays, or a folder's file headers."""
+    from hald_ext.data import image_sizes
+
+    return {tuple(int(v) for v in hw) for hw in np.unique(image_sizes(images), axis=0)}
+
+
 def common_img_size(images, asked: int | None, flag: str = "--img-size") -> int:
     """The crop / input size: `asked`, else the images' size when they all have one square size."""
     if asked:
         return int(asked)
-    shapes = {im.shape[:2] for im in images.images}
+    shapes = image_shapes(images)
     if len(shapes) == 1:
         h, w = next(iter(shapes))
         if h == w:
@@ -87,7 +96,7 @@ def eval_data_for(cfg, images, img_size: int, device):
 
 def build_trainer(cfg: C.TrainConfig, run_dir: str | None):
     """Everything a run needs, from a validated config (raises ConfigError on bad input)."""
-    from hald_ext.data import image_source, load_image_set
+    from hald_ext.data import image_source, open_images
     from hald_ext.models import create_model
     from hald_ext.train.batches import FusedBatchSource, TorchBatchSource, open_label_store
     from hald_ext.train.schedule import build_schedule
@@ -97,14 +106,15 @@ def build_trainer(cfg: C.TrainConfig, run_dir: str | None):
     info = D.init_from_env(resolve_device(cfg.device))
     device = D.device_for(resolve_device(cfg.device), info)
     schedule = build_schedule(cfg.schedule, cfg.epochs, cfg.soft_epochs, cfg.period)
-    images = load_image_set(cfg.data, loader=cfg.loader)
+    images = open_images(cfg.data, loader=cfg.loader)  # a folder is listed, not decoded
     img_size = common_img_size(images, cfg.img_size)
     store = None
     if schedule.epochs_of("soft"):
         store = open_label_store(cfg.labels)
-        check_store(store, images, images.fingerprint())
+        check_store(store, images)
     source_cls = FusedBatchSource if cfg.batch_source == "fused" else TorchBatchSource
-    cache = image_source(images, device)  # resident on the device, or streamed when it does not fit
+    # Resident on the device when it fits the budget, else streamed from disk with prefetch.
+    cache = image_source(images, device, max_bytes=cfg.resident_budget, loader=cfg.loader, workers=cfg.workers)
     source = source_cls(cache, None, store, img_size, cfg.mean, cfg.std, device,
                         cutmix_alpha=cfg.cutmix_alpha, rrc_scale=cfg.rrc_scale)
     eval_set = eval_data_for(cfg, images, img_size, device) if cfg.eval_data else None
@@ -115,7 +125,7 @@ def build_trainer(cfg: C.TrainConfig, run_dir: str | None):
     trainer = Trainer(cfg, model, source, schedule, eval_set, run_dir, device, images.num_classes, meta)
     if trainer.info.is_main:
         mem = cache.memory()
-        print(f"images: {len(images)} via {cfg.loader} loader, {mem['kind']} on {mem['device']}"
+        print(f"images: {len(images)} via {mem.get('backend', cfg.loader)} loader, {mem['kind']} on {mem['device']}"
               + (f", {mem['bytes'] / 2**20:.1f} MiB" if mem.get("bytes") else ""), flush=True)
     if cfg.resume:
         trainer.load_checkpoint(cfg.resume)
@@ -148,7 +158,11 @@ def train(cfg: C.TrainConfig) -> int:
         cfg.save(os.path.join(run_dir, "args.yaml"))
         print(f"run folder: {run_dir}\nschedule: {trainer.schedule} on {trainer.device} "
               f"x {trainer.info.world_size} process(es)", flush=True)
-    history = trainer.fit()
+    try:
+        history = trainer.fit()
+    except ValueError as e:  # e.g. an image file that does not decode, met while streaming: named, and the
+        print(f"hald train: error: {e}", file=sys.stderr)  # checkpoint of the last finished epoch is kept
+        return 2
     if trainer.info.is_main and history and history[-1].get("eval_top1") is not None:
         last = history[-1]
         print(f"final: top-1 {last['eval_top1']:.2f} top-5 {last['eval_top5']:.2f} loss {last['eval_loss']:.4f}")

@@ -31,6 +31,11 @@ class TrainConfig:
     img_size: Optional[int] = _f(None, "crop / input size (default: the image size of --data when all "
                                        "its images have one size)")
     loader: str = _f("auto", "image decoder: auto (DALI when installed) | dali | torch")
+    resident_budget: Optional[str] = _f(None, "bytes the decoded images may take on the device (e.g. 512M, 8G); a set "
+                                              "that does not fit streams from disk; 0 always streams (default: half "
+                                              "the free device memory)")
+    workers: Optional[int] = _f(None, "decoding threads (DALI) or DataLoader workers (torch) when streaming "
+                                      "(default: the cores, at most 8)")
     eval_crop_ratio: Optional[float] = _f(None, "evaluation: resize to S / ratio, center crop S (default: 0.875 "
                                                 "for an image folder, 1 for arrays; S x S images untouched)")
     mean: tuple = _f(IMAGENET_MEAN, "normalisation mean", nargs=3, type=float)
@@ -196,6 +201,15 @@ def validate(cfg: TrainConfig) -> None:
 
     import hald_ext.models  # noqa: F401  (registers convnet3)
 
+    if cfg.resident_budget is not None:
+        from hald_ext.data.stream import parse_bytes
+
+        try:
+            parse_bytes(cfg.resident_budget)
+        except ValueError as e:
+            raise ConfigError(f"--resident-budget: {e}") from None
+    if cfg.workers is not None and cfg.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {cfg.workers}")
     if cfg.loader not in ("auto", "dali", "torch"):
         raise ConfigError(f"--loader must be auto, dali or torch, got {cfg.loader!r}")
     if cfg.eval_crop_ratio is not None and not 0 < cfg.eval_crop_ratio <= 1:

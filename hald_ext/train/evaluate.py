@@ -12,6 +12,7 @@ whose images are whole, centred objects that a crop would cut.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from torch import nn
@@ -47,35 +48,57 @@ def center_crop_boxes(image_sizes: torch.Tensor, size: int, ratio: float) -> tor
 
 
 class EvalData:
-    """A held-out set read through hald_ext.data's loader in batches of `batch_size` (each torchrun
-    rank its shard). `source`: an image folder path (decoded batch by batch, never kept) or an
-    ImageSet. `crop_ratio` None: 0.875 for a folder, 1 for arrays."""
+    """A held-out set read in batches of `batch_size` (each torchrun rank its shard). `source`: an image
+    folder (a path or an ImageFiles: its files streamed from disk, decoded ahead by `loader`'s DALI
+    pipeline or torch workers, never kept) or an ImageSet (decoded arrays, through the loader).
+    `crop_ratio` None: 0.875 for a folder, 1 for arrays."""
 
     def __init__(self, source, img_size: int, device="cpu", batch_size: int = 256, loader: str = "auto",
-                 crop_ratio: float | None = None):
-        from hald_ext.data.loader import make_loader
+                 crop_ratio: float | None = None, workers: int | None = None):
+        from hald_ext.data.files import ImageFiles
+        from hald_ext.data.folder import shard_range
+        from hald_ext.data.loader import loader_backend, make_loader
         from hald_ext.data.sources import ImageSet
+        from hald_ext.data.stream import FileImages
 
         self.device = torch.device(device)
         self.img_size = int(img_size)
+        if isinstance(source, str) and os.path.isdir(source):
+            source = ImageFiles.open(source)
         folder = not isinstance(source, ImageSet) or source.kind == "folder"
         self.crop_ratio = (DEFAULT_CROP_RATIO if folder else 1.0) if crop_ratio is None else float(crop_ratio)
         if not 0 < self.crop_ratio <= 1:
             raise ValueError(f"eval crop ratio must be in (0, 1], got {self.crop_ratio}")
         info = D.current()  # a process group set up without torchrun's env still shards by its ranks
         shard = (info.rank, info.world_size) if info.enabled else None
-        self.loader = make_loader(source, batch_size, device=self.device, backend=loader, shard=shard)
-        self.classes = list(self.loader.classes)
-        self.targets = torch.as_tensor(self.loader.labels, dtype=torch.int64, device=self.device)
+        if isinstance(source, ImageFiles):
+            self.loader = None
+            self.files = FileImages(source, self.device, loader_backend(loader), workers)
+            rank, world = shard if shard is not None else (0, 1)
+            lo, hi = shard_range(len(source), rank, world)
+            self.plan = list(torch.arange(lo, hi).split(batch_size))
+            self.classes, labels = list(source.classes), source.labels
+        else:
+            self.loader = make_loader(source, batch_size, device=self.device, backend=loader, shard=shard)
+            self.classes, labels = list(self.loader.classes), self.loader.labels
+        self.targets = torch.as_tensor(labels, dtype=torch.int64, device=self.device)
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def _image_batches(self):
+        if self.loader is not None:
+            yield from self.loader
+            return
+        self.files.prefetch(self.plan)
+        for ids in self.plan:
+            yield self.files.batch(ids)
 
     def batches(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         """(normalised crops [B, 3, S, S], int64 targets [B], sample ids [B]) per batch of this rank."""
         from hald_ext.ops import crop_and_lookup  # noqa: PLC0415  (needs the compiled extension)
 
-        for b in self.loader:
+        for b in self._image_batches():
             sizes = b.image_sizes if b.image_sizes is not None else \
                 torch.tensor(b.images.shape[1:3], dtype=torch.int32).expand(b.images.shape[0], 2)
             boxes = center_crop_boxes(sizes, self.img_size, self.crop_ratio)

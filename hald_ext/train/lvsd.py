@@ -17,21 +17,47 @@ import sys
 import torch
 
 from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from hald_ext.data.stream import add_source_arguments
 
 
 def random_crops(images, per_image: int, size: int, scale=(0.08, 1.0), seed: int = 0, mean=IMAGENET_MEAN,
-                 std=IMAGENET_STD) -> torch.Tensor:
-    """Normalised float [N * per_image, 3, size, size], image-major: seeded random-resized crops +
-    flips of every image of an image source (or ImageSet), cut by crop_and_lookup within each
-    image's true size."""
+                 std=IMAGENET_STD, image_ids=None, offset: int = 0) -> torch.Tensor:
+    """Normalised float [n * per_image, 3, size, size], image-major: seeded random-resized crops +
+    flips of the images `image_ids` (default: all) of an image source (or ImageSet / ImageFiles), cut by
+    crop_and_lookup within each image's true size."""
     from hald_ext.ops import crop_and_lookup
     from hald_ext.train.batches import as_image_source
 
     src = as_image_source(images)
-    ids = torch.arange(len(src)).repeat_interleave(per_image)
+    if image_ids is None:
+        image_ids = torch.arange(len(src))
+    ids = image_ids.repeat_interleave(per_image)
     b = src.batch(ids.to(src.labels.device))
-    return crop_and_lookup(b.images, b.image_ids, size, image_sizes=b.image_sizes, seed=seed, scale=tuple(scale),
-                           mean=mean, std=std).crops
+    return crop_and_lookup(b.images, b.image_ids, size, image_sizes=b.image_sizes, seed=seed, offset=offset,
+                           scale=tuple(scale), mean=mean, std=std).crops
+
+
+def image_chunks(n: int, per_image: int, size: int, max_bytes: int = 256 << 20) -> list:
+    """Image id chunks whose crops (n_chunk * per_image float crops of size^2) stay within `max_bytes`:
+    the diagnostics hold one chunk's crops at a time, whatever the set's size. A set that fits is one
+    chunk (offset 0: the crops of one call over every image)."""
+    per_chunk = max(1, max_bytes // (per_image * 3 * size * size * 4))
+    return list(torch.arange(n).split(per_chunk))
+
+
+def chunked_probs(model, src, per_image: int, size: int, scale, seed: int, mean, std,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """[N, per_image, C] softmax(model(crop) / T) over random crops of every image of `src`, one chunk
+    of images at a time (chunk c draws its crops with offset c); a streaming source decodes the chunks
+    ahead."""
+    chunks = image_chunks(len(src), per_image, size)
+    if hasattr(src, "prefetch"):
+        src.prefetch([c.repeat_interleave(per_image) for c in chunks])
+    out = []
+    for c, ids in enumerate(chunks):
+        crops = random_crops(src, per_image, size, scale, seed, mean, std, image_ids=ids, offset=c)
+        out.append(crop_probs(model, crops, temperature).view(len(ids), per_image, -1))
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -87,11 +113,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto",
                         help="image decoder for a folder: DALI when installed (auto), or torch")
+    add_source_arguments(parser)
     parser.add_argument("--out", default=None, help="write per-image values and means as JSON")
 
 
 def run(args) -> int:
-    from hald_ext.data import image_source, load_image_set
+    from hald_ext.data import image_sizes, image_source, open_images
     from hald_ext.data.normalize import normalization_of
 
     if not (args.teacher or args.student):
@@ -101,15 +128,15 @@ def run(args) -> int:
         print("hald lvsd: error: --crops must be >= 2 and --pairs >= 1", file=sys.stderr)
         return 2
     try:
-        data = load_image_set(args.data, loader=args.loader)
-        x = image_source(data)
-        natural = max(max(im.shape[:2]) for im in data.images)  # a checkpoint that records no size
+        data = open_images(args.data, loader=args.loader)  # a folder is listed, not decoded
+        x = image_source(data, max_bytes=args.resident_budget, loader=args.loader, workers=args.workers)
+        natural = int(image_sizes(data).max())  # a checkpoint that records no size
         result = {"data": args.data, "num_images": len(data)}
         if args.teacher:
             teacher, size = load_model(args.teacher, data.num_classes, natural, args.model)
             mean, std = normalization_of([teacher], [args.teacher])
-            crops = random_crops(x, args.crops, size, tuple(args.scale), args.seed, mean=mean, std=std)
-            tr = trace_sigma(crop_probs(teacher, crops, args.temperature).view(len(data), args.crops, -1))
+            tr = trace_sigma(chunked_probs(teacher, x, args.crops, size, tuple(args.scale), args.seed, mean, std,
+                                           args.temperature))
             result.update(trace_sigma_mean=tr.mean().item(), trace_sigma=tr.tolist(), crops=args.crops,
                           temperature=args.temperature)
             print(f"Tr(Sigma) over {args.crops} crops: mean {tr.mean():.4f}, median {tr.median():.4f}, "
@@ -117,8 +144,8 @@ def run(args) -> int:
         if args.student:
             student, size = load_model(args.student, data.num_classes, natural, args.model)
             mean, std = normalization_of([student], [args.student])
-            crops = random_crops(x, 2 * args.pairs, size, tuple(args.scale), args.seed + 1, mean=mean, std=std)
-            probs = crop_probs(student, crops).view(len(data) * args.pairs, 2, -1)
+            probs = chunked_probs(student, x, 2 * args.pairs, size, tuple(args.scale), args.seed + 1, mean,
+                                  std).view(len(data) * args.pairs, 2, -1)
             cos, js = (v.view(len(data), args.pairs).mean(1) for v in consistency(probs))
             result.update(cosine_mean=cos.mean().item(), js_mean=js.mean().item(), cosine=cos.tolist(), js=js.tolist())
             print(f"crop consistency over {args.pairs} pair(s): cosine {cos.mean():.4f}, JS {js.mean():.4f}")

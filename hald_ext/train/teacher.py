@@ -26,6 +26,7 @@ from torch import nn
 
 from hald_ext.data.device import to_device
 from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD, checked
+from hald_ext.data.stream import add_source_arguments
 from hald_ext.train import checkpoint as ckpt
 from hald_ext.train.optim import HalfCosineLR, create_optimizer
 
@@ -49,8 +50,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--eval-crop-ratio", type=float, default=None,
                         help="evaluation resize S / ratio + center crop S (default: 0.875 folders, 1 arrays)")
     parser.add_argument("--stream", action="store_true",
-                        help="decode the folder's files every epoch (shuffled loader) instead of keeping the "
-                             "decoded set in memory: for sets that do not fit (needs --img-size)")
+                        help="always stream the images from disk, decoded batch by batch every epoch (the same as "
+                             "--resident-budget 0)")
+    add_source_arguments(parser)
     parser.add_argument("--save-every", type=int, default=0,
                         help="also keep the expert of every N-th epoch as <out>-epochNNN.pth (earlier-epoch "
                              "experts label better at small IPC); 0: only the last")
@@ -83,8 +85,12 @@ class _CachedEpochs:
         return -(-len(self.src) // self.batch_size)
 
     def epoch(self, epoch: int):
-        order = torch.randperm(len(self.src), generator=self.gen).to(self.labels.device)
-        return (self.src.batch(idx) for idx in order.split(self.batch_size))
+        order = torch.randperm(len(self.src), generator=self.gen)
+        batches = order.split(self.batch_size)
+        if hasattr(self.src, "prefetch"):  # streaming from disk: decode the epoch's batches ahead
+            self.src.prefetch(batches)
+        dev = self.labels.device
+        return (self.src.batch(idx.to(dev)) for idx in batches)
 
 
 class _LoaderEpochs:
@@ -169,7 +175,7 @@ def train_teacher(model: nn.Module, images, targets=None, *, epochs: int, batch_
 
 # The options that decide a teacher's weights: a resume file is used only when they all match.
 _DECIDES = {"data", "model", "epochs", "train_images", "batch_size", "lr", "weight_decay", "rrc_scale", "img_size",
-            "seed", "mean", "std", "stream", "loader"}
+            "seed", "mean", "std", "loader"}
 
 
 def held_out_for(args):
@@ -187,7 +193,7 @@ def held_out_for(args):
 
 
 def run(args) -> int:
-    from hald_ext.data import check_same_classes, image_source, load_image_set
+    from hald_ext.data import check_same_classes, image_source, open_images
     from hald_ext.models import create_model
     from hald_ext.train.cli import common_img_size
     from hald_ext.train.evaluate import EvalData, evaluate
@@ -198,16 +204,8 @@ def run(args) -> int:
         if args.save_every < 0:
             raise ValueError(f"--save-every must be >= 0, got {args.save_every}")
         mean, std = checked(args.mean, args.std)
-        if args.stream:
-            if not os.path.isdir(args.data) or args.train_images is not None or not args.img_size:
-                raise ValueError("--stream reads an image folder every epoch: give a folder as --data and "
-                                 "--img-size, without --train-images")
-            from hald_ext.data import make_loader
-
-            train = make_loader(args.data, args.batch_size, device=device, shuffle=True, seed=args.seed,
-                                backend=args.loader, shard=(0, 1))
-        else:
-            train = load_image_set(args.data, split="train", loader=args.loader)
+        budget = 0 if args.stream else args.resident_budget
+        train = open_images(args.data, split="train", loader=args.loader)  # a folder is listed, not decoded
         if args.train_images is not None:
             if not 0 < args.train_images <= len(train):
                 raise ValueError(f"--train-images must be in [1, {len(train)}], got {args.train_images}")
@@ -226,7 +224,7 @@ def run(args) -> int:
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"hald teacher: error: {e}", file=sys.stderr)
         return 2
-    n_train = train.num_samples() if args.stream else len(train)
+    n_train = len(train)
     meta = {"model_name": args.model, "num_classes": num_classes, "img_size": img_size,
             "classes": list(train.classes), "data": args.data, "train_images": n_train,
             "mean": list(mean), "std": list(std)}  # relabel and lvsd normalise crops with these
@@ -261,7 +259,12 @@ def run(args) -> int:
             save(partial, epoch, model, {"epoch": epoch, "options": decided, **state})
 
     t0 = time.perf_counter()
-    train_teacher(model, train if args.stream else image_source(train, device), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    try:
+        source = image_source(train, device, max_bytes=budget, loader=args.loader, workers=args.workers)
+    except (ValueError, ImportError) as e:
+        print(f"hald teacher: error: {e}", file=sys.stderr)
+        return 2
+    train_teacher(model, source, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   weight_decay=args.weight_decay, seed=args.seed, img_size=img_size,
                   rrc_scale=args.rrc_scale, mean=mean, std=std, device=device, progress=args.progress,
                   on_epoch=on_epoch, resume=resume)

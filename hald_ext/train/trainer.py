@@ -137,6 +137,8 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         kind = self.schedule.kind_at(epoch)
         batches, sizes = self.epoch_batches(epoch)
+        if hasattr(self.source, "prefetch"):  # a streaming image source decodes ahead of the steps
+            self.source.prefetch(batches)
         self.net.train()
         # The loss sum stays on the device and the row count on the host: nothing in a step waits
         # for the GPU (the one sync is the epoch's all-reduce and read-back below).

@@ -1,0 +1,302 @@
+"""Streaming from disk: the image source for a folder that does not fit the resident budget.
+
+`FileImages` answers `batch(image_ids) -> ImageBatch` as the resident cache does, decoding only the
+distinct images a batch uses (each at its true size, zero-padded to the batch's largest), so memory is
+bounded by the batch and the prefetch depth, never by the number of files.
+
+Prefetch: the caller knows its batches ahead (the trainer draws an epoch's order first, relabel has
+its batch plan), hands them over with `prefetch(plan)`, and then asks for them in that order; decoding
+runs ahead of the step on one of two backends:
+  * "dali": a DALI pipeline, `fn.external_source` feeding the planned files' bytes in plan order (so the
+    order is ours, not a reader's) to `fn.decoders.image` -- `mixed` on a GPU, where the uint8 batch
+    is decoded on the device and handed to crop_and_lookup with no host copy; CPU threads otherwise;
+  * "torch": DataLoader worker processes decode planned batches (torchvision's decoders) into pinned
+    memory, `prefetch_factor` batches each ahead.
+A batch asked for outside the plan (or with no plan) is decoded on the spot. Both backends give the
+pixels the resident cache holds (one decode convention, hald_ext.data.folder), so crops and labels do
+not depend on the source.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import warnings
+
+import numpy as np
+import torch
+
+from hald_ext.data.batch import ImageBatch, pad_images, padded_nbytes
+from hald_ext.data.cache import ResidentImageCache, StreamingImages, device_budget
+from hald_ext.data.files import ImageFiles
+from hald_ext.data.folder import check_image_file, decode_file
+from hald_ext.data.loader import loader_backend
+
+STREAM_BACKENDS = ("dali", "torch")
+
+
+def default_workers() -> int:
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _decode_batch(files: ImageFiles, ids: np.ndarray) -> tuple:
+    """(uint8 [M, Hmax, Wmax, 3], int32 [M, 2], int64 [M]) of the files `ids` (one batch)."""
+    images = [decode_file(files.path(i)) for i in ids.tolist()]
+    padded, sizes = pad_images(images)
+    if sizes is None:
+        sizes = np.tile(np.array(padded.shape[1:3], dtype=np.int32), (len(images), 1))
+    return torch.from_numpy(padded), torch.from_numpy(sizes), torch.from_numpy(ids)
+
+
+class _PlanDataset(torch.utils.data.Dataset):
+    """Item i: the decoded distinct images of planned batch i (for DataLoader workers)."""
+
+    def __init__(self, files: ImageFiles, plan: list):
+        self.files, self.plan = files, plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int):
+        return _decode_batch(self.files, self.plan[i])
+
+
+def dali_input(path: str) -> np.ndarray:
+    """The bytes DALI decodes for `path`: the file itself, or, for a file DALI's CPU decoder must not
+    see (it can crash the process on a corrupt JPEG; the structural check catches those), a PNG of
+    what torchvision decodes -- so a file that one decoder reads and the other would not still gives
+    the same pixels. ValueError naming a file that no decoder reads."""
+    try:
+        check_image_file(path)
+        return np.fromfile(path, dtype=np.uint8)
+    except ValueError:
+        from torchvision.io import encode_png
+
+        img = decode_file(path)  # raises, naming the file, when it is unreadable
+        return encode_png(torch.from_numpy(img).permute(2, 0, 1).contiguous(), compression_level=1).numpy()
+
+
+class _DaliFeed:
+    """external_source's batches: the encoded bytes of each planned batch's files, in plan order."""
+
+    def __init__(self, files: ImageFiles):
+        self.files, self.plan, self.pos = files, [], 0
+
+    def __iter__(self):
+        self.pos = 0
+        return self
+
+    def __next__(self):
+        if self.pos >= len(self.plan):
+            raise StopIteration
+        ids = self.plan[self.pos]
+        self.pos += 1
+        return [dali_input(self.files.path(i)) for i in ids.tolist()], [np.array([i], dtype=np.int64) for i in ids]
+
+
+class _DaliDecoder:
+    """A DALI pipeline decoding planned batches (see the module docstring); rebuilt when a plan holds a
+    batch larger than the one it was built for."""
+
+    def __init__(self, files: ImageFiles, device: torch.device, num_threads: int):
+        self.files, self.device, self.num_threads = files, device, num_threads
+        self.feed = _DaliFeed(files)
+        self.iterator, self.max_batch = None, 0
+
+    def _build(self, max_batch: int) -> None:
+        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        from hald_ext.data.dali import _pipeline_tail
+
+        on_gpu = self.device.type == "cuda"
+        device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
+            if on_gpu else None
+        feed = self.feed
+
+        @pipeline_def(batch_size=max_batch, num_threads=self.num_threads, device_id=device_id, seed=0,
+                      prefetch_queue_depth=2)
+        def pipe():
+            encoded, ids = fn.external_source(source=feed, num_outputs=2, batch=True, cycle="raise",
+                                              dtype=[types.UINT8, types.INT64])
+            images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB,
+                                       adjust_orientation=False)
+            return _pipeline_tail(fn, types, images, ids, on_gpu)
+
+        p = pipe()
+        p.build()
+        self.iterator = DALIGenericIterator([p], ["images", "sizes", "ids"], last_batch_policy=LastBatchPolicy.PARTIAL,
+                                            auto_reset=False)
+        self.max_batch = max_batch
+
+    def start(self, plan: list) -> None:
+        need = max((len(ids) for ids in plan), default=1)
+        self.feed.plan = plan
+        if self.iterator is None or need > self.max_batch:
+            self._build(max(need, self.max_batch))  # the first batches start decoding now
+        else:
+            self.iterator.reset()
+
+    def __iter__(self):
+        for out in self.iterator:
+            d = out[0]
+            yield d["images"], d["sizes"][:, :2].to(torch.int32), d["ids"].reshape(-1).to(torch.int64)
+
+
+class FileImages:
+    """The streaming image source of an ImageFiles (see the module docstring). `labels` (all of them)
+    live on `device`; `memory()` reports what the source holds."""
+
+    resident = False
+
+    def __init__(self, files: ImageFiles, device="cpu", backend: str = "torch", workers: int | None = None,
+                 prefetch_factor: int = 2):
+        if backend not in STREAM_BACKENDS:
+            raise ValueError(f"streaming backend must be one of {STREAM_BACKENDS}, got {backend!r}")
+        self.files = files
+        self.device = torch.device(device)
+        self.decoder = backend  # "dali" or "torch"
+        self.workers = default_workers() if workers is None else int(workers)
+        self.prefetch_factor = prefetch_factor
+        self.labels = torch.as_tensor(files.labels, dtype=torch.int64).to(self.device)
+        self._planned: collections.deque = collections.deque()
+        self._it = None
+        self._dali = None
+        self._warned = False
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    # ------------------------------------------------------------------ prefetch
+    def prefetch(self, plan) -> None:
+        """Start decoding the batches `plan` (1-D int64 id tensors, in the order `batch` will be asked
+        for them); replaces a previous plan."""
+        plan = [torch.as_tensor(ids).reshape(-1).cpu().to(torch.int64) for ids in plan]
+        unique = [np.unique(ids.numpy()) for ids in plan]
+        self._planned = collections.deque(plan)
+        if not plan:
+            self._it = None
+            return
+        if self.decoder == "dali":
+            if self._dali is None:
+                self._dali = _DaliDecoder(self.files, self.device, max(1, self.workers))
+            self._dali.start(unique)
+            self._it = iter(self._dali)
+        else:
+            w = self.workers
+            loader = torch.utils.data.DataLoader(
+                _PlanDataset(self.files, unique), batch_size=None, shuffle=False, num_workers=w,
+                prefetch_factor=self.prefetch_factor if w else None, pin_memory=self.device.type == "cuda",
+                persistent_workers=False)
+            self._it = iter(loader)
+
+    def _next_planned(self, image_ids: torch.Tensor):
+        """The next prefetched batch when `image_ids` are the next planned ids (checked when they are on
+        the host: on a GPU reading them would make the host wait), else None (and the plan is dropped)."""
+        if self._it is None or not self._planned:
+            return None
+        want = self._planned.popleft()
+        if image_ids.device.type == "cpu" and not torch.equal(image_ids.reshape(-1).to(torch.int64), want):
+            if not self._warned:
+                warnings.warn("FileImages: a batch other than the planned one was asked for; decoding batches "
+                              "on the spot from here on (a plan must list the batches in the order they are used)",
+                              stacklevel=3)
+                self._warned = True
+            self._it, self._planned = None, collections.deque()
+            return None
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._it = None
+            return None
+
+    # ------------------------------------------------------------------ batches
+    def batch(self, image_ids: torch.Tensor) -> ImageBatch:
+        got = self._next_planned(image_ids)
+        if got is None:
+            ids = np.unique(image_ids.reshape(-1).cpu().numpy().astype(np.int64))
+            got = _decode_batch(self.files, ids)
+        images, sizes, unique = got
+        dev = self.device
+        nb = dev.type == "cuda"
+        images = images.to(dev, non_blocking=nb)
+        sizes = sizes.to(dev, non_blocking=nb)
+        unique = unique.to(dev, non_blocking=nb)
+        ids = image_ids.reshape(-1).to(dev, non_blocking=nb).contiguous()
+        local = torch.searchsorted(unique, ids)  # rows of this batch's distinct images
+        return ImageBatch(images, sizes, local, ids)
+
+    def memory(self) -> dict:
+        return {"kind": "streaming", "backend": self.decoder, "workers": self.workers, "device": str(self.device),
+                "images": len(self), "bytes": 0}
+
+
+def add_source_arguments(parser) -> None:
+    """--resident-budget and --workers, the same in every command that reads images."""
+    parser.add_argument("--resident-budget",
+                        help="bytes the decoded images may take on the device (e.g. 512M, 8G); a set that does not "
+                             "fit streams from disk; 0 always streams (default: half the free device memory)")
+    parser.add_argument("--workers", type=int,
+                        help="decoding threads (DALI) or DataLoader workers (torch) when streaming (default: the "
+                             "cores, at most 8)")
+
+
+def parse_bytes(value) -> int | None:
+    """A memory budget given as bytes or with a unit ("512M", "2G", "0"); None stays None."""
+    if value is None or isinstance(value, int):
+        return value
+    s = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        n = float(s[:-1]) * units[s[-1]] if s and s[-1] in units else float(s)
+    except ValueError:
+        raise ValueError(f"a memory budget must be a number of bytes or end in K, M, G or T, got {value!r}") from None
+    if n < 0:
+        raise ValueError(f"a memory budget must be >= 0, got {value!r}")
+    return int(n)
+
+
+def image_source(images, device="cpu", max_bytes=None, loader: str = "auto", workers: int | None = None):
+    """The image source of a set: a ResidentImageCache when its padded images fit in `max_bytes`
+    (bytes, or "512M" / "2G"; default: half the free device memory; 0: always stream), else a streaming
+    source -- StreamingImages for decoded arrays (an ImageSet), FileImages for an image folder's files
+    (an ImageFiles: decoded per batch by `loader`, DALI or torch workers, with prefetch). A folder's
+    resident size comes from its file headers, so nothing is decoded to decide. `memory()` on the result
+    reports which, and the bytes taken."""
+    device = torch.device(device)
+    budget = device_budget(device) if max_bytes is None else parse_bytes(max_bytes)
+    if isinstance(images, ImageFiles):
+        backend = loader_backend(loader)
+        if budget > 0:
+            sizes = images.sizes()
+            need = len(images) * int(sizes[:, 0].max(initial=1)) * int(sizes[:, 1].max(initial=1)) * 3
+            if need <= budget:
+                return decode_resident(images, device, backend, workers)
+        return FileImages(images, device, backend, workers)
+    if padded_nbytes(images.images) <= budget:
+        return ResidentImageCache.from_image_set(images, device)
+    return StreamingImages(images, device)
+
+
+def decode_resident(files: ImageFiles, device, backend: str = "torch", workers: int | None = None,
+                    batch_size: int = 256):
+    """Decode every file once into a ResidentImageCache on `device` (allocated from the header sizes;
+    the decoded batches stream into it, so the peak is the cache plus a few batches)."""
+    device = torch.device(device)
+    sizes = torch.from_numpy(files.sizes().astype(np.int32))
+    n = len(files)
+    hmax, wmax = (int(v) for v in sizes.max(0).values) if n else (1, 1)
+    images = torch.zeros(n, hmax, wmax, 3, dtype=torch.uint8, device=device)
+    src = FileImages(files, device, backend, workers)
+    plan = list(torch.arange(n).split(batch_size))
+    src.prefetch(plan)
+    for ids in plan:
+        b = src.batch(ids)
+        for row, sid in enumerate(b.sample_ids.tolist()):
+            h, w = (int(v) for v in b.image_sizes[row])
+            if (h, w) != tuple(sizes[sid].tolist()):
+                raise ValueError(f"{files.path(sid)}: decodes to {h}x{w} but its header says "
+                                 f"{sizes[sid][0]}x{sizes[sid][1]}")
+            images[sid, :h, :w] = b.images[row, :h, :w]
+    equal = bool((sizes[:, 0] == hmax).all() and (sizes[:, 1] == wmax).all())
+    labels = torch.as_tensor(files.labels, dtype=torch.int64, device=device)
+    return ResidentImageCache(images, None if equal else sizes.to(device), labels)
