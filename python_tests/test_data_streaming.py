@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import interrupt_on_call
+from conftest import interrupt_on_call, requires_cuda
 from hald_ext.cli import main as hald
 from hald_ext.data import (FileImages, ImageFiles, dali_available, fingerprint, image_source, load_image_set,
                            open_images)
@@ -164,6 +164,24 @@ def test_streamed_batches_equal_the_resident_cache(mixed_store, loader):
     for i, (ids, _) in enumerate(hard):
         x, y = a.hard_batch(ids, 100 + i), b.hard_batch(ids, 100 + i)
         assert torch.equal(x.x, y.x) and torch.equal(x.y_b, y.y_b) and torch.equal(x.lam, y.lam)
+
+
+@requires_cuda
+@pytest.mark.parametrize("loader", LOADERS)
+def test_streaming_onto_a_gpu_equals_the_resident_cache(mixed_store, loader):
+    """On a GPU the streamed batch lands on the device (DALI: decoded there by the mixed decoder; torch:
+    copied from pinned memory) and crops as the resident cache does."""
+    from hald_ext.train.batches import FusedBatchSource, open_label_store
+
+    folder, labels = mixed_store
+    files, store = open_images(folder), open_label_store(labels)
+    a = FusedBatchSource(image_source(files, "cuda"), None, store, SIZE, device="cuda")
+    b = FusedBatchSource(image_source(files, "cuda", max_bytes=0, loader=loader), None, store, SIZE, device="cuda")
+    plan = [(torch.arange(i, i + 10), torch.zeros(10, dtype=torch.int64)) for i in (0, 10, 20)]
+    b.prefetch(plan)
+    for ids, slots in plan:
+        x, y = a.soft_batch(ids, slots), b.soft_batch(ids, slots)
+        assert y.x.is_cuda and torch.equal(x.x, y.x)
 
 
 def test_a_batch_outside_the_plan_is_decoded_on_the_spot(mixed_store):
