@@ -271,7 +271,9 @@ def test_dali_gives_decode_files_pixels(files, dali_decoded, name):
 
 def test_dali_alone_would_differ(files):
     """Why dali_input and DALI_DECODER_KW exist: DALI's defaults on the files' own bytes turn EXIF-tagged
-    JPEGs, convert CMYK and 16-bit PNGs otherwise (off by one), and fail on a PNG with a CRC mismatch."""
+    JPEGs, convert CMYK and 16-bit PNGs otherwise (off by one), and fail on a PNG with a CRC mismatch.
+    (Should a DALI upgrade make one of these agree, update docs/data-decoding.md's table; dali_input may
+    then pass that kind's bytes.)"""
     pytest.importorskip("nvidia.dali")
     from nvidia.dali import fn, pipeline_def, types
 
