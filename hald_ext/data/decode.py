@@ -10,9 +10,9 @@ above 255 to white, an all-white image for most such files, and disagrees with i
   * `decode_file(path)`   the torch loader's decode: Pillow, in the convention.
   * `dali_input(path)`    the bytes DALI's `fn.decoders.image(**DALI_DECODER_KW)` decodes into the same
                           pixels: the file's own bytes for the kinds DALI decodes exactly like Pillow (JPEG
-                          with 1 or 3 components, PNG of 8 bits or fewer, plain BMP, simple WebP), a
-                          lossless PNG of `decode_file` for the others (CMYK / YCCK JPEG, 16-bit PNG, WebP
-                          with a VP8X header, other BMPs, any file whose structure is irregular).
+                          with 1 or 3 components, PNG of 8 bits or fewer, simple WebP), a lossless PNG of
+                          `decode_file` for the others (CMYK / YCCK JPEG, 16-bit PNG, WebP with a VP8X
+                          header, BMP, any file whose structure is irregular).
   * `DALI_DECODER_KW`     the decoder's keyword arguments: RGB output, EXIF orientation NOT applied
                           (DALI's default applies it), libjpeg-turbo's fancy chroma upsampling on the GPU
                           decoder too, the accurate integer IDCT.
@@ -20,6 +20,8 @@ above 255 to white, an all-white image for most such files, and disagrees with i
                           format's header up to the image data and the end marker near the end; a file cut
                           short is refused, naming it, on both loaders.
   * `image_size(path)`    (height, width) from the header, stored orientation.
+  * `find_undecodable`    the first of a batch's files that decode_file refuses: names the file when DALI
+                          raised on damage only a decoder finds.
 
 docs/data-decoding.md lists each file kind and what each decoder does with it.
 """
@@ -254,9 +256,9 @@ def _bmp(src: _Source) -> FileKind:
         raise _Bad(f"BMP header with size {w}x{h}: corrupt")
     if comp == 0 and bpp in (1, 4, 8, 16, 24, 32) and src.size < offset + ((bpp * w + 31) // 32) * 4 * abs(h):
         raise _Bad("the BMP's pixel data is shorter than its header says: the file is truncated")
-    # DALI matches Pillow on the uncompressed bottom-up BMPs Pillow writes; others go to it as a PNG
-    safe = hsize == 40 and comp == 0 and bpp in (1, 8, 24, 32) and h > 0
-    return FileKind("bmp", abs(h), w, f"{bpp}-bit BMP (compression {comp}, header {hsize})", safe)
+    # never DALI-safe: its BMP reader agrees with Pillow on the BMPs Pillow writes, but fails on some with a
+    # damaged header that Pillow reads; BMPs are rare and decoding one is a copy, so DALI gets a PNG
+    return FileKind("bmp", abs(h), w, f"{bpp}-bit BMP (compression {comp}, header {hsize})", False)
 
 
 def _webp(src: _Source) -> FileKind:
@@ -383,8 +385,11 @@ def dali_input(path: str) -> np.ndarray:
     """The encoded bytes (1-D uint8) that `fn.decoders.image(..., **DALI_DECODER_KW)` decodes into
     decode_file(path)'s pixels. The file's own bytes (up to the image's end when data follows it) for the
     kinds DALI decodes like Pillow, once fully checked in memory (every JPEG marker up to EOI, every PNG
-    chunk's CRC: DALI's CPU decoder must never see a corrupt file); otherwise a lossless PNG of Pillow's
-    pixels (decode_file's). Refuses (ValueError naming the file) exactly the files decode_file refuses."""
+    chunk's CRC: DALI's CPU decoder must never see a file cut short or with a stray marker); otherwise a
+    lossless PNG of Pillow's pixels (decode_file's). ValueError naming a file that the structural check
+    or Pillow refuses. Damage only a decoder finds (a corrupt Huffman table, bad compressed data in a
+    simple file) is not looked for here: DALI raises on it (as Pillow does), and find_undecodable names
+    the file."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
         kind = _inspect(_Source(data=data))
@@ -396,6 +401,16 @@ def dali_input(path: str) -> np.ndarray:
         except (_Bad, _Irregular):
             pass  # Pillow decides, DALI gets its pixels
     return _png_bytes(_decode(io.BytesIO(data.tobytes()), path, kind.format))
+
+
+def find_undecodable(paths) -> str | None:
+    """The first of `paths` that decode_file refuses (to name it when a batch decoder raised), or None."""
+    for p in paths:
+        try:
+            decode_file(p)
+        except ValueError:
+            return p
+    return None
 
 
 def __getattr__(name):
