@@ -88,11 +88,12 @@ def test_sharding_by_rank_env(backend, mixed_folder, monkeypatch):
 def test_backend_choice(monkeypatch):
     assert loader_backend("torch") == "torch"
     assert loader_backend("auto") == ("dali" if dali_available() else "torch")
-    import hald_ext.data.loader as L
+    import hald_ext.data.loader as LD
+    import hald_ext.data.stream as L
 
     monkeypatch.setattr(L, "dali_available", lambda: False)
     assert L.loader_backend("auto") == "torch"
-    assert isinstance(L.make_loader(ImageSet([np.zeros((2, 2, 3), np.uint8)], np.zeros(1), ["a"], ["x"]), 1),
+    assert isinstance(LD.make_loader(ImageSet([np.zeros((2, 2, 3), np.uint8)], np.zeros(1), ["a"], ["x"]), 1),
                       TorchLoader)
     with pytest.raises(ImportError, match="nvidia.dali"):
         L.loader_backend("dali")

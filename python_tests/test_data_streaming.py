@@ -60,12 +60,12 @@ def store_tensors(path):
 
 # ------------------------------------------------------------------------------------- opening a folder
 def test_opening_and_selecting_a_folder_decodes_nothing(imagenet, tmp_path, monkeypatch, capsys):
-    import hald_ext.data.folder as folder_mod
+    import hald_ext.data.decode as decode_mod
 
-    def no_decode(path):
+    def no_decode(fp, path, fmt):
         raise AssertionError(f"decoded {path}")
 
-    monkeypatch.setattr(folder_mod, "decode_file", no_decode)
+    monkeypatch.setattr(decode_mod, "_decode", no_decode)  # every decode of a file goes through it
     files = open_images(imagenet[0])
     assert isinstance(files, ImageFiles) and len(files) == 2000 and files.num_classes == 1000
     out = str(tmp_path / "sel")

@@ -1,6 +1,7 @@
 """Image sources (arrays, IDX, image folders), the DALI / torch loaders, and the resident image cache.
 
     folder.py     the folder walk and the rank sharding (below both loaders)
+    decode.py     the one decode convention (Pillow's convert("RGB")) and what DALI is fed to match it
     batch.py      ImageBatch, the one batch type, and padding of mixed sizes
     normalize.py  the normalisation constants
     loader.py     make_loader: DALI when installed, torch otherwise

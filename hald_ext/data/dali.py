@@ -1,15 +1,10 @@
-"""The DALI loader: the same batches as hald_ext.data.loader.TorchLoader, decoded by DALI.
+"""DALI over decoded arrays: the same batches as hald_ext.data.loader.TorchLoader, from an ImageSet.
 
-  * image folders: `fn.readers.file` (given the file list in hald_ext.data.folder's order, with each
-    file's sample id as its "label", so ids survive shuffling and sharding) + `fn.decoders.image`;
-  * arrays (an ImageSet): `fn.external_source` feeding the same pipeline tail;
-  * on a GPU the decoder runs as `mixed` (nvJPEG: host parse, device decode) and the batch never
-    visits the host again: the DALI PyTorch plugin copies DALI's device buffers into torch tensors
-    on the same device; without a GPU the pipeline runs CPU-only (`device_id=None`);
-  * sharding: `shard_id` / `num_shards` from RANK / WORLD_SIZE, each rank sticking to its block;
-    the reader pads the last batch (the iterator drops the padding), so every epoch starts at the
-    shard's first sample, as the torch loader's do.
-This module imports only the folder walk and the batch type, never the torch loader.
+  * `fn.external_source` feeds the arrays of each batch (this rank's shard in `epoch_order`);
+  * on a GPU the batch is copied to the device inside the pipeline and never visits the host again;
+    without a GPU the pipeline runs CPU-only (`device_id=None`);
+  * `_pipeline_tail` (true sizes, zero padding, ids) is shared with the streaming decoder of image
+    folders (hald_ext.data.stream), which feeds files' bytes to `fn.decoders.image` in plan order.
 """
 from __future__ import annotations
 
@@ -17,8 +12,7 @@ import numpy as np
 import torch
 
 from hald_ext.data.batch import ImageBatch
-from hald_ext.data.folder import (NeedsOtherDecoder, check_image_file, decode_file, epoch_order, find_undecodable,
-                                 list_image_folder, shard_from_env, shard_range)
+from hald_ext.data.folder import ShardedEpochs, epoch_order
 
 
 def _pipeline_tail(fn, types, images, ids, on_gpu: bool):
@@ -52,7 +46,7 @@ class _ArrayEpochs:
         return [self.images[int(i)] for i in ids], [np.array([i], dtype=np.int64) for i in ids]
 
 
-class DaliLoader:
+class DaliLoader(ShardedEpochs):
     backend = "dali"
 
     def __init__(self, source, batch_size: int, *, device="cpu", shuffle=False, seed=0, shard=None,
@@ -66,73 +60,30 @@ class DaliLoader:
         on_gpu = self.device.type == "cuda"
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if on_gpu else None
-        self.rank, self.world = shard if shard is not None else shard_from_env()
-        self.batch_size = batch_size
-        decoder_device = "mixed" if on_gpu else "cpu"
         self.paths = None
 
-        if isinstance(source, ImageSet):
-            self.labels, self.classes = np.asarray(source.labels), list(source.classes)
-            feed = _ArrayEpochs(source.images, batch_size, self.rank, self.world, shuffle, seed)
+        if not isinstance(source, ImageSet):
+            raise TypeError("DaliLoader reads decoded arrays (an ImageSet); an image folder streams through "
+                            "make_loader's FolderLoader (hald_ext.data.stream.FileImages, DALI decoding)")
+        self._init_epochs(source.labels, batch_size, shuffle, seed, shard)
+        self.classes = list(source.classes)
+        feed = _ArrayEpochs(source.images, batch_size, self.rank, self.world, shuffle, seed)
 
-            @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
-            def pipe():
-                images, ids = fn.external_source(source=feed, num_outputs=2, batch=True, cycle="raise",
-                                                 layout=["HWC", ""], dtype=[types.UINT8, types.INT64])
-                if on_gpu:
-                    images = images.gpu()
-                return _pipeline_tail(fn, types, images, ids, on_gpu)
-
-            reader_name = None
-        else:
-            paths, self.labels, self.classes = list_image_folder(source)
-            self.paths = paths
-            lo, hi = shard_range(len(paths), self.rank, self.world)
-            for p in paths[lo:hi]:
-                try:
-                    check_image_file(p)
-                except ValueError as e:
-                    decode_file(p)  # raises, naming the file, when the file is really unreadable
-                    raise NeedsOtherDecoder(f"{e} (torchvision decodes it; use --loader torch)") from None
-
-            @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
-            def pipe():
-                encoded, ids = fn.readers.file(files=paths, labels=list(range(len(paths))), random_shuffle=shuffle,
-                                               shard_id=self.rank, num_shards=self.world, stick_to_shard=True,
-                                               pad_last_batch=True, name="Reader")
-                images = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB)
-                return _pipeline_tail(fn, types, images, ids, on_gpu)
-
-            reader_name = "Reader"
+        @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
+        def pipe():
+            images, ids = fn.external_source(source=feed, num_outputs=2, batch=True, cycle="raise",
+                                             layout=["HWC", ""], dtype=[types.UINT8, types.INT64])
+            if on_gpu:
+                images = images.gpu()
+            return _pipeline_tail(fn, types, images, ids, on_gpu)
 
         self.pipeline = pipe()
         self.pipeline.build()
-        kw = dict(reader_name=reader_name) if reader_name else {}
         self.iterator = DALIGenericIterator([self.pipeline], ["images", "sizes", "ids"],
-                                            last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True, **kw)
-
-    def num_samples(self) -> int:
-        return len(self.labels)
-
-    def __len__(self) -> int:
-        lo, hi = shard_range(self.num_samples(), self.rank, self.world)
-        return -(-(hi - lo) // self.batch_size)
-
-    def _batches(self):
-        try:
-            yield from self.iterator
-        except RuntimeError as e:
-            # DALI names the failing operator, not always the file: find and name it.
-            if self.paths is None:
-                raise
-            bad = find_undecodable(self.paths)
-            if bad is None:
-                raise
-            raise ValueError(f"{bad}: cannot decode this image file (corrupt or not an image); DALI said: "
-                             f"{str(e).splitlines()[0] if str(e) else e!r}") from None
+                                            last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
 
     def __iter__(self):
-        for out in self._batches():
+        for out in self.iterator:
             d = out[0]
             sizes = d["sizes"][:, :2].to(self.device, torch.int32)
             ids = d["ids"].reshape(-1).to(self.device, torch.int64)

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from hald_ext.data.decode import image_size
 from hald_ext.data.folder import list_image_folder
 
 # Bytes of each file that enter its identity: the start (format, dimensions, tables) and the end (the
@@ -76,8 +77,6 @@ class ImageFiles:
         """int32 [N, 2] (height, width) of every image, read from the file headers (stored orientation,
         as the decoders give it); ValueError naming a file that is not an image."""
         if self._sizes is None:
-            from hald_ext.data.folder import image_size
-
             with ThreadPoolExecutor(_IO_THREADS) as pool:
                 sizes = list(pool.map(image_size, (self.path(i) for i in range(len(self))), chunksize=64))
             self._sizes = np.asarray(sizes, dtype=np.int32).reshape(-1, 2)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -57,106 +56,24 @@ def epoch_order(n: int, rank: int, world: int, shuffle: bool, seed: int, epoch: 
     return ids
 
 
-def decode_file(path: str) -> np.ndarray:
-    """One image file as HWC uint8 RGB (torchvision's C++ decoders); ValueError naming a bad file."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+class ShardedEpochs:
+    """What every loader shares: this rank's shard of `labels` and its order in each epoch (shuffled
+    within the shard when asked, from (seed, epoch))."""
 
-    try:
-        img = decode_image(read_file(path), mode=ImageReadMode.RGB)
-        if img.dtype != torch.uint8:  # 16-bit PNGs decode to uint16: keep the high byte (8-bit RGB)
-            img = (img.to(torch.int32) >> 8).to(torch.uint8)
-        return img.permute(1, 2, 0).numpy()
-    except (RuntimeError, ValueError) as e:
-        raise ValueError(f"{path}: cannot decode this image file (corrupt or not an image): {e}") from None
+    def _init_epochs(self, labels, batch_size: int, shuffle: bool, seed: int, shard) -> None:
+        self.labels = np.asarray(labels)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world = shard if shard is not None else shard_from_env()
+        self.epoch = 0
 
+    def num_samples(self) -> int:
+        return len(self.labels)
 
-def image_size(path: str) -> tuple:
-    """(height, width) of an image file from its header (no decode), in the stored orientation (the
-    decoders ignore EXIF orientation); ValueError naming a file that is not an image."""
-    from PIL import Image, UnidentifiedImageError
+    def __len__(self) -> int:
+        lo, hi = shard_range(self.num_samples(), self.rank, self.world)
+        return -(-(hi - lo) // self.batch_size)
 
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read this image file's header (corrupt or not an image): {e}") from None
-    return int(h), int(w)
-
-
-def find_undecodable(paths: list) -> str | None:
-    """The first file of `paths` that does not decode (to name it when a batch decoder failed)."""
-    for p in paths:
-        try:
-            decode_file(p)
-        except ValueError:
-            return p
-    return None
-
-
-_TAIL = 4096  # bytes searched for an end marker (some writers append a little after it)
-
-
-def _jpeg_markers_valid(path: str) -> bool:
-    """Walks a JPEG's marker segments and checks that, inside entropy-coded data, every 0xFF byte is
-    followed by a byte that may follow it there (0x00 stuffing, 0xFF fill, RSTn or a marker 0xC0..0xFE):
-    the corruption DALI's parser reports as "Invalid marker" (and may then crash on)."""
-    data = np.fromfile(path, dtype=np.uint8)
-    n, i = len(data), 2
-    while i + 2 <= n:
-        if data[i] != 0xFF:
-            return False
-        marker = int(data[i + 1])
-        if marker == 0xFF:  # fill byte before a marker
-            i += 1
-            continue
-        if marker == 0xD9:
-            return True
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
-            i += 2
-            continue
-        if marker < 0xC0 or i + 4 > n:
-            return False
-        length = (int(data[i + 2]) << 8) | int(data[i + 3])
-        if length < 2:
-            return False
-        i += 2 + length
-        if marker == 0xDA:  # start of scan: entropy-coded data up to the next real marker
-            ff = np.flatnonzero(data[i:-1] == 0xFF) + i
-            nxt = data[ff + 1]
-            real = ~((nxt == 0x00) | (nxt == 0xFF) | ((nxt >= 0xD0) & (nxt <= 0xD7)))
-            bad = real & (nxt < 0xC0) & (nxt != 0x01)
-            first_real = ff[real]
-            if not len(first_real):
-                return False
-            if bad[: np.argmax(real) + 1].any():
-                return False
-            i = int(first_real[0])
-    return False
-
-
-class NeedsOtherDecoder(ValueError):
-    """A file that fails the structural check but that torchvision's decoder reads (a JPEG with stray
-    bytes, data appended after the image): too risky for DALI's CPU decoder, fine for the torch loader."""
-
-
-def check_image_file(path: str) -> None:
-    """A cheap structural check before a batch decoder sees the file (DALI's CPU JPEG decoder can crash
-    the process on a truncated file instead of raising): the format's signature at the start and, for
-    JPEG / PNG, its end marker near the end. ValueError naming the file when either is missing."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(16)
-        f.seek(max(0, size - _TAIL))
-        tail = f.read()
-    if head.startswith(b"\xff\xd8"):
-        ok, what = b"\xff\xd9" in tail, "JPEG end marker (FFD9): the file is truncated"
-        if ok:
-            ok, what = _jpeg_markers_valid(path), "valid JPEG marker structure: the file is corrupt"
-    elif head.startswith(b"\x89PNG\r\n\x1a\n"):
-        ok, what = b"IEND" in tail, "PNG IEND chunk: the file is truncated"
-    elif head.startswith(b"BM") or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-        ok, what = True, ""
-    else:
-        ok, what = False, "image signature (JPEG, PNG, BMP or WebP): not an image file"
-    if not ok:
-        raise ValueError(f"{path}: cannot decode this image file: no {what}")
+    def next_order(self) -> np.ndarray:
+        order = epoch_order(self.num_samples(), self.rank, self.world, self.shuffle, self.seed, self.epoch)
+        self.epoch += 1
+        return order

@@ -1,109 +1,91 @@
 """Batches of decoded uint8 images for crop_and_lookup, from an image folder or an ImageSet.
 
-`make_loader` picks DALI (hald_ext.data.dali) when it is installed and a plain torch loader with the
-same outputs otherwise; `loader_backend()` says which one runs. Both:
-  * read the folder in hald_ext.data.folder's order (class folders sorted, files sorted), so sample
-    ids are the ids a label store records;
+`make_loader` reads an image folder through FolderLoader (its files streamed by
+hald_ext.data.stream.FileImages: DALI when installed, torch DataLoader workers otherwise; one decode
+convention, hald_ext.data.decode) and decoded arrays through TorchLoader or DaliLoader;
+`loader_backend()` says which decoder runs. All:
+  * read a folder in hald_ext.data.folder's order (class folders sorted, files sorted), so sample ids
+    are the ids a label store records;
   * shard by torchrun's RANK / WORLD_SIZE (hald_ext.data.folder.shard_range), every epoch;
-  * yield `ImageBatch(images uint8 [B, Hmax, Wmax, 3], image_sizes int32 [B, 2], image_ids = 0..B-1,
-    sample_ids int64 [B])` on the device, zero-padded to the batch's largest image.
+  * yield `ImageBatch(images uint8 [M, Hmax, Wmax, 3], image_sizes int32 [M, 2], image_ids [B],
+    sample_ids int64 [B])` on the device, zero-padded to the batch's largest image (sample j is row
+    image_ids[j]).
 A file that cannot be decoded raises ValueError naming it, whichever backend runs.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Iterator
 
 import numpy as np
 import torch
 
 from hald_ext.data.batch import ImageBatch, collate
-from hald_ext.data.folder import decode_file, epoch_order, list_image_folder, shard_from_env, shard_range
+from hald_ext.data.files import ImageFiles
+from hald_ext.data.folder import ShardedEpochs
+from hald_ext.data.stream import BACKENDS, FileImages, dali_available, loader_backend  # noqa: F401  (re-exported)
 
-BACKENDS = ("auto", "dali", "torch")
+class FolderLoader(ShardedEpochs):
+    """Epochs over an image folder's files: this rank's shard in `epoch_order` (shuffled when asked), cut
+    into batches that a streaming source (FileImages: DALI or torch workers) decodes ahead. A batch's
+    rows are its distinct images (`image_ids` maps each sample to its row, `sample_ids` are the folder's
+    ids)."""
 
+    def __init__(self, files: ImageFiles, batch_size: int, *, device="cpu", shuffle=False, seed=0, shard=None,
+                 backend: str = "torch", num_threads: int = 2):
+        self._init_epochs(files.labels, batch_size, shuffle, seed, shard)
+        self.device = torch.device(device)
+        self.files, self.classes = files, list(files.classes)
+        self.backend = backend
+        self.source = FileImages(files, self.device, backend, workers=num_threads)
 
-def dali_available() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-        import nvidia.dali.plugin.pytorch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    @property
+    def paths(self) -> list:
+        return self.files.paths
 
-
-def loader_backend(prefer: str = "auto") -> str:
-    """'dali' or 'torch': what `make_loader(backend=prefer)` will use here."""
-    if prefer not in BACKENDS:
-        raise ValueError(f"backend (--loader) must be one of {BACKENDS}, got {prefer!r}")
-    if prefer == "torch":
-        return "torch"
-    if dali_available():
-        return "dali"
-    if prefer == "dali":
-        raise ImportError("backend='dali' was asked for but nvidia.dali (with its PyTorch plugin) is not installed")
-    return "torch"
-
-
-def _source_parts(source):
-    """(paths or None, images or None, labels, classes) of a folder path or an ImageSet."""
-    from hald_ext.data.sources import ImageSet
-
-    if isinstance(source, ImageSet):
-        return None, source.images, np.asarray(source.labels), list(source.classes)
-    paths, labels, classes = list_image_folder(source)
-    return paths, None, labels, classes
+    def __iter__(self) -> Iterator[ImageBatch]:
+        plan = list(torch.from_numpy(self.next_order()).split(self.batch_size))
+        self.source.prefetch(plan)
+        for ids in plan:
+            yield self.source.batch(ids)
 
 
-class TorchLoader:
-    """The fallback: torchvision.io decodes files (PNG / JPEG in C++) on the host."""
+class TorchLoader(ShardedEpochs):
+    """Batches of decoded arrays (an ImageSet) on the device, in the folder loaders' batch layout."""
 
     backend = "torch"
 
     def __init__(self, source, batch_size: int, *, device="cpu", shuffle=False, seed=0, shard=None):
+        self._init_epochs(source.labels, batch_size, shuffle, seed, shard)
         self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.shuffle, self.seed = shuffle, seed
-        self.rank, self.world = shard if shard is not None else shard_from_env()
-        self.paths, self.images, self.labels, self.classes = _source_parts(source)
-        self.epoch = 0
-
-    def num_samples(self) -> int:
-        return len(self.labels)
-
-    def __len__(self) -> int:
-        lo, hi = shard_range(self.num_samples(), self.rank, self.world)
-        return -(-(hi - lo) // self.batch_size)
-
-    def _decode(self, i: int) -> np.ndarray:
-        return self.images[i] if self.images is not None else decode_file(self.paths[i])
+        self.paths = None
+        self.images, self.classes = source.images, list(source.classes)
 
     def __iter__(self) -> Iterator[ImageBatch]:
-        order = epoch_order(self.num_samples(), self.rank, self.world, self.shuffle, self.seed, self.epoch)
-        self.epoch += 1
+        order = self.next_order()
         for s in range(0, len(order), self.batch_size):
             ids = order[s: s + self.batch_size]
-            yield collate([self._decode(int(i)) for i in ids], ids, self.device)
+            yield collate([self.images[int(i)] for i in ids], ids, self.device)
 
 
 def make_loader(source, batch_size: int, *, device="cpu", shuffle: bool = False, seed: int = 0,
                 shard: tuple[int, int] | None = None, backend: str = "auto", num_threads: int = 2):
-    """A loader over an image folder (path) or an ImageSet (arrays); see the module docstring.
-    `shard` = (rank, world) overrides RANK / WORLD_SIZE. The returned object's `.backend` says
-    'dali' or 'torch'; `.labels` and `.classes` describe the whole source."""
+    """A loader over an image folder (a path or an ImageFiles: its files streamed, see FolderLoader) or
+    an ImageSet (arrays); see the module docstring. `shard` = (rank, world) overrides RANK / WORLD_SIZE.
+    The returned object's `.backend` says 'dali' or 'torch'; `.labels` and `.classes` describe the whole
+    source."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if loader_backend(backend) == "dali":
+    chosen = loader_backend(backend)
+    if isinstance(source, str):
+        source = ImageFiles.open(source)
+    if isinstance(source, ImageFiles):
+        return FolderLoader(source, batch_size, device=device, shuffle=shuffle, seed=seed, shard=shard,
+                            backend=chosen, num_threads=num_threads)
+    if chosen == "dali":
         from hald_ext.data.dali import DaliLoader
-        from hald_ext.data.folder import NeedsOtherDecoder
 
-        try:
-            return DaliLoader(source, batch_size, device=device, shuffle=shuffle, seed=seed, shard=shard,
-                              num_threads=num_threads)
-        except NeedsOtherDecoder as e:
-            if backend == "dali":
-                raise
-            warnings.warn(f"{e}: reading this image set with the torch loader instead of DALI", stacklevel=2)
+        return DaliLoader(source, batch_size, device=device, shuffle=shuffle, seed=seed, shard=shard,
+                          num_threads=num_threads)
     return TorchLoader(source, batch_size, device=device, shuffle=shuffle, seed=seed, shard=shard)
 
 
@@ -131,9 +113,9 @@ def resident_cache_from_loader(loader, num_samples: int | None = None):
     dev = batches[0].images.device
     images = torch.zeros(n, hmax, wmax, 3, dtype=torch.uint8, device=dev)
     sizes = torch.ones(n, 2, dtype=torch.int32, device=dev)
-    for b in batches:  # once per set, on the device
-        images[b.sample_ids, : b.images.shape[1], : b.images.shape[2]] = b.images
-        sizes[b.sample_ids] = b.image_sizes
+    for b in batches:  # once per set, on the device; row image_ids[j] of a batch is sample sample_ids[j]
+        images[b.sample_ids, : b.images.shape[1], : b.images.shape[2]] = b.images[b.image_ids]
+        sizes[b.sample_ids] = b.image_sizes[b.image_ids]
     labels = torch.as_tensor(loader.labels, dtype=torch.int64, device=dev)
     equal = bool((sizes[:, 0] == hmax).all() and (sizes[:, 1] == wmax).all())
     return ResidentImageCache(images, None if equal else sizes, labels)

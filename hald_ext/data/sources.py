@@ -17,7 +17,8 @@ import struct
 import numpy as np
 
 from hald_ext.data.files import ImageFiles
-from hald_ext.data.folder import IMAGE_EXTENSIONS, decode_file, list_image_folder  # noqa: F401  (re-exported)
+from hald_ext.data.decode import decode_file
+from hald_ext.data.folder import IMAGE_EXTENSIONS, list_image_folder  # noqa: F401  (re-exported)
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",

@@ -28,10 +28,34 @@ import torch
 from hald_ext.data.batch import ImageBatch, pad_images, padded_nbytes
 from hald_ext.data.cache import ResidentImageCache, StreamingImages, device_budget
 from hald_ext.data.files import ImageFiles
-from hald_ext.data.folder import check_image_file, decode_file
-from hald_ext.data.loader import loader_backend
+from hald_ext.data.decode import dali_input, decode_file, find_undecodable
 
 STREAM_BACKENDS = ("dali", "torch")
+
+
+BACKENDS = ("auto", "dali", "torch")
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+        import nvidia.dali.plugin.pytorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def loader_backend(prefer: str = "auto") -> str:
+    """'dali' or 'torch': what `make_loader(backend=prefer)` will use here."""
+    if prefer not in BACKENDS:
+        raise ValueError(f"backend (--loader) must be one of {BACKENDS}, got {prefer!r}")
+    if prefer == "torch":
+        return "torch"
+    if dali_available():
+        return "dali"
+    if prefer == "dali":
+        raise ImportError("backend='dali' was asked for but nvidia.dali (with its PyTorch plugin) is not installed")
+    return "torch"
 
 
 def default_workers() -> int:
@@ -58,21 +82,6 @@ class _PlanDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return _decode_batch(self.files, self.plan[i])
-
-
-def dali_input(path: str) -> np.ndarray:
-    """The bytes DALI decodes for `path`: the file itself, or, for a file DALI's CPU decoder must not
-    see (it can crash the process on a corrupt JPEG; the structural check catches those), a PNG of
-    what torchvision decodes -- so a file that one decoder reads and the other would not still gives
-    the same pixels. ValueError naming a file that no decoder reads."""
-    try:
-        check_image_file(path)
-        return np.fromfile(path, dtype=np.uint8)
-    except ValueError:
-        from torchvision.io import encode_png
-
-        img = decode_file(path)  # raises, naming the file, when it is unreadable
-        return encode_png(torch.from_numpy(img).permute(2, 0, 1).contiguous(), compression_level=1).numpy()
 
 
 class _DaliFeed:
@@ -106,6 +115,7 @@ class _DaliDecoder:
         from nvidia.dali import fn, pipeline_def, types
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+        from hald_ext.data import decode
         from hald_ext.data.dali import _pipeline_tail
 
         on_gpu = self.device.type == "cuda"
@@ -118,8 +128,7 @@ class _DaliDecoder:
         def pipe():
             encoded, ids = fn.external_source(source=feed, num_outputs=2, batch=True, cycle="raise",
                                               dtype=[types.UINT8, types.INT64])
-            images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB,
-                                       adjust_orientation=False)
+            images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", **decode.DALI_DECODER_KW)
             return _pipeline_tail(fn, types, images, ids, on_gpu)
 
         p = pipe()
@@ -137,9 +146,19 @@ class _DaliDecoder:
             self.iterator.reset()
 
     def __iter__(self):
-        for out in self.iterator:
-            d = out[0]
-            yield d["images"], d["sizes"][:, :2].to(torch.int32), d["ids"].reshape(-1).to(torch.int64)
+        done = 0
+        try:
+            for out in self.iterator:
+                d = out[0]
+                done += 1
+                yield d["images"], d["sizes"][:, :2].to(torch.int32), d["ids"].reshape(-1).to(torch.int64)
+        except RuntimeError as e:
+            # DALI names its operator, not always the file: find the file among the batches in flight.
+            bad = find_undecodable(self.files.path(i) for ids in self.feed.plan[done:self.feed.pos] for i in ids)
+            if bad is None:
+                raise
+            raise ValueError(f"{bad}: cannot decode this image file (corrupt or not an image); DALI said: "
+                             f"{str(e).splitlines()[0] if str(e) else e!r}") from None
 
 
 class FileImages:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from hald_ext.data import ImageFiles, ImageSet, open_images, write_image_folder
-from hald_ext.data.folder import decode_file
+from hald_ext.data.decode import decode_file
 
 FILE_MODES = ("copy", "hardlink", "symlink")
 
