@@ -881,8 +881,8 @@ def _assemble(root: str, per_epoch: list, row_images: list, n: int, fill_missing
                 "copy of the same image's label from the nearest epoch that has one")
         never = (~present).all(1)
         if never.any():
-            raise LabelImportError(f"{root}: image {int(never.nonzero()[0])} has no label in any epoch; the image set "
-                                   f"(--images, {n} images) holds images the files never label")
+            raise LabelImportError(f"{root}: image {int(never.nonzero()[0])} of {n} has no label in any kept epoch "
+                                   f"({int(never.sum())} such images), so there is no label of its own to repeat")
         idx = torch.arange(E).expand(n, E)
         prev = torch.where(present, idx, torch.full_like(idx, -1)).cummax(1).values
         nxt = torch.where(present, idx, torch.full_like(idx, E)).flip(1).cummin(1).values.flip(1)
