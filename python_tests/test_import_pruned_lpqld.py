@@ -22,21 +22,7 @@ from hald_ext.boxes import quantize_boxes
 from hald_ext.labels import LabelStore
 from hald_ext.labels.importers import ImportOrderWarning, LabelImportError, import_batches
 from hald_ext.reference.soft_hard_loss import decode_dense
-
-
-def rand_bbox(size, lam):  # utils_fkd.rand_bbox
-    W = size[2]
-    H = size[3]
-    cut_rat = np.sqrt(1. - lam)
-    cut_w = int(W * cut_rat)
-    cut_h = int(H * cut_rat)
-    cx = np.random.randint(W)
-    cy = np.random.randint(H)
-    bbx1 = np.clip(cx - cut_w // 2, 0, W)
-    bby1 = np.clip(cy - cut_h // 2, 0, H)
-    bbx2 = np.clip(cx + cut_w // 2, 0, W)
-    bby2 = np.clip(cy + cut_h // 2, 0, H)
-    return bbx1, bby1, bbx2, bby2
+from test_label_importers import rand_bbox  # utils_fkd.rand_bbox, call for call
 
 
 def cutmix_save(B, crop_size):  # utils_fkd.cutmix in fkd_save mode
