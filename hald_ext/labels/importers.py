@@ -414,7 +414,7 @@ LPQLD_DECODES = {"MR": "renorm", "MS": "truncate", "MRS": "marginal"}
 LPQLD_SAMPLER = "sampler_indices_batch.json"
 
 
-def resolve_temperature(flavor: str, values: str, temperature) -> tuple[float, str | None]:
+def resolve_temperature(flavor: str, values: str, temperature, where: str = "") -> tuple[float, str | None]:
     """(T, a note to print) for an import. Files holding logits (SRe2L, LPLD, LPQLD) need T stated,
     or "recipe" for the flavor's published recipe default; HALD files hold softmax(logits / 20)."""
     if isinstance(temperature, str):
@@ -426,7 +426,7 @@ def resolve_temperature(flavor: str, values: str, temperature) -> tuple[float, s
     if temperature is None:
         if values == "logits" or flavor == "lpqld":
             raise LabelImportError(
-                f"{flavor} files hold the teacher's logits, and the store keeps softmax(logits / T): give the "
+                f"{where + ': ' if where else ''}{flavor} files hold the teacher's logits, and the store keeps softmax(logits / T): give the "
                 f"temperature the student will train at (-T / temperature=; the published {flavor} recipe "
                 f"trains at T = {RECIPE_TEMPERATURE[flavor]:g}: --recipe-temperature / temperature='recipe' uses it)")
         T = RECIPE_TEMPERATURE[flavor]
@@ -614,12 +614,12 @@ def import_batches(root: str, out: str, num_classes: int, *, values: str | None 
     lpqld = flavor == "lpqld"
     if lpqld:
         if lpqld_decode not in LPQLD_DECODES:
-            raise LabelImportError(f"LPQLD files need the decode rule the labels are trained with (train_FKD_LPQLD.py "
+            raise LabelImportError(f"{root}: LPQLD files need the decode rule the labels are trained with (train_FKD_LPQLD.py "
                                    f"--label_quantization MR-k / MS-k / MRS-k): lpqld_decode must be one of "
                                    f"{tuple(LPQLD_DECODES)} (MR is LPQLD's recommended rule), got {lpqld_decode!r}")
         if k is not None:
             raise ValueError("k: an LPQLD import keeps the files' own top-k")
-    T, note = resolve_temperature(flavor, "probs" if lpqld and lpqld_decode == "MS" else values, temperature)
+    T, note = resolve_temperature(flavor, "probs" if lpqld and lpqld_decode == "MS" else values, temperature, root)
     if note:
         notes.append(note)
     k = num_classes if k is None else k
