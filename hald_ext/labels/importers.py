@@ -619,6 +619,9 @@ def import_batches(root: str, out: str, num_classes: int, *, values: str | None 
                                    f"{tuple(LPQLD_DECODES)} (MR is LPQLD's recommended rule), got {lpqld_decode!r}")
         if k is not None:
             raise ValueError("k: an LPQLD import keeps the files' own top-k")
+        if order is not None or sampler is not None:
+            raise ValueError(f"{order_name} / sampler: an LPQLD import reads which images each batch labels from "
+                             f"{LPQLD_SAMPLER}")
     T, note = resolve_temperature(flavor, "probs" if lpqld and lpqld_decode == "MS" else values, temperature, root)
     if note:
         notes.append(note)
