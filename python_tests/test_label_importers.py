@@ -446,7 +446,7 @@ def test_cli_full_width_info(tmp_path, capsys):
     capsys.readouterr()
     assert hald(["labels", "info", str(tmp_path / "full.safetensors")]) == 0
     out = capsys.readouterr().out
-    assert "full width (k = C, no ids)" in out and "float16 probabilities (fp16, lossless)" in out
+    assert "full width (k = C, no ids)" in out and "float16 probabilities (fp16: no codebook" in out
     assert "kl_to_teacher 0," in out and "33.00 bytes/label" in out  # 2 x 4 + 9 + 16 (CutMix record)
     assert "0% as far from the teacher's as a uniform label\n" in out
     # At C = 1000 and T = 20 a top-5 label keeps next to nothing, and info says so.
