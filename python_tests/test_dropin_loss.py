@@ -178,7 +178,8 @@ def test_timm_soft_target_and_distillation_term():
     T, wt, wd = 4.0, 0.3, 0.7
 
     def timm_task_total(x):  # LogitDistillationTask.forward with nn.CrossEntropyLoss as the criterion
-        kd = F.kl_div(F.log_softmax(x / T, -1), F.log_softmax(t / T, -1), reduction="batchmean", log_target=True) * T ** 2
+        kd = F.kl_div(F.log_softmax(x / T, -1), F.log_softmax(t / T, -1), reduction="batchmean",
+                      log_target=True) * T ** 2
         return wt * nn.CrossEntropyLoss()(x, y) + wd * kd
 
     kd = hald_ext.DistillationLoss(T, hinton=True, soft_weight=wd, hard_weight=wt, reduction="batchmean")
@@ -212,7 +213,8 @@ def test_liger_distillation_weighting():
 
     def liger(x):
         hard = F.nll_loss(F.log_softmax(x.float(), dim=-1), y, reduction="sum", ignore_index=-100) / y.shape[0]
-        soft = F.kl_div(F.log_softmax(x / T, -1), F.log_softmax(t / T, -1), reduction="sum", log_target=True) / y.shape[0]
+        soft = F.kl_div(F.log_softmax(x / T, -1), F.log_softmax(t / T, -1), reduction="sum",
+                        log_target=True) / y.shape[0]
         return 0.5 * hard + 0.5 * soft
 
     kd = hald_ext.DistillationLoss(T, hinton=False, soft_weight=0.5, hard_weight=0.5, reduction="batchmean")
@@ -241,7 +243,8 @@ def test_bf16_autocast_closer_to_float64_than_the_loops_own_losses():
     t = torch.randn(64, C) * 4
     probs20 = F.softmax(t / 20, 1)
     cases = {
-        "sre2l": (lambda x: sre2l_loss(x, t, 20.0), lambda x: hald_ext.SoftHardLoss(temperature=20, soft_target="logits")(x, t)),
+        "sre2l": (lambda x: sre2l_loss(x, t, 20.0),
+                  lambda x: hald_ext.SoftHardLoss(temperature=20, soft_target="logits")(x, t)),
         "hald": (lambda x: hald_soft_loss(x, probs20), lambda x: hald_ext.SoftHardLoss(temperature=20)(x, probs20)),
         "kd": (lambda x: lpld_tiny_loss(x, t, 4.0), lambda x: hald_ext.DistillationLoss(4.0)(x, t)),
     }

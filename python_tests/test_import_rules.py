@@ -40,7 +40,8 @@ def test_crop_size_is_checked_against_the_boxes_and_the_images(tmp_path):
 
     from hald_ext.data import ImageSet
 
-    tiny = ImageSet([np.zeros((8, 8, 3), np.uint8)] * 8, np.arange(8) % 4, list("abcd"), [f"array:{i}" for i in range(8)])
+    tiny = ImageSet([np.zeros((8, 8, 3), np.uint8)] * 8, np.arange(8) % 4, list("abcd"),
+                    [f"array:{i}" for i in range(8)])
     with pytest.raises(LabelImportError, match=r"--crop-size 32 but the images are 8x8 px"):
         import_batches(str(tmp_path / "s"), str(tmp_path / "o2"), 4, crop_size=32, images=tiny, **kw)
 

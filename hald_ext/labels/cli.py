@@ -161,7 +161,8 @@ def _info(args) -> int:
           f"class); C = {C}, "
           f"{'full width (k = C, no ids)' if k == C else f'top-k = {k}'}, T = {h['temperature']:g}")
     q = h["quantizer"]
-    print(f"  values: " + ("float16 probabilities (fp16: no codebook, the store's most precise values)" if q["kind"] == "fp16" else
+    fp16 = "float16 probabilities (fp16: no codebook, the store's most precise values)"
+    print(f"  values: " + (fp16 if q["kind"] == "fp16" else
                            f"{h['code_bits']}-bit {q['kind']} codes {q}") +
           f"; default decode {h['default_decode']}; CutMix record: {'yes' if h['mix'] else 'no'}")
     print(f"  teacher: {h['teacher'] or '-'}")

@@ -58,7 +58,8 @@ class ImportReport:
         h = self.store.header
         line = (f"imported {self.files} files, {self.bytes_before} bytes -> {self.store.path}: {self.bytes_after} "
                 f"bytes ({self.bytes_before / max(self.bytes_after, 1):.1f}x smaller), "
-                f"{self.store.num_images} images x {self.store.slots} slots, {self.store.bytes_per_label:.1f} bytes/label; "
+                f"{self.store.num_images} images x {self.store.slots} slots, "
+                f"{self.store.bytes_per_label:.1f} bytes/label; "
                 f"T = {h.temperature:g}, crop size {h.crops.get('crop_size') or 'not recorded'}, "
                 f"decode {h.default_decode}, values {h.quantizer.kind}")
         return "\n".join([line] + [f"note: {n}" for n in self.notes])
@@ -426,7 +427,8 @@ def resolve_temperature(flavor: str, values: str, temperature, where: str = "") 
     if temperature is None:
         if values == "logits" or flavor == "lpqld":
             raise LabelImportError(
-                f"{where + ': ' if where else ''}{flavor} files hold the teacher's logits, and the store keeps softmax(logits / T): give the "
+                f"{where + ': ' if where else ''}{flavor} files hold the teacher's logits, and the store keeps "
+                f"softmax(logits / T): give the "
                 f"temperature the student will train at (-T / temperature=; the published {flavor} recipe "
                 f"trains at T = {RECIPE_TEMPERATURE[flavor]:g}: --recipe-temperature / temperature='recipe' uses it)")
         T = RECIPE_TEMPERATURE[flavor]
@@ -614,7 +616,8 @@ def import_batches(root: str, out: str, num_classes: int, *, values: str | None 
     lpqld = flavor == "lpqld"
     if lpqld:
         if lpqld_decode not in LPQLD_DECODES:
-            raise LabelImportError(f"{root}: LPQLD files need the decode rule the labels are trained with (train_FKD_LPQLD.py "
+            raise LabelImportError(f"{root}: LPQLD files need the decode rule the labels are trained with "
+                                   f"(train_FKD_LPQLD.py "
                                    f"--label_quantization MR-k / MS-k / MRS-k): lpqld_decode must be one of "
                                    f"{tuple(LPQLD_DECODES)} (MR is LPQLD's recommended rule), got {lpqld_decode!r}")
         if k is not None:
@@ -697,7 +700,8 @@ def _check_crop_size(root: str, crop_size, box_max: float, n_boxes: int, images)
     few boxes the largest corner comes close to the crop size (all corners of n boxes stay within its
     first half with probability about 24^-n)."""
     if n_boxes >= 3 and 2 * box_max <= crop_size:
-        raise LabelImportError(f"{root}: the {n_boxes} CutMix boxes reach at most {box_max:g} px, so they were drawn in "
+        raise LabelImportError(f"{root}: the {n_boxes} CutMix boxes reach at most {box_max:g} px, so they were "
+                               f"drawn in "
                                f"crops of about {box_max:g} px, not --crop-size {crop_size} (give the writer's "
                                "--input-size)")
     if images is not None and crop_size is not None and len(images):
