@@ -7,7 +7,8 @@ soft-label distillation.
 """
 from hald_ext._ext import build_info
 from hald_ext import ops
-from hald_ext.loss import SoftHardLoss
+from hald_ext import functional
+from hald_ext.loss import DistillationLoss, KLDivLoss, SoftHardLoss
 
-__all__ = ["build_info", "ops", "SoftHardLoss"]
+__all__ = ["build_info", "ops", "functional", "DistillationLoss", "KLDivLoss", "SoftHardLoss"]
 __version__ = "0.1.0"

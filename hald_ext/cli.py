@@ -1,9 +1,15 @@
-"""The `hald` command. Each sub-command lives in its own module exposing `add_arguments(parser)` and
-`run(args)`; modules are imported only when their command runs."""
+"""The `hald` command: relabel images with a teacher, import and inspect label stores, and train and
+study students with HALD soft-label distillation.
+
+Each sub-command lives in its own module exposing `add_arguments(parser)` and `run(args)`; modules are
+imported only when their command runs. Output piped into a reader that stops early (`hald labels info
+FILE | head`) ends the command quietly."""
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
 import sys
 
 # command -> (module, one-line help)
@@ -33,8 +39,45 @@ def run(args):
     return 0
 
 
+# an option's help that states its own default, e.g. "(default: the store's)" or "(default 0, ...)"
+_STATED_DEFAULT = re.compile(r"\(default[ :]")
+
+
+def _one_default_per_option(parser: argparse.ArgumentParser) -> None:
+    """Help texts that state their default in words and also end in an appended "(default: X)" (a
+    generated suffix) keep the first: `--img-size` printed "(default: the image size ...) (default: None)"."""
+    for action in parser._actions:
+        text = action.help
+        if isinstance(text, str):
+            m = re.search(r"\s*\(default: [^()]*\)\s*$", text)
+            if m and _STATED_DEFAULT.search(text[:m.start()]):
+                action.help = text[:m.start()]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _one_default_per_option(sub)
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our stdout went away (`| head`): point stdout at /dev/null so the interpreter's
+    final flush does not raise again, and exit as a process killed by SIGPIPE would (128 + 13)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured)
+        pass
+    return 141
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="hald", description=__doc__.splitlines()[0])
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+
+
+def _main(argv=None) -> int:
+    description = " ".join(__doc__.split("\n\n")[0].split())
+    parser = argparse.ArgumentParser(prog="hald", description=description)
     sub = parser.add_subparsers(dest="command", required=True)
     argv = sys.argv[1:] if argv is None else list(argv)
     for name, (module, help_) in COMMANDS.items():
@@ -47,8 +90,11 @@ def main(argv=None) -> int:
                 parser.error(f"`hald {name}` is not available in this build ({e})")
             mod.add_arguments(p)
             p.set_defaults(_run=mod.run)
+    _one_default_per_option(parser)
     args = parser.parse_args(argv)
-    return int(args._run(args) or 0)
+    rc = int(args._run(args) or 0)
+    sys.stdout.flush()  # a closed pipe shows here, inside main's handler, not at interpreter exit
+    return rc
 
 
 if __name__ == "__main__":

@@ -279,9 +279,13 @@ def test_sre2l_order_rebuilt_from_its_seed(tmp_path):
     assert (s.num_images, s.slots, s.k) == (10, 3, 5) and s.topk_ids is None and s.header.mix
     _check_rows(s, truth, lambda z: torch.softmax(z.float() / 4.0, 0).half())
     assert s.header.stats["kl_to_teacher"] < 1e-5 < s.header.stats["kl_uniform"]  # fp16 rounding only
-    # Without an order or a sampler file the rows are matched by position, and a warning says so.
+    # Without an order or a sampler file CutMix files are refused (their partners would be wrong) ...
+    with pytest.raises(LabelImportError, match="no sampler file.*wrong partner.*--file-order"):
+        import_batches(str(tmp_path / "s"), str(tmp_path / "st2"), 5, temperature=4.0, crop_size=32)
+    assert not (tmp_path / "st2").exists()
+    # ... unless asked for: then rows are matched by position, and a warning says so.
     with pytest.warns(ImportOrderWarning, match="no sampler file.*row r of every label epoch"):
-        import_batches(str(tmp_path / "s"), str(tmp_path / "st2"), 5, crop_size=32)
+        import_batches(str(tmp_path / "s"), str(tmp_path / "st2"), 5, temperature=4.0, crop_size=32, file_order=True)
 
 
 def test_lpld_json_sampler_and_top_k(tmp_path):
@@ -322,13 +326,13 @@ def test_sampler_file_errors(tmp_path):
     write_hald(str(tmp_path / "h"), labels, 4, slc=4, ipc=2, batch_size=4)
     torch.save({"0": list(range(8)), "1": [0] * 8}, tmp_path / "h" / "sampler_indices_dict.pt")
     with pytest.raises(LabelImportError, match="epoch 1 .* not a permutation"):
-        import_batches(str(tmp_path / "h"), str(tmp_path / "o"), 4, values="probs", crop_size=32)
+        import_batches(str(tmp_path / "h"), str(tmp_path / "o"), 4, flavor="hald", crop_size=32)
     torch.save({"0": list(range(8))}, tmp_path / "h" / "sampler_indices_dict.pt")
     with pytest.raises(LabelImportError, match="no image order for label epoch"):
-        import_batches(str(tmp_path / "h"), str(tmp_path / "o"), 4, values="probs", crop_size=32)
+        import_batches(str(tmp_path / "h"), str(tmp_path / "o"), 4, flavor="hald", crop_size=32)
     torch.save({"0": "abc"}, tmp_path / "h" / "sampler_indices_dict.pt")
     with pytest.raises(LabelImportError, match="sampler entry '0'"):
-        import_batches(str(tmp_path / "h"), str(tmp_path / "o"), 4, values="probs", crop_size=32)
+        import_batches(str(tmp_path / "h"), str(tmp_path / "o"), 4, flavor="hald", crop_size=32)
     assert not (tmp_path / "o").exists()
 
 
@@ -367,11 +371,11 @@ def test_payload_pickles_are_refused_and_never_run(tmp_path):
     with pytest.raises(LabelImportError, match=r"fkd/a.tar: refused: loading it would call (posix|os)\.system"):
         import_fkd(str(cases["fkd"]), str(tmp_path / "o"), 10)
     with pytest.raises(LabelImportError, match=r"batch_0.tar: refused: .*system.*nothing in the file was run"):
-        import_batches(str(cases["sre2l"]), str(tmp_path / "o"), 10)
+        import_batches(str(cases["sre2l"]), str(tmp_path / "o"), 10, temperature=20.0)
     with pytest.raises(LabelImportError, match=r"epoch_0.tar: refused"):
-        import_batches(str(cases["hald"]), str(tmp_path / "o"), 10, values="probs")
+        import_batches(str(cases["hald"]), str(tmp_path / "o"), 10, flavor="hald")
     with pytest.raises(LabelImportError, match=r"sampler_indices_dict.pt: refused"):
-        import_batches(str(cases["sampler"]), str(tmp_path / "o"), 2, values="probs", crop_size=32)
+        import_batches(str(cases["sampler"]), str(tmp_path / "o"), 2, flavor="hald", crop_size=32)
     with pytest.raises(LabelImportError, match=r"a.tar: refused"):
         import_fkd(str(cases["objarray"]), str(tmp_path / "o"), 10)
     assert hald(["labels", "import-fkd", str(cases["fkd"]), "--out", str(tmp_path / "o"), "-C", "10"]) == 2
@@ -397,9 +401,9 @@ WRITERS = {
     "fkd": (lambda d, labels: write_fkd(d, [f"/d/train/all/img_{i}.png" for i in range(len(labels))], labels, 4, k=2),
             ["import-fkd"]),
     "sre2l": (lambda d, labels: write_sre2l(d, labels, 4, epochs=2, batch_size=8, crop_size=16),
-              ["import-sre2l", "--sampler-seed", "42", "--crop-size", "16", "--k", "2", "--quantizer", "power"]),
+              ["import-sre2l", "--sampler-seed", "42", "-T", "20", "--crop-size", "16", "--k", "2", "--quantizer", "power"]),
     "lpld": (lambda d, labels: write_sre2l(d, labels, 4, epochs=2, batch_size=8, crop_size=16, lpld_json=True),
-             ["import-sre2l", "--flavor", "lpld", "--crop-size", "16", "--k", "2", "--quantizer", "power"]),
+             ["import-sre2l", "--flavor", "lpld", "--recipe-temperature", "--crop-size", "16", "--k", "2", "--quantizer", "power"]),
     "hald": (lambda d, labels: write_hald(d, labels, 4, slc=8, ipc=4, batch_size=8, crop_size=16),
              ["import-sre2l", "--flavor", "hald", "--crop-size", "16", "--k", "2", "--quantizer", "power"]),
 }
@@ -442,7 +446,7 @@ def test_cli_full_width_info(tmp_path, capsys):
     capsys.readouterr()
     assert hald(["labels", "info", str(tmp_path / "full.safetensors")]) == 0
     out = capsys.readouterr().out
-    assert "full width (k = C, no ids)" in out and "float16 probabilities (fp16, lossless)" in out
+    assert "full width (k = C, no ids)" in out and "float16 probabilities (fp16: no codebook" in out
     assert "kl_to_teacher 0," in out and "33.00 bytes/label" in out  # 2 x 4 + 9 + 16 (CutMix record)
     assert "0% as far from the teacher's as a uniform label\n" in out
     # At C = 1000 and T = 20 a top-5 label keeps next to nothing, and info says so.
@@ -452,7 +456,7 @@ def test_cli_full_width_info(tmp_path, capsys):
     capsys.readouterr()
     assert hald(["labels", "info", str(tmp_path / "top5.safetensors")]) == 0
     assert "warning: they keep little of the teacher's distribution" in capsys.readouterr().out
-    assert hald(["labels", "import-sre2l", str(tmp_path / "h"), "--out", str(tmp_path / "x"), "-C", "4",
+    assert hald(["labels", "import-sre2l", str(tmp_path / "h"), "--out", str(tmp_path / "x"), "-C", "4", "-T", "1",
                  "--quantizer", "fp16", "--bits", "8"]) == 2
     assert "16-bit floats" in capsys.readouterr().err
 
@@ -581,4 +585,4 @@ def test_order_rows_must_match_label_epochs(tmp_path):
         torch.save([[torch.tensor([[0.1, 0.2, 0.5, 0.5]] * 4).half(), torch.zeros(4, dtype=torch.bool), None, None,
                      None, p]], str(root / f"epoch_{e}.tar"))
     with pytest.raises(LabelImportError, match="--order gives 1 image order"):
-        import_batches(str(root), str(tmp_path / "o.safetensors"), 3, values="probs", order=np.array([[3, 2, 1, 0]]))
+        import_batches(str(root), str(tmp_path / "o.safetensors"), 3, flavor="hald", order=np.array([[3, 2, 1, 0]]))

@@ -2,7 +2,12 @@
 
   hald labels info FILE [--json]
   hald labels import-fkd DIR --out FILE --num-classes C
-  hald labels import-sre2l DIR --out FILE --num-classes C [--flavor sre2l|lpld|hald]
+  hald labels import-sre2l DIR --out FILE --num-classes C -T T --crop-size S [--flavor sre2l|lpld|lpqld|hald]
+
+Imports are exact or refused: the temperature is required where the files hold logits (or
+--recipe-temperature, printed), the crop size is checked against the CutMix boxes and the images,
+values are stored as float16 by default, CutMix files without their sampler order and pruned epochs
+are refused unless --file-order / --fill-missing repeat say otherwise (docs/importers.md).
 
 Sizes are reported in the papers' units: total MB (10^6 bytes), SLI (stored labels per image), SLC
 (stored labels per class = SLI x IPC), and what the same labels take as SRe2L / LPLD / HALD write
@@ -29,9 +34,10 @@ def add_arguments(p) -> None:
         q.add_argument("input", help="directory of files (or one file)")
         q.add_argument("--out", "-o", required=True, help="label store to write")
         q.add_argument("--num-classes", "-C", type=int, required=True)
-        q.add_argument("--bits", type=int, choices=(8, 16), help="code bits (default 8; fp16 is 16)")
+        q.add_argument("--bits", type=int, choices=(8, 16), help="code bits of power / uniform / log (8 unless given)")
         q.add_argument("--quantizer", choices=("power", "uniform", "log", "fp16"), default=default_quantizer,
-                       help=f"how probabilities are stored (default {default_quantizer}; fp16 keeps them as float16)")
+                       help=f"how probabilities are stored (default {default_quantizer}: float16 values; power / "
+                            "uniform / log: 8- or 16-bit codes)")
         q.add_argument("--images", help="the image set the labels belong to (recorded as its fingerprint)")
         q.add_argument("--split", default="train")
         q.add_argument("--ipc", type=int, help="with --images: the IPC images per class that `hald select --ipc` draws")
@@ -39,20 +45,36 @@ def add_arguments(p) -> None:
         q.add_argument("--teacher", help="teacher name to record")
 
     fkd = sub.add_parser("import-fkd", help="FKD per-image soft label files -> store")
-    common(fkd, "power")
-    fkd.add_argument("--temperature", "-T", type=float, default=1.0, help="temperature the labels were made at")
+    common(fkd, "fp16")
+    fkd.add_argument("--temperature", "-T", type=float,
+                     help="temperature the labels were made at (FKD's generator: 1, used when not given)")
+    fkd.add_argument("--crop-size", type=int, help="the generator's --input-size, recorded for hald train's check")
     b = sub.add_parser("import-sre2l", help="SRe2L / LPLD / HALD per-batch soft label files -> store")
     common(b, "fp16")
-    b.add_argument("--flavor", choices=("sre2l", "lpld", "hald"), default="sre2l",
-                   help="sre2l / lpld files store logits; hald files store softmax(logits / 20)")
+    b.add_argument("--flavor", choices=("sre2l", "lpld", "lpqld", "hald"), default="sre2l",
+                   help="sre2l / lpld files store logits, lpqld top-k logits with int16 class ids; hald files "
+                        "store softmax(logits / 20)")
     b.add_argument("--temperature", "-T", type=float,
-                   help="labels are softmax(logits / T) (default: 20 for hald, else 1)")
-    b.add_argument("--k", type=int, help="classes kept per label (default: all C, full width, lossless with fp16)")
-    b.add_argument("--crop-size", type=int, default=224, help="crop size the CutMix boxes are in pixels of")
+                   help="the stored labels are softmax(logits / T): required for logits (sre2l, lpld, lpqld); "
+                        "hald files are softmax(logits / 20)")
+    b.add_argument("--recipe-temperature", action="store_true",
+                   help="take T from the flavor's published recipe (20 for all four), and print it")
+    b.add_argument("--k", type=int, help="classes kept per label (all C unless given: full width, lossless with fp16)")
+    b.add_argument("--crop-size", type=int,
+                   help="the writer's --input-size, which the CutMix boxes are pixels of (SRe2L / LPLD / LPQLD on "
+                        "ImageNet: 224); required for files with CutMix records")
     b.add_argument("--order", help="NPY file: image id of every row, [N] or [epochs, N]")
-    b.add_argument("--sampler", help="sampler file (default: sampler_indices_dict.pt / sampler_indices_epoch.json "
-                                     "in the input folder)")
+    b.add_argument("--sampler", help="sampler file (found in the input folder when not given: "
+                                     "sampler_indices_dict.pt / sampler_indices_epoch.json)")
     b.add_argument("--sampler-seed", type=int, help="rebuild SRe2L's image order from its --fkd-seed (42)")
+    b.add_argument("--file-order", action="store_true",
+                   help="with no sampler order, take row r of each epoch to label image r even for CutMix files "
+                        "(refused otherwise: partners would point at the wrong images)")
+    b.add_argument("--fill-missing", choices=("repeat",),
+                   help="epochs that label only some images (--prune_ratio > 0): give each missing (image, epoch) "
+                        "a copy of the image's label from the nearest epoch (refused unless given)")
+    b.add_argument("--lpqld-decode", choices=tuple(("MR", "MS", "MRS")),
+                   help="lpqld: the --label_quantization rule the labels are trained with (MR-k, MS-k, MRS-k)")
     from hald_ext.labels import transform
 
     transform.add_arguments(sub.add_parser("transform", help="swap or zero the non-top-1 entries (as `hald "
@@ -139,7 +161,8 @@ def _info(args) -> int:
           f"class); C = {C}, "
           f"{'full width (k = C, no ids)' if k == C else f'top-k = {k}'}, T = {h['temperature']:g}")
     q = h["quantizer"]
-    print(f"  values: " + ("float16 probabilities (fp16, lossless)" if q["kind"] == "fp16" else
+    fp16 = "float16 probabilities (fp16: no codebook, the store's most precise values)"
+    print(f"  values: " + (fp16 if q["kind"] == "fp16" else
                            f"{h['code_bits']}-bit {q['kind']} codes {q}") +
           f"; default decode {h['default_decode']}; CutMix record: {'yes' if h['mix'] else 'no'}")
     print(f"  teacher: {h['teacher'] or '-'}")
@@ -184,7 +207,7 @@ def _import_fkd(args) -> int:
     from hald_ext.labels.importers import import_fkd
 
     rep = import_fkd(args.input, args.out, args.num_classes, bits=args.bits, quantizer=args.quantizer,
-                     temperature=args.temperature, images=_load_images(args),
+                     temperature=args.temperature, images=_load_images(args), crop_size=args.crop_size,
                      teacher={"name": args.teacher} if args.teacher else None)
     print(rep.summary())
     return 0
@@ -201,10 +224,13 @@ def _import_sre2l(args) -> int:
 
     from hald_ext.labels.importers import import_batches, read_epoch_count, sre2l_order
 
-    values = "probs" if args.flavor == "hald" else "logits"
-    temperature = args.temperature if args.temperature is not None else (20.0 if args.flavor == "hald" else 1.0)
+    if args.recipe_temperature and args.temperature is not None:
+        raise LabelImportError("give either -T or --recipe-temperature, not both")
+    temperature = "recipe" if args.recipe_temperature else args.temperature
     images = _load_images(args)
-    order = None
+    order, order_name = None, "--order"
+    if args.order and args.sampler_seed is not None:
+        raise LabelImportError("give either --order or --sampler-seed, not both")
     if args.order:
         try:
             order = np.load(args.order, allow_pickle=False)
@@ -214,12 +240,15 @@ def _import_sre2l(args) -> int:
         if images is None:
             raise LabelImportError("--sampler-seed needs --images (the image count fixes the permutation)")
         order = sre2l_order(len(images), read_epoch_count(args.input), args.sampler_seed)
+        order_name = f"--sampler-seed {args.sampler_seed}"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rep = import_batches(args.input, args.out, args.num_classes, values=values, temperature=temperature,
+        rep = import_batches(args.input, args.out, args.num_classes, temperature=temperature,
                              k=args.k, bits=args.bits, quantizer=args.quantizer, crop_size=args.crop_size,
                              order=order, sampler=args.sampler, images=images,
-                             teacher={"name": args.teacher} if args.teacher else None, flavor=args.flavor)
+                             teacher={"name": args.teacher} if args.teacher else None, flavor=args.flavor,
+                             file_order=args.file_order, fill_missing=args.fill_missing,
+                             lpqld_decode=args.lpqld_decode, order_name=order_name)
     for w in caught:
         print(f"hald labels import-sre2l: warning: {w.message}", file=sys.stderr)
     print(rep.summary())

@@ -13,6 +13,7 @@ import time
 import torch
 from torch import nn
 
+from hald_ext.labels.compat import check_store_use
 from hald_ext.ops import soft_hard_loss
 from hald_ext.train import checkpoint as ckpt
 from hald_ext.train import distributed as D
@@ -62,9 +63,11 @@ class Trainer:
         if store is not None:
             self.slots_per_epoch = check_label_budget(cfg, soft_epochs, store.slots)
             self.temperature = cfg.temperature if cfg.temperature is not None else store.temperature
-            if cfg.temperature is not None and abs(cfg.temperature - store.temperature) > 1e-9 and self.info.is_main:
-                print(f"note: training temperature T={cfg.temperature:g} differs from the label store's "
-                      f"T={store.temperature:g} (its labels are softmax(logits / {store.temperature:g}))", flush=True)
+            if self.info.is_main:
+                for problem in check_store_use(store, img_size=getattr(source, "out_size", None),
+                                               temperature=cfg.temperature, decode=cfg.decode, where="hald train",
+                                               strict=False, warn=False):
+                    print(f"warning: {problem}", flush=True)
             if getattr(store, "mix", None) is not None and self.info.is_main:
                 print("label store holds a CutMix record: soft steps replay each stored crop with its pasted "
                       "partner crop", flush=True)
