@@ -148,6 +148,34 @@ def test_offline_pretrained_is_a_clear_error(files, tmp_path, capsys, monkeypatc
     assert "torchvision model 'resnet18'" in err and "resnet18-f37072fd.pth" in err and "--pretrained-file" in err
 
 
+def test_pretrained_uses_a_cached_copy_offline(files, tmp_path, monkeypatch):
+    """--pretrained without network: timm finds the hub's file in the Hugging Face cache, torchvision its
+    DEFAULT weights in torch.hub's cache (both written here)."""
+    import huggingface_hub.constants
+    from safetensors.torch import load_file
+
+    snap = tmp_path / "hf" / "models--timm--test_resnet.r160_in1k"
+    (snap / "snapshots" / "r0").mkdir(parents=True)
+    (snap / "refs").mkdir()
+    (snap / "refs" / "main").write_text("r0")
+    src = str(files / "test_resnet.safetensors")
+    (snap / "snapshots" / "r0" / "model.safetensors").write_bytes(open(src, "rb").read())
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    m = pretrained_model("test_resnet")
+    assert m.hald_pretrained["source"] == "timm-hub" and m.hald_pretrained["hub"] == "timm/test_resnet.r160_in1k"
+    assert torch.equal(m.state_dict()["fc.weight"], load_file(src)["fc.weight"])
+
+    ckpts = tmp_path / "torch_home" / "hub" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    tv = torchvision.models.resnet18()
+    torch.save(tv.state_dict(), ckpts / "resnet18-f37072fd.pth")
+    m = pretrained_model("tv:resnet18")
+    rec = m.hald_pretrained
+    assert rec["source"] == "torchvision" and rec["weights"] == "ResNet18_Weights.IMAGENET1K_V1"
+    assert rec["mean"] == list(IMAGENET_MEAN) and rec["num_classes"] == 1000 and rec["input_size"] == 224
+    assert torch.equal(m.fc.weight, tv.fc.weight)
+
+
 def test_weights_options_pair_with_models_in_order(files):
     from hald_ext.labels import relabel as relabel_mod
 

@@ -10,6 +10,12 @@ statistics, which suits synthetic / few images whose statistics differ from the 
 data). `teacher_mode(models, "train")` does that for BatchNorm layers only (dropout and the rest
 stay in eval mode, so labels stay deterministic) and restores every BatchNorm running statistic
 (running_mean, running_var, num_batches_tracked) on exit: the teacher is unchanged afterwards.
+
+Weights (docs/teachers.md): each --model is followed by --checkpoint FILE (a state dict this package
+wrote), --pretrained (timm's hub / torchvision's DEFAULT weights) or --pretrained-file FILE (timm's
+local-file mechanism, or a torchvision state dict for tv:NAME); the argparse actions below keep them in
+command-line order so the i-th belongs to the i-th model. Pretrained weights of another class count
+need --class-map (hald_ext.models.pretrained.for_classes).
 """
 from __future__ import annotations
 
