@@ -30,8 +30,8 @@ class _Parsed(Exception):
     pass
 
 
-def parse_only(monkeypatch, script_or_module: str, args: list, module: bool = False):
-    """Run a command until its argparse has read `args` (an error there is SystemExit 2), then stop."""
+def parse_only(monkeypatch, run):
+    """Call `run()` until an argparse parser has read its arguments (an error there is SystemExit 2)."""
     parse = argparse.ArgumentParser.parse_args
 
     def stop(self, a=None, ns=None):
@@ -39,25 +39,25 @@ def parse_only(monkeypatch, script_or_module: str, args: list, module: bool = Fa
         raise _Parsed
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
-    monkeypatch.setattr(sys, "argv", [script_or_module, *args])
     with pytest.raises(_Parsed):
-        if module:
-            runpy.run_module(script_or_module, run_name="__main__", alter_sys=True)
-        else:
-            monkeypatch.syspath_prepend(os.path.dirname(script_or_module))
-            runpy.run_path(script_or_module, run_name="__main__")
+        run()
 
 
 @pytest.mark.parametrize("var", ["LOSS_CMD", "CROP_CMD", "STEP_CMD"])
 def test_benchmark_command_lines_are_accepted(var, tmp_path, monkeypatch):
     script, *args = commands(tmp_path)[var].split()
-    parse_only(monkeypatch, os.path.join(ROOT, script), args)
+    script = os.path.join(ROOT, script)
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    monkeypatch.syspath_prepend(os.path.dirname(script))
+    parse_only(monkeypatch, lambda: runpy.run_path(script, run_name="__main__"))
 
 
 def test_hald_train_command_line_is_accepted(tmp_path, monkeypatch):
-    args = commands(tmp_path)["TRAIN_ARGS"].split()
-    parse_only(monkeypatch, "hald_ext.cli", ["train", "--data", "x.npz", "--labels", "y.safetensors", *args,
-                                             "--epochs", "3", "--device", "cuda"], module=True)
+    from hald_ext.cli import main
+
+    args = ["train", "--data", "x.npz", "--labels", "y.safetensors", *commands(tmp_path)["TRAIN_ARGS"].split(),
+            "--epochs", "3", "--device", "cuda"]
+    parse_only(monkeypatch, lambda: main(args))
 
 
 def test_test_selections_name_existing_files_and_tests(tmp_path):
