@@ -28,7 +28,8 @@ plan is fixed by the seed and the batch size alone. `--teacher-bn eval` uses the
 
 Ensemble: several `--model` / `--checkpoint` pairs; the label is softmax(sum_i w_i logits_i / T)
 with w_i = 1 / n, or HALD's softmax(weights / 10) of `--teacher-weights`. Every teacher needs
-weights: a model without `--checkpoint` is an error (never random weights).
+weights: a model without `--checkpoint`, `--pretrained` or `--pretrained-file` is an error (never random
+weights).
 
 Labels: top-k ids and codes (`--k`, `--bits`, `--quantizer`), or full-width labels (`--k` = C: no
 ids, every class in class order; with `--quantizer fp16` the float16 probabilities themselves, the
@@ -59,8 +60,9 @@ from hald_ext.labels.format import Header, LabelStoreError
 from hald_ext.labels.quantizer import Quantizer
 from hald_ext.labels.relabel_plan import (concat_results, empty_results, load_partial, make_plan, partial_path,
                                           recipe_json, sample_crops, save_partial)
-from hald_ext.labels.relabel_teacher import (BN_MODES, encode_labels, ensemble_logits, ensemble_weights, label_kl,
-                                             teacher_mode)
+from hald_ext.labels.relabel_teacher import (BN_MODES, CheckpointAction, PretrainedAction, PretrainedFileAction,
+                                             encode_labels, ensemble_logits, ensemble_weights, label_kl, load_teacher,
+                                             teacher_mode, teacher_weight_specs)
 from hald_ext.labels.store import LabelStore, MixRecord
 from hald_ext.data.normalize import normalization_of
 from hald_ext.data.stream import add_source_arguments
@@ -161,7 +163,8 @@ def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5,
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     info = distributed.current() if shard else distributed.DistInfo()
     q = Quantizer(quantizer, bits)
-    members = [{"name": nm or type(t).__name__, "checkpoint_sha256": sh or sha256_state(t)}
+    members = [{"name": nm or type(t).__name__, "checkpoint_sha256": sh or sha256_state(t),
+                **({"pretrained": t.hald_pretrained} if getattr(t, "hald_pretrained", None) else {})}
                for t, nm, sh in zip(teachers, names, shas)]
     teacher_rec = dict(members[0]) if len(members) == 1 else {
         "name": "+".join(m["name"] for m in members),
@@ -292,15 +295,19 @@ def _write_store(out, header, boxes, flips, res: dict, k: int):
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(p) -> None:
+    from hald_ext.models.pretrained import add_pretrained_arguments
+
     p.description = __doc__.split("\n\n")[0]
     p.add_argument("images", help="image folder (one sub-folder per class), IDX / NPY / NPZ arrays, or 'fashion-mnist'")
     p.add_argument("--out", "-o", required=True, help="label store file to write (.safetensors)")
     p.add_argument("--model", action="append", required=True,
-                   help="teacher: a timm model name (e.g. resnet18, convnet3); repeat for an ensemble, each followed "
-                        "by its --checkpoint")
-    p.add_argument("--checkpoint", action="append", default=[],
-                   help="weights of the --model before it (a state dict; loaded with weights_only=True); required "
-                        "for every teacher")
+                   help="teacher: a timm model name (e.g. resnet18, resnet18.a1_in1k, convnet3) or a torchvision one "
+                        "as tv:NAME (e.g. tv:resnet18); repeat for an ensemble, each followed by its weights: "
+                        "--checkpoint, --pretrained or --pretrained-file")
+    p.add_argument("--checkpoint", action=CheckpointAction, default=[], metavar="FILE",
+                   help="weights of the --model before it: a state dict of the data's classes (hald teacher / hald "
+                        "train write them; loaded with weights_only=True)")
+    add_pretrained_arguments(p, "the --model before it with", actions=(PretrainedAction, PretrainedFileAction))
     p.add_argument("--teacher-weights", type=float, nargs="+",
                    help="ensemble weights w (HALD's rule: logits weighted by softmax(w / 10)); default: the plain "
                         "mean of the teachers' logits")
@@ -361,27 +368,22 @@ def run(args) -> int:
         return 2
 
 
-def load_teachers(models: list, checkpoints: list, num_classes: int, img_size: int) -> list:
-    """One model per --model, each with the weights of its --checkpoint; a teacher without weights
-    is an error naming it."""
-    from hald_ext.models import create_model
-
-    if len(checkpoints) < len(models):
-        name = models[len(checkpoints)]
-        raise ValueError(f"teacher {name!r} has no weights: give --checkpoint FILE after --model {name} "
-                         "(relabel never labels with random weights)")
-    if len(checkpoints) > len(models):
-        raise ValueError(f"{len(checkpoints)} --checkpoint files for {len(models)} --model teachers")
-    out = []
-    for name, ckpt in zip(models, checkpoints):
-        if not os.path.isfile(ckpt):
-            raise FileNotFoundError(f"--checkpoint {ckpt} (teacher {name!r}) does not exist")
-        try:
-            out.append(create_model(name, num_classes, img_size=img_size, checkpoint=ckpt))
-        except (RuntimeError, KeyError, TypeError) as e:
-            raise ValueError(f"--checkpoint {ckpt} does not load into teacher {name!r} with {num_classes} classes: "
-                             f"{str(e).splitlines()[0]}") from None
-    return out
+def load_teachers(models: list, weights: list, num_classes: int, img_size: int, classes=None,
+                  class_map=None) -> list:
+    """One model per --model, each with the weights option that follows it: (kind, value) pairs of
+    `relabel_teacher.teacher_weight_specs` (a plain path is a --checkpoint); a teacher without weights
+    is an error naming it. Pretrained teachers of another class count need `class_map`."""
+    weights = [("checkpoint", w) if isinstance(w, str) else tuple(w) for w in weights]
+    classes = list(classes) if classes is not None else [str(c) for c in range(num_classes)]
+    if len(weights) < len(models):
+        name = models[len(weights)]
+        raise ValueError(f"teacher {name!r} has no weights: give --checkpoint FILE, --pretrained or --pretrained-file "
+                         f"FILE after --model {name} (relabel never labels with random weights)")
+    if len(weights) > len(models):
+        raise ValueError(f"{len(weights)} weights options (--checkpoint / --pretrained / --pretrained-file) for "
+                         f"{len(models)} --model teachers")
+    return [load_teacher(name, kind, value, classes, img_size, class_map)
+            for name, (kind, value) in zip(models, weights)]
 
 
 def _load_images(args):
@@ -398,7 +400,8 @@ def _run(args) -> int:
 
     images = _load_images(args)
     size = _crop_size([tuple(hw) for hw in image_sizes(images).tolist()], args.size)
-    teachers = load_teachers(args.model, args.checkpoint, images.num_classes, size)
+    weights = teacher_weight_specs(args)
+    teachers = load_teachers(args.model, weights, images.num_classes, size, images.classes, args.class_map)
     info = distributed.init_from_env(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     device = distributed.device_for(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), info)
     t0 = time.time()
@@ -407,7 +410,7 @@ def _run(args) -> int:
         temperature=args.temperature, bits=args.bits,
         quantizer=args.quantizer, scale=tuple(args.scale), ratio=tuple(args.ratio), flip_prob=args.flip_prob,
         size=size, mean=args.mean, std=args.std, seed=args.seed, batch_size=args.batch_size, device=device,
-        teacher_name=args.model, teacher_sha256=[sha256_file(c) for c in args.checkpoint],
+        teacher_name=args.model, teacher_sha256=[sha256_file(v) if v else None for _, v in weights],
         teacher_weights=args.teacher_weights, teacher_bn=args.teacher_bn, cutmix_alpha=args.cutmix_alpha,
         save_every_s=args.save_every_s, restart=args.restart, progress=not args.no_progress,
         default_decode=args.decode, max_resident_bytes=args.resident_budget, loader=args.loader, workers=args.workers)

@@ -10,10 +10,18 @@ statistics, which suits synthetic / few images whose statistics differ from the 
 data). `teacher_mode(models, "train")` does that for BatchNorm layers only (dropout and the rest
 stay in eval mode, so labels stay deterministic) and restores every BatchNorm running statistic
 (running_mean, running_var, num_batches_tracked) on exit: the teacher is unchanged afterwards.
+
+Weights (docs/teachers.md): each --model is followed by --checkpoint FILE (a state dict this package
+wrote), --pretrained (timm's hub / torchvision's DEFAULT weights) or --pretrained-file FILE (timm's
+local-file mechanism, or a torchvision state dict for tv:NAME); the argparse actions below keep them in
+command-line order so the i-th belongs to the i-th model. Pretrained weights of another class count
+need --class-map (hald_ext.models.pretrained.for_classes).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import os
 
 import torch
 from torch import nn
@@ -98,3 +106,52 @@ def label_kl(logits: torch.Tensor, temperature: float, ids, values: torch.Tensor
     kl = kl_to_full(p, None if ids is None else ids.to(dev), values.to(dev),
                     None if codebook is None else codebook.to(dev), decode)
     return kl.cpu(), uniform_kl(p).cpu()
+
+
+# ------------------------------------------------------------------------------- teacher weights
+WEIGHT_KINDS = ("checkpoint", "pretrained", "pretrained-file")
+_ORDER = "_teacher_weights_in_order"  # namespace attribute (no dest): every weights option in command-line order
+
+
+def _ordered(base, kind: str):
+    """An argparse action that also records (kind, value) in command-line order, so the i-th weights
+    option (--checkpoint / --pretrained / --pretrained-file) belongs to the i-th --model."""
+
+    class Ordered(base):
+        def __call__(self, parser, namespace, values, option_string=None):
+            super().__call__(parser, namespace, values, option_string)
+            setattr(namespace, _ORDER, [*(getattr(namespace, _ORDER, None) or []),
+                                        (kind, None if kind == "pretrained" else values)])
+
+    return Ordered
+
+
+CheckpointAction = _ordered(argparse._AppendAction, "checkpoint")
+PretrainedAction = _ordered(argparse._StoreTrueAction, "pretrained")
+PretrainedFileAction = _ordered(argparse._AppendAction, "pretrained-file")
+
+
+def teacher_weight_specs(args) -> list:
+    """[(kind, value)] of the parsed weights options, in command-line order."""
+    return list(getattr(args, _ORDER, None) or [])
+
+
+def load_teacher(name: str, kind: str, value, classes: list, img_size=None, class_map=None) -> nn.Module:
+    """One teacher for data of `classes`: `kind` "checkpoint" (a state dict this package wrote, of the
+    data's classes), "pretrained" (timm's hub / torchvision's weights) or "pretrained-file" (a local
+    file of pretrained weights); pretrained weights of another class count need `class_map`
+    (hald_ext.models.pretrained.for_classes)."""
+    from hald_ext.models import create_model, for_classes, pretrained_model
+
+    if kind not in WEIGHT_KINDS:
+        raise ValueError(f"teacher {name!r}: unknown weights kind {kind!r} (one of {WEIGHT_KINDS})")
+    if kind == "checkpoint":
+        if not os.path.isfile(value):
+            raise FileNotFoundError(f"--checkpoint {value} (teacher {name!r}) does not exist")
+        try:
+            return create_model(name, len(classes), img_size=img_size, checkpoint=value)
+        except (RuntimeError, KeyError, TypeError) as e:
+            raise ValueError(f"--checkpoint {value} does not load into teacher {name!r} with {len(classes)} classes: "
+                             f"{str(e).splitlines()[0]}") from None
+    model = pretrained_model(name, value if kind == "pretrained-file" else None)
+    return for_classes(model, classes, class_map, what="teacher")

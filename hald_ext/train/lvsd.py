@@ -7,6 +7,7 @@
   0.744 -> 0.959 and lowers JS 0.181 -> 0.039 on ImageNet).
 
     hald lvsd --data sel.npz --teacher runs/teacher/teacher.pth --crops 32
+    hald lvsd --data imagenet-sel/ --model resnet18.a1_in1k --pretrained-file r18.safetensors --class-map imagenet
     hald lvsd --data sel.npz --student runs/hald-ipc10/last.pth --out lvsd.json
 """
 from __future__ import annotations
@@ -101,11 +102,39 @@ def load_model(path: str, num_classes: int, img_size: int, name: str | None = No
     return model, int(state.get("img_size", img_size))
 
 
+def load_teacher(args, data, natural: int):
+    """(teacher, crop size): the --teacher checkpoint, or --model with its pretrained weights
+    (--pretrained / --pretrained-file), read as the data's classes (--class-map when its class count
+    differs); crops at --size, else the weights' input size."""
+    from hald_ext.models import for_classes, pretrained_model
+
+    if args.teacher and (args.pretrained or args.pretrained_file):
+        raise ValueError("give the teacher one way: --teacher CHECKPOINT, or --model with --pretrained / "
+                         "--pretrained-file")
+    if args.pretrained and args.pretrained_file:
+        raise ValueError("--pretrained (the hub's weights) and --pretrained-file (a local file): give one")
+    if args.teacher:
+        model, size = load_model(args.teacher, data.num_classes, natural, args.model)
+        return model, args.size or size
+    if not args.model:
+        raise ValueError("--pretrained / --pretrained-file need --model NAME (a timm model, or tv:NAME)")
+    model = for_classes(pretrained_model(args.model, args.pretrained_file), list(data.classes), args.class_map)
+    return model, args.size or int(model.hald_pretrained.get("input_size", natural))
+
+
 def add_arguments(parser) -> None:
+    from hald_ext.models.pretrained import add_pretrained_arguments
+
     parser.add_argument("--data", required=True, help="image set (e.g. the selected IPC images)")
     parser.add_argument("--teacher", default=None, help="teacher checkpoint: per-image Tr(Sigma)")
     parser.add_argument("--student", default=None, help="student checkpoint: crop consistency")
-    parser.add_argument("--model", default=None, help="model name when a checkpoint does not record it")
+    parser.add_argument("--model", default=None,
+                        help="model name when a checkpoint does not record it; with --pretrained / --pretrained-file "
+                             "the teacher (a timm model, or tv:NAME for torchvision's)")
+    add_pretrained_arguments(parser, "instead of --teacher: the teacher is --model with")
+    parser.add_argument("--size", type=int, default=None,
+                        help="teacher crop size (default: the checkpoint's img_size, or the pretrained weights' "
+                             "input size)")
     parser.add_argument("--crops", type=int, default=32, help="crops per image for Tr(Sigma) (default: 32)")
     parser.add_argument("--pairs", type=int, default=4, help="crop pairs per image for consistency (default: 4)")
     parser.add_argument("--temperature", type=float, default=1.0, help="teacher soft-label temperature (default: 1)")
@@ -121,8 +150,10 @@ def run(args) -> int:
     from hald_ext.data import image_sizes, image_source, open_images
     from hald_ext.data.normalize import normalization_of
 
-    if not (args.teacher or args.student):
-        print("hald lvsd: error: give --teacher (Tr(Sigma)) and / or --student (crop consistency)", file=sys.stderr)
+    with_teacher = bool(args.teacher or args.pretrained or args.pretrained_file)
+    if not (with_teacher or args.student):
+        print("hald lvsd: error: give --teacher (or --model with --pretrained / --pretrained-file: Tr(Sigma)) "
+              "and / or --student (crop consistency)", file=sys.stderr)
         return 2
     if args.crops < 2 or args.pairs < 1:
         print("hald lvsd: error: --crops must be >= 2 and --pairs >= 1", file=sys.stderr)
@@ -132,9 +163,11 @@ def run(args) -> int:
         x = image_source(data, max_bytes=args.resident_budget, loader=args.loader, workers=args.workers)
         natural = int(image_sizes(data).max())  # a checkpoint that records no size
         result = {"data": args.data, "num_images": len(data)}
-        if args.teacher:
-            teacher, size = load_model(args.teacher, data.num_classes, natural, args.model)
-            mean, std = normalization_of([teacher], [args.teacher])
+        if with_teacher:
+            teacher, size = load_teacher(args, data, natural)
+            mean, std = normalization_of([teacher], [args.teacher or args.model])
+            if getattr(teacher, "hald_pretrained", None):
+                result["teacher_weights"] = teacher.hald_pretrained
             tr = trace_sigma(chunked_probs(teacher, x, args.crops, size, tuple(args.scale), args.seed, mean, std,
                                            args.temperature))
             result.update(trace_sigma_mean=tr.mean().item(), trace_sigma=tr.tolist(), crops=args.crops,

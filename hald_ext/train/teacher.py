@@ -32,9 +32,14 @@ from hald_ext.train.optim import HalfCosineLR, create_optimizer
 
 
 def add_arguments(parser) -> None:
+    from hald_ext.models.pretrained import add_pretrained_arguments
+
     parser.add_argument("--data", default="fashion-mnist", help="full labelled training set (default: fashion-mnist)")
     parser.add_argument("--eval-data", default=None, help="held-out set (default: the test split of a named set)")
-    parser.add_argument("--model", default="convnet3", help="timm model name (default: convnet3)")
+    parser.add_argument("--model", default="convnet3",
+                        help="timm model name, or tv:NAME for a torchvision one (default: convnet3)")
+    add_pretrained_arguments(parser, "fine-tune the model (a new classifier when the class count differs) from",
+                             class_map=False)
     parser.add_argument("--img-size", type=int, default=None,
                         help="input size (default: the images' size when they all have one square size)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs (default: 1)")
@@ -56,10 +61,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--save-every", type=int, default=0,
                         help="also keep the expert of every N-th epoch as <out>-epochNNN.pth (earlier-epoch "
                              "experts label better at small IPC); 0: only the last")
-    parser.add_argument("--mean", type=float, nargs=3, default=IMAGENET_MEAN,
-                        help="input normalisation mean, recorded in the checkpoint (default: ImageNet's)")
-    parser.add_argument("--std", type=float, nargs=3, default=IMAGENET_STD,
-                        help="input normalisation std, recorded in the checkpoint (default: ImageNet's)")
+    parser.add_argument("--mean", type=float, nargs=3, default=None,
+                        help="input normalisation mean, recorded in the checkpoint (default: the pretrained weights', "
+                             "else ImageNet's)")
+    parser.add_argument("--std", type=float, nargs=3, default=None,
+                        help="input normalisation std, recorded in the checkpoint (default: the pretrained weights', "
+                             "else ImageNet's)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     parser.add_argument("--restart", action="store_true",
                         help="ignore <out>.partial (the state after the last finished epoch) and start again")
@@ -174,8 +181,8 @@ def train_teacher(model: nn.Module, images, targets=None, *, epochs: int, batch_
 
 
 # The options that decide a teacher's weights: a resume file is used only when they all match.
-_DECIDES = {"data", "model", "epochs", "train_images", "batch_size", "lr", "weight_decay", "rrc_scale", "img_size",
-            "seed", "mean", "std", "loader"}
+_DECIDES = {"data", "model", "pretrained", "pretrained_file", "epochs", "train_images", "batch_size", "lr",
+            "weight_decay", "rrc_scale", "img_size", "seed", "mean", "std", "loader"}
 
 
 def held_out_for(args):
@@ -203,7 +210,7 @@ def run(args) -> int:
     try:
         if args.save_every < 0:
             raise ValueError(f"--save-every must be >= 0, got {args.save_every}")
-        mean, std = checked(args.mean, args.std)
+        mean, std = checked(args.mean or IMAGENET_MEAN, args.std or IMAGENET_STD)
         budget = 0 if args.stream else args.resident_budget
         train = open_images(args.data, split="train", loader=args.loader)  # a folder is listed, not decoded
         if args.train_images is not None:
@@ -220,7 +227,12 @@ def run(args) -> int:
                                f"--eval-data {args.eval_data or args.data}")
         torch.manual_seed(args.seed)
         num_classes = len(train.classes)
-        model = create_model(args.model, num_classes, img_size=img_size)
+        if args.pretrained and args.pretrained_file:
+            raise ValueError("--pretrained (the hub's weights) and --pretrained-file (a local file): give one")
+        model = create_model(args.model, num_classes, img_size=img_size, pretrained=args.pretrained,
+                             pretrained_file=args.pretrained_file)
+        if getattr(model, "hald_pretrained", None) and args.mean is None and args.std is None:
+            mean, std = model.hald_normalization  # the normalisation the pretrained weights expect
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"hald teacher: error: {e}", file=sys.stderr)
         return 2
