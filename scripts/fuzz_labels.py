@@ -114,9 +114,12 @@ def import_call(kind: str, root: str, out: str):
         warnings.simplefilter("ignore")
         if kind == "fkd":
             return import_fkd(root, out, 10)
+        # The imports refuse files without their temperature or sampler order before reading any:
+        # give both, so the fuzzed files reach the loader.
         if kind == "sre2l":
-            return import_batches(root, out, 5, values="logits", crop_size=32)
-        return import_batches(root, out, 5, values="probs", temperature=20.0, crop_size=32)
+            return import_batches(root, out, 5, values="logits", temperature=1.0, crop_size=32, file_order=True)
+        return import_batches(root, out, 5, values="probs", temperature=20.0, crop_size=32, file_order=True,
+                              flavor="hald")
 
 
 # ---------------------------------------------------------------------------------------- store mutations

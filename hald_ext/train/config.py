@@ -117,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, f in FIELDS.items():
         flag = "--" + name.replace("_", "-")
         meta = f.metadata
-        help_ = f"{meta['help']} (default: {f.default})"
+        help_ = meta["help"] if "(default" in meta["help"] else f"{meta['help']} (default: {f.default})"
         base, _ = _field_type(name)
         if base is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
