@@ -147,14 +147,39 @@ def write_label_files(folder: str, out: str, ipc: int, sli: int, batch: int, see
 
 
 def import_store(hald_dir: str, out: str) -> dict:
-    """`hald labels import-sre2l --flavor hald --k 5 --quantizer power`: the HALD files -> our store."""
+    """`hald labels import-sre2l --flavor hald --k 5 --quantizer power`: the HALD files -> our store
+    (cached beside the store: the import runs once per set of label files)."""
+    from hald_ext.labels import LabelStore
     from hald_ext.labels.importers import import_batches
 
-    t0 = time.perf_counter()
-    rep = import_batches(hald_dir, out, C, values="probs", temperature=T, k=K, bits=8, quantizer="power",
-                         crop_size=CROP, flavor="hald")
-    return {"import_s": time.perf_counter() - t0, "bytes": rep.store.nbytes, "labels": rep.store.num_labels,
-            "bytes_per_label": rep.store.bytes_per_label, "kl_to_teacher": rep.store.header.stats.get("kl_to_teacher")}
+    sidecar = out + ".import.json"
+    if os.path.exists(out) and os.path.getmtime(out) > os.path.getmtime(os.path.join(hald_dir, "..", "done.json")):
+        if os.path.exists(sidecar):
+            with open(sidecar) as f:
+                return json.load(f)
+        store, import_s = LabelStore.open(out), None  # written by an earlier run that did not record its time
+    else:
+        t0 = time.perf_counter()
+        store = import_batches(hald_dir, out, C, values="probs", temperature=T, k=K, bits=8, quantizer="power",
+                               crop_size=CROP, flavor="hald").store
+        import_s = time.perf_counter() - t0
+    info = {"import_s": import_s, "bytes": store.nbytes, "labels": store.num_labels,
+            "bytes_per_label": store.bytes_per_label, "kl_to_teacher": store.header.stats.get("kl_to_teacher")}
+    with open(sidecar, "w") as f:
+        json.dump(info, f)
+    return info
+
+
+def mem_available() -> int:
+    """MemAvailable of /proc/meminfo (free memory plus what the page cache would give back)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def dir_bytes(path: str) -> int:
@@ -488,8 +513,8 @@ def drive(args) -> int:
                                    args.batch, with_fkd=small)
         store_path = os.path.join(work, f"store_ipc{ipc}_sli{sli}_b{args.batch}.safetensors")
         imp = import_store(labels["hald"], store_path)
-        log(f"IPC {ipc}: SLI {sli}, label files ready ({time.perf_counter() - t0:.1f} s); import of the HALD files "
-            f"{imp['import_s']:.1f} s -> {imp['bytes'] / 1e6:.1f} MB")
+        log(f"IPC {ipc}: SLI {sli}, label files and store ready ({time.perf_counter() - t0:.1f} s): import of the HALD "
+            f"files {imp['import_s'] or float('nan'):.1f} s -> {imp['bytes'] / 1e6:.1f} MB")
         n_batches = math.ceil(C * ipc / args.batch)
         mb = args.epoch_batches if 0 < args.epoch_batches < n_batches else None
         runs = args.runs if small else args.big_runs
@@ -499,7 +524,7 @@ def drive(args) -> int:
         # Our resident cache holds the decoded set (3 x 224 x 224 bytes an image) and, while it is built,
         # the decoded list as well: skip our side where that would not fit in the memory free now.
         need = 2 * C * ipc * 3 * SIZE * SIZE
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        avail = mem_available()
         ours_ok = need < 0.8 * avail
         if not ours_ok:
             block["not_run"]["ours"] = (f"decoding {C * ipc} images into the resident cache needs about "
