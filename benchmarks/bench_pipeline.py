@@ -501,7 +501,13 @@ def drive(args) -> int:
                          "quick": args.quick, "epoch_batches": args.epoch_batches,
                          "images": "synthetic 224-px JPEG (PIL default q75)",
                          "labels": "synthetic teacher logits in each tool's file layout (see docstring)",
-                         "command": " ".join(sys.argv)},
+                         "command": " ".join(sys.argv),
+                         "notes": ["times on a shared machine: load_avg holds os.getloadavg() sampled through the run; "
+                                   "the DataLoader pipelines run more processes (main + workers) than ours (one "
+                                   "process, torch threads = cores), so on contended cores they get a larger share",
+                                   "worker_peak_rss_mb is the largest child process's ru_maxrss; importing torch "
+                                   "here starts a helper process of about 620 MB, so it is a floor, not a worker",
+                                   "ResNet-18 rows: 64-px crops, the first model_batches batches only (CPU)"]},
               "ipc": {}}
     timeout = 3600
     for ipc in ipcs:
