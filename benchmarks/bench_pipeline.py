@@ -281,7 +281,7 @@ def timing(clock, end) -> dict:
 
 
 def measure_ours(spec) -> dict:
-    from hald_ext.data import image_source, load_image_set
+    from hald_ext.data import image_source, open_images
     from hald_ext.labels import LabelStore
     from hald_ext.ops import soft_hard_loss
     from hald_ext.train.batches import FusedBatchSource
@@ -291,9 +291,9 @@ def measure_ours(spec) -> dict:
 
     clock = Clock()
     kind, size, B = spec["kind"], spec["size"], spec["batch"]
-    images = load_image_set(spec["folder"])
+    images = open_images(spec["folder"])  # the folder's files: decoded once into the cache by the workers
     store = LabelStore.open(spec["store"]) if kind == "soft" else None
-    cache = image_source(images, "cpu")
+    cache = image_source(images, "cpu", workers=spec["workers"])
     source = FusedBatchSource(cache, None, store, size, cutmix_alpha=1.0)
     cfg = TrainConfig(batch_size=B, progress=False, label_smoothing=0.8, schedule="soft:1,hard:1", epochs=2)
     _, model, _, logits_of = make_step(spec.get("model"), B, kind)
@@ -349,14 +349,14 @@ def measure_relabel(spec) -> dict:
     size, B, sli, out = spec["size"], spec["batch"], spec["sli"], spec["out"]
     t0 = time.perf_counter()
     if spec["pipeline"] == "ours":
-        from hald_ext.data import load_image_set
+        from hald_ext.data import open_images
         from hald_ext.labels.relabel import relabel_with_stats
 
-        images = load_image_set(spec["folder"])
+        images = open_images(spec["folder"])
         t_load = time.perf_counter() - t0
         store, _ = relabel_with_stats(images, teacher, out, slots=sli, k=K, temperature=T, size=size, batch_size=B,
                                       device="cpu", cutmix_alpha=1.0, progress=False, teacher_name=spec["teacher"],
-                                      teacher_sha256="untrained-seed0", save_every_s=1e9)
+                                      teacher_sha256="untrained-seed0", save_every_s=1e9, workers=spec["workers"])
         crops, extra = store.num_labels, {"decode_s": t_load, "bytes": store.nbytes}
     elif spec["pipeline"] == "hald":
         from baselines import hald
