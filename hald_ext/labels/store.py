@@ -45,26 +45,34 @@ def _check_arrays(h: Header, t: dict, where: str, image_offset: int = 0) -> None
         _check_float_values(t["codes"].reshape(-1, h.k)[:done], where)
     else:
         _check_codebook(t["codebook"], where)
-    ids = t["topk_ids"].reshape(-1, h.k)[:done] if "topk_ids" in t else None
-    if ids is not None and ids.numel():
-        ids = ids.to(torch.int64)
+    ids = t["topk_ids"].reshape(-1, h.k)[:done].numpy() if "topk_ids" in t else None
+    if ids is not None and ids.size:
+        # numpy on the stored dtype (uint16 / int32): no int64 copy, one pass per check
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= C:
             raise LabelStoreError(f"{where}: class id {lo if lo < 0 else hi} is out of range for C = {C} classes")
-        if h.k > 1:
-            srt = ids.sort(dim=-1).values
-            if (srt[..., 1:] == srt[..., :-1]).any():
-                raise LabelStoreError(f"{where}: a label lists the same class id twice in its top-k")
+        if h.k > 1 and _has_repeated_id(ids):
+            raise LabelStoreError(f"{where}: a label lists the same class id twice in its top-k")
     _check_boxes(t["boxes"], "boxes", where, allow_empty=False)
     if h.mix:
-        partner = t["mix_partner"].to(torch.int64)
-        if partner.numel() and (int(partner.min()) < -1 or int(partner.max()) >= h.num_images):
+        partner = t["mix_partner"].numpy()
+        if partner.size and (int(partner.min()) < -1 or int(partner.max()) >= h.num_images):
             raise LabelStoreError(f"{where}: a CutMix partner is not an image of this store (ids must be in "
                                   f"[-1, {h.num_images}))")
-        lam = t["mix_lambda"]
-        if not torch.isfinite(lam).all() or (lam < 0).any() or (lam > 1).any():
+        lam = t["mix_lambda"].numpy()
+        if lam.size and not (np.isfinite(lam).all() and lam.min() >= 0 and lam.max() <= 1):
             raise LabelStoreError(f"{where}: CutMix lambdas must be finite and in [0, 1]")
         _check_boxes(t["mix_boxes"], "mix_boxes", where, allow_empty=True)
+
+
+def _has_repeated_id(ids: np.ndarray) -> bool:
+    """Whether a row of [N, k] ids repeats one: column pairs for small k (k (k - 1) / 2 passes, no copy),
+    a sort along the row otherwise."""
+    k = ids.shape[1]
+    if k <= 16:
+        return any((ids[:, i] == ids[:, j]).any() for i in range(k) for j in range(i + 1, k))
+    srt = np.sort(ids, axis=1)
+    return bool((srt[:, 1:] == srt[:, :-1]).any())
 
 
 def _check_float_values(v: torch.Tensor, where: str, rows: int = 1 << 16) -> None:
@@ -91,11 +99,11 @@ def _check_codebook(cb: torch.Tensor, where: str) -> None:
 def _check_boxes(b: torch.Tensor, name: str, where: str, allow_empty: bool) -> None:
     if not b.numel():
         return
-    b = b.to(torch.int32)
+    b = b.numpy().reshape(-1, 4).astype(np.int32)
     # Rounding y and h separately to 1/65535 can overshoot the edge by one code.
-    if (b[..., 0] + b[..., 2] > 65536).any() or (b[..., 1] + b[..., 3] > 65536).any():
+    if (b[:, 0] + b[:, 2]).max() > 65536 or (b[:, 1] + b[:, 3]).max() > 65536:
         raise LabelStoreError(f"{where}: {name} reach outside the image (y + h or x + w > 1)")
-    if not allow_empty and ((b[..., 2] == 0) | (b[..., 3] == 0)).any():
+    if not allow_empty and b[:, 2:].min() == 0:
         raise LabelStoreError(f"{where}: {name} with zero height or width")
 
 
