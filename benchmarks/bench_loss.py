@@ -342,7 +342,11 @@ def main(argv=None):
     p.add_argument("--suite", choices=["sparse", "dense", "all"], default="all")
     p.add_argument("--precision", action="store_true", help="only the loss error vs float64 (precision JSON)")
     p.add_argument("--out", default=None, help="result file of the sparse suite (default results/loss_<device>.json)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads); on a machine "
+                   "shared with other work, 1 keeps a descheduled worker thread from stalling every call")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or hald_ext.build_info()["cuda_available"]]
     rounds = args.rounds or (3 if args.quick else 5)
@@ -351,9 +355,10 @@ def main(argv=None):
             print(f"\n== loss error vs float64 on {device}: max |loss_row - exact| over 64 rows")
             print(f"{'case':<11}{'C':>7}{'dtype':>10}{'fused':>12}{'torch':>12}{'ratio':>9}{'|loss|':>10}")
             rows = precision_rows(device)
+            what = ("soft_hard_loss per-row loss error vs float64 (fused vs the torch/timm form in float32 on the "
+                    "same dtype-rounded inputs)")
             print("wrote", write_results(f"loss_precision_{device_tag(device)}.json", {
-                "benchmark": "soft_hard_loss per-row loss error vs float64 (fused vs the torch/timm form in float32 on the "
-                             "same dtype-rounded inputs)", "machine": machine(), "build": hald_ext.build_info(), "rows": rows}))
+                "benchmark": what, "machine": machine(), "build": hald_ext.build_info(), "rows": rows}))
         return 0
     shapes = args.shapes or ([(1024, 1000)] if args.quick else [(256, 1000), (1024, 1000), (8192, 1000), (256, 21843),
                                                                 (1024, 21843), (8192, 21843)])
@@ -361,7 +366,13 @@ def main(argv=None):
     for device in devices:
         if args.suite in ("dense", "all"):
             payload = run_dense_suite(device, args.quick, args.shapes, rounds)
-            if payload is not None and not args.quick:
+            if payload is not None and args.out:
+                dense_out = args.out if args.suite == "dense" else os.path.join(
+                    os.path.dirname(os.path.abspath(args.out)), "dense_" + os.path.basename(args.out))
+                with open(dense_out, "w") as f:
+                    json.dump(payload, f, indent=1)
+                print("wrote", dense_out)
+            elif payload is not None and not args.quick:
                 # THP_MEM_ALLOC_ENABLE=0 (4 KiB pages) changes mid-size CPU figures a lot: its own file.
                 thp = "_thp0" if device == "cpu" and os.environ.get("THP_MEM_ALLOC_ENABLE") == "0" else ""
                 print("wrote", write_results(f"loss_dense_{device_tag(device)}{thp}.json", payload))

@@ -534,7 +534,9 @@ void cpu_loss(const c10::OperatorHandle&, torch::jit::Stack* s) { soft_hard_loss
 void cpu_loss_inplace(const c10::OperatorHandle&, torch::jit::Stack* s) {
   soft_hard_loss_inplace_call(&soft_hard_loss_cpu_kernel, s);
 }
-void cpu_scale(const c10::OperatorHandle&, torch::jit::Stack* s) { soft_hard_loss_scale_call(&soft_hard_loss_scale_cpu, s); }
+void cpu_scale(const c10::OperatorHandle&, torch::jit::Stack* s) {
+  soft_hard_loss_scale_call(&soft_hard_loss_scale_cpu, s);
+}
 
 }  // namespace
 }  // namespace hald
