@@ -12,6 +12,7 @@ memory; writes benchmarks/results/loss_dense_<device>.json.
     python benchmarks/bench_loss.py --suite sparse --shapes 8192x1000,8192x21843 --dtypes float32,bfloat16 \
         --out $OUT/loss_gpu.json                     # the GPU headline (issue 21)
     python benchmarks/bench_loss.py --precision      # loss error vs float64: loss_precision_<device>.json
+    python benchmarks/bench_loss.py --device cuda --precision --out $OUT/loss_precision_gpu.json
 
 Candidates run interleaved (round after round, each round timed with common.time_fn) and the median
 over rounds is kept. Prints tables with ratios; the sparse one also gives a copy of the logits
@@ -357,8 +358,13 @@ def main(argv=None):
             rows = precision_rows(device)
             what = ("soft_hard_loss per-row loss error vs float64 (fused vs the torch/timm form in float32 on the "
                     "same dtype-rounded inputs)")
-            print("wrote", write_results(f"loss_precision_{device_tag(device)}.json", {
-                "benchmark": what, "machine": machine(), "build": hald_ext.build_info(), "rows": rows}))
+            payload = {"benchmark": what, "machine": machine(), "build": hald_ext.build_info(), "rows": rows}
+            if args.out:  # e.g. $OUT/loss_precision_gpu.json on the GPU machine
+                with open(args.out, "w") as f:
+                    json.dump(payload, f, indent=1)
+                print("wrote", args.out)
+            else:
+                print("wrote", write_results(f"loss_precision_{device_tag(device)}.json", payload))
         return 0
     shapes = args.shapes or ([(1024, 1000)] if args.quick else [(256, 1000), (1024, 1000), (8192, 1000), (256, 21843),
                                                                 (1024, 21843), (8192, 21843)])
