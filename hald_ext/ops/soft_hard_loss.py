@@ -73,7 +73,7 @@ class SoftHardSpec(NamedTuple):
 # would turn a build problem into a confusing "operator does not exist" at import).
 if _ext.loaded():
     _names = tuple(_ext.schema_names(torch.ops.hald.soft_hard_loss_.default)[1:])
-    if _names != SoftHardSpec._fields:  # pragma: no cover - a stale build
+    if _names != SoftHardSpec._fields or not hasattr(torch.ops.hald, "_soft_hard_loss_scale_"):  # pragma: no cover
         raise ImportError(f"hald_ext._C's soft_hard_loss takes {_names}, this package expects "
                           f"{SoftHardSpec._fields}: rebuild with `pip install --no-build-isolation -e .`")
     _N_SPEC = len(SoftHardSpec._fields)
