@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import hald_ext
-from hald_ext.ops import soft_hard_loss
+from hald_ext.ops import SoftHardSpec, soft_hard_loss, soft_hard_loss_spec
 from hald_ext.reference import soft_hard_loss_reference
 
 DECODES = ["marginal", "renorm", "truncate"]
@@ -162,15 +162,10 @@ def test_gradcheck_float64():
         assert torch.autograd.gradcheck(fn, (logits.clone().requires_grad_(),), eps=1e-6, atol=1e-7)
 
 
-def op_args(op, logits, **kw):
-    """Positional arguments of a raw op call, in the order of its registered schema."""
-    names = [a.name for a in op.default._schema.arguments]
-    defaults = dict(topk_ids=None, topk_values=None, hard_target=None, target_b=None, mix_lambda=None,
-                    codebook=None, teacher_logits=None, temperature=1.0, teacher_temperature=1.0, soft_weight=1.0,
-                    hard_weight=0.0, label_smoothing=0.0, decode="marginal", soft_loss="kl", hinton=False,
-                    reduction="batchmean", ignore_index=-100, compute_grad=True)
-    defaults.update(kw, logits=logits)
-    return tuple(defaults[n] for n in names)
+def op_args(op, logits, compute_grad=True, **kw):
+    """Positional arguments of a raw op call (the out-of-place op also takes `compute_grad`)."""
+    args = SoftHardSpec(**kw).op_args(logits)
+    return args + (compute_grad,) if op is torch.ops.hald.soft_hard_loss else args
 
 
 def _opcheck_samples():
@@ -305,7 +300,8 @@ def _bad_cases():
         ("outside \\[0, 10\\)", (logits, big, values), {}),
         ("outside \\[0, 10\\)", (logits, neg, values), {}),
         ("repeats class", (logits, dup, values), {}),
-        ("k \\(topk_ids.size\\(1\\) = 11\\)", (logits, torch.zeros(4, 11, dtype=torch.long), torch.zeros(4, 11)), {}),
+        ("k \\(topk_ids.size\\(1\\) = 11\\) must be in \\[0, C = 10\\]",
+         (logits, torch.zeros(4, 11, dtype=torch.long), torch.zeros(4, 11)), {}),
         ("topk_ids must have shape \\[4, k\\]", (logits, ids[:3], values[:3]), {}),
         ("hard_target must have shape \\[4\\]", (logits, ids, values, target[:2]), dict(hard_weight=1.0)),
         ("hard_target\\[3\\] = 10 is outside", (logits, ids, values, bad_t), dict(hard_weight=1.0)),
@@ -337,3 +333,136 @@ def _bad_cases():
 def test_bad_input_errors(match, args, kw):
     with pytest.raises((RuntimeError, ValueError), match=match):
         soft_hard_loss(*args, **kw)
+
+
+# ---- the argument spec -------------------------------------------------------------------------
+def test_spec_matches_schema_and_wrapper():
+    """One argument list: the spec's fields are the schema's, and the spec entry point equals the wrapper."""
+    names = [a.name for a in torch.ops.hald.soft_hard_loss_.default._schema.arguments][1:]
+    assert tuple(names) == SoftHardSpec._fields
+    logits, ids, values, target, codebook, extra = make_case(6, 30, 4, value_kind="code8", pair=True)
+    spec = SoftHardSpec(ids, values, target, codebook=codebook, temperature=3.0, hard_weight=0.5, **extra)
+    kw = spec._asdict()
+    direct = soft_hard_loss(logits, kw.pop("topk_ids"), kw.pop("topk_values"), kw.pop("hard_target"), **kw)
+    torch.testing.assert_close(soft_hard_loss_spec(logits, spec), direct)
+    torch.testing.assert_close(soft_hard_loss_reference(logits, spec), direct)
+    with pytest.raises(TypeError):
+        SoftHardSpec(tempreature=2.0)
+
+
+# ---- gradient traffic: one buffer, written in the forward, adopted as .grad --------------------
+def _raw_forward(x, spec):
+    """The op's (rows, grad) as the wrapper gets them (the autograd kernel is in C++)."""
+    return torch.ops.hald.soft_hard_loss.default(*spec.op_args(x), True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_adopts_the_forward_gradient_buffer(dtype):
+    logits, ids, values, target, codebook, extra = make_case(8, 100, 5, pair=True)
+    spec = SoftHardSpec(ids, values, target, temperature=4.0, hard_weight=0.5, **extra)
+    ref = logits.to(dtype).clone().requires_grad_()
+    soft_hard_loss_spec(ref, spec).backward()
+    for scale in (1.0, 3.0):  # 1: nothing to do; 3: scaled in place
+        x = logits.to(dtype).clone().requires_grad_()
+        rows, grad = _raw_forward(x, spec)
+        ptr = grad.data_ptr()
+        del grad
+        (rows.sum() * scale).backward()
+        assert x.grad.data_ptr() == ptr, "backward must hand autograd the forward's buffer, not a copy"
+        torch.testing.assert_close(x.grad.float(), ref.grad.float() * scale, rtol=1e-2 if dtype != torch.float32
+                                   else 1e-6, atol=1e-6)
+
+
+def test_retained_graph_keeps_the_saved_gradient():
+    """retain_graph: backward scales a copy, so a second backward with another factor is right."""
+    logits, ids, values, target, codebook, extra = make_case(4, 50, 3)
+    x = logits.clone().requires_grad_()
+    loss = soft_hard_loss(x, ids, values, target, hard_weight=0.5)
+    (loss * 2).backward(retain_graph=True)
+    g2 = x.grad.clone()
+    x.grad = None
+    (loss * 3).backward()
+    torch.testing.assert_close(x.grad, 1.5 * g2)
+
+
+def _big_allocations(fn, nbytes):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return [(e.name, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage >= nbytes]
+
+
+def test_forward_and_backward_allocate_one_gradient_buffer():
+    B, C = 64, 1000
+    logits, ids, values, target, codebook, extra = make_case(B, C, 5, pair=True)
+    x = logits.float().requires_grad_()
+
+    def step(scale):
+        x.grad = None
+        (soft_hard_loss(x, ids, values, target, hard_weight=0.5, **extra) * scale).backward()
+
+    for scale in (1.0, 0.5):
+        big = _big_allocations(lambda: step(scale), B * C * 4)
+        assert len(big) == 1, big  # the gradient, written by the forward kernel
+    with torch.no_grad():  # forward only: no gradient buffer at all
+        assert not _big_allocations(lambda: soft_hard_loss(x, ids, values, target), B * C * 4)
+    assert not _big_allocations(lambda: soft_hard_loss(x.detach(), ids, values, target), B * C * 4)
+
+
+# ---- edge cases --------------------------------------------------------------------------------
+@pytest.mark.parametrize("decode", DECODES)
+def test_empty_stored_label_k0(decode):
+    """k = 0 (no stored entries): marginal is the uniform target, renorm / truncate an empty one; the
+    id and value tensors are never read."""
+    logits, ids, values, target, codebook, extra = make_case(5, 20, 3)
+    for idt in (torch.int64, torch.int16):
+        empty_ids, empty_vals = torch.empty(5, 0, dtype=idt), torch.empty(5, 0)
+        la, lb, ga, gb = run_both(logits, empty_ids, empty_vals, target, None, {}, torch.float32, decode=decode,
+                                  hard_weight=0.5, temperature=2.0)
+        assert_close_case(la, lb, ga, gb, torch.float32)
+
+
+def test_inplace_refuses_overlapping_rows():
+    row = torch.randn(1, 10)
+    _, ids, values, _, _, _ = make_case(4, 10, 3)
+    for x in (row.expand(4, 10), torch.randn(40).as_strided((4, 10), (5, 1))):
+        with pytest.raises(RuntimeError, match="inplace=True needs logits rows that do not overlap"):
+            soft_hard_loss(x, ids, values, inplace=True)
+
+
+def test_duplicate_ids_found_for_every_k():
+    """The O(k) bitset check: a repeat anywhere in a long row, and a clean call right after it."""
+    C = 3000
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, C, generator=g)
+    ids = torch.stack([torch.randperm(C, generator=g) for _ in range(3)])
+    values = torch.full((3, C), 1.0 / C)
+    dup = ids.clone()
+    dup[2, 2999] = dup[2, 17]
+    with pytest.raises(RuntimeError, match=f"topk_ids row 2 repeats class {int(dup[2, 17])}"):
+        soft_hard_loss(logits, dup, values)
+    torch.testing.assert_close(soft_hard_loss(logits, ids, values), soft_hard_loss_reference(logits, ids, values))
+
+
+@pytest.mark.parametrize("C", [1000, 21843])
+@pytest.mark.parametrize("kind", ["topk", "dense-ce", "teacher"])
+def test_loss_value_error_at_most_torch_fp32(kind, C):
+    """fp32 loss against a float64 computation on the same inputs: no worse than the same loss written
+    with torch's own fp32 ops (log_softmax + cascade-summed reductions)."""
+    B = 16
+    g = torch.Generator().manual_seed(C)
+    logits = torch.randn(B, C, generator=g) * 3
+    t = torch.randn(B, C, generator=g) * 3
+    if kind == "topk":
+        top = torch.softmax(t, 1).topk(10, dim=1)
+        kw = dict(topk_ids=top.indices, topk_values=top.values, temperature=4.0)
+    elif kind == "dense-ce":
+        kw = dict(topk_values=torch.softmax(t, 1), soft_loss="ce", decode="truncate")
+    else:
+        kw = dict(teacher_logits=t, temperature=4.0)
+    ours = soft_hard_loss(logits, reduction="none", **kw).double()
+    exact = soft_hard_loss_reference(logits.double(), reduction="none",
+                                     **{k_: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v)
+                                        for k_, v in kw.items()})
+    torch_fp32 = soft_hard_loss_reference(logits, reduction="none", **kw).double()
+    err, err_torch = (ours - exact).abs().max().item(), (torch_fp32 - exact).abs().max().item()
+    assert err <= max(err_torch, 1e-6 * exact.abs().max().item()), (err, err_torch)

@@ -186,6 +186,8 @@ def _bad_dense():
     tnan[3, 1] = float("nan")
     tinf = t.clone()
     tinf[0, 0] = float("inf")
+    tmask = t.clone()
+    tmask[1] = float("-inf")  # every class masked
     return [
         ("topk_values\\[1, 3\\] = -0.01.* is not a finite non-negative", (logits, None, neg), {}),
         ("topk_values\\[2, 0\\] = nan is not a finite", (logits, None, nan), {}),
@@ -194,8 +196,9 @@ def _bad_dense():
         ("dense target and must have the shape of logits", (logits, None, values[:, :9]), {}),
         ("dense target and must have the shape of logits", (logits, None, values[:3]), {}),
         ("teacher_logits must have the shape of logits", (logits,), dict(teacher_logits=t[:, :5])),
-        ("teacher_logits row 3 has a NaN or infinite value", (logits,), dict(teacher_logits=tnan)),
-        ("teacher_logits row 0 has a NaN or infinite value", (logits,), dict(teacher_logits=tinf)),
+        ("teacher_logits row 3 has a NaN or \\+inf value", (logits,), dict(teacher_logits=tnan)),
+        ("teacher_logits row 0 has a NaN or \\+inf value", (logits,), dict(teacher_logits=tinf)),
+        ("teacher_logits row 1 has a NaN or \\+inf value, or no finite one", (logits,), dict(teacher_logits=tmask)),
         ("teacher_logits must be floating point", (logits,), dict(teacher_logits=t.long())),
         ("teacher_temperature must be finite and > 0", (logits,), dict(teacher_logits=t, teacher_temperature=0.0)),
         ("either a stored label .* or teacher_logits, not both", (logits, None, values), dict(teacher_logits=t)),
@@ -208,6 +211,21 @@ def _bad_dense():
 def test_dense_bad_input_errors(match, args, kw):
     with pytest.raises((RuntimeError, ValueError), match=match):
         soft_hard_loss(*args, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_masked_teacher_class_gets_zero_probability(dtype):
+    """A -inf teacher logit masks its class: q = 0 there, the loss and gradient stay finite and equal
+    the float64 reference (which takes softmax's 0 for it)."""
+    logits, _, teacher, _, target, extra = make_dense(6, 50, kind="teacher32", pair=True)
+    teacher = teacher.clone()
+    teacher[:, ::7] = float("-inf")
+    teacher[2, :45] = float("-inf")  # a row with only five live classes
+    for T in (1.0, 3.0):
+        la, lb, ga, gb = run_both(logits, None, None, target, None, extra, dtype, teacher_logits=teacher,
+                                  temperature=T, hard_weight=0.5)
+        assert torch.isfinite(la).all() and torch.isfinite(ga.float()).all()
+        assert_close_case(la, lb, ga, gb, dtype)
 
 
 def test_dense_rows_need_not_sum_to_one_under_renorm_or_truncate():
@@ -231,17 +249,18 @@ def test_module_takes_dense_targets_and_teacher_logits():
 
 
 def test_backward_allocates_no_logits_sized_buffer():
-    """The gradient is the forward's buffer: backward adds nothing [B, C]-sized (autograd used to pass a
-    zero-filled [B, C] gradient for the op's unused gradient output, doubling the loss's peak memory)."""
+    """The gradient is the forward's buffer: backward adds nothing [B, C]-sized (no zero-filled
+    gradient for the op's unused gradient output, no scaled copy when the upstream gradient is 1)."""
     B, C = 64, 1000
     x = torch.randn(B, C).requires_grad_()
     t = torch.softmax(torch.randn(B, C), 1)
     for kw in (dict(topk_values=t, soft_loss="ce", decode="truncate"), dict(teacher_logits=t, hard_target=t.argmax(1),
                                                                            hard_weight=0.5, hinton=True)):
-        x.grad = None
-        loss = soft_hard_loss(x, **kw)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-            loss.backward()
-        big = [(e.name, e.cpu_memory_usage) for e in prof.events() if e.cpu_memory_usage >= B * C * 4]
-        assert not big, big
-        assert x.grad is not None and x.grad.shape == (B, C)
+        for scale in (1.0, 0.25):
+            x.grad = None
+            loss = soft_hard_loss(x, **kw) * scale
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+                loss.backward()
+            big = [(e.name, e.cpu_memory_usage) for e in prof.events() if e.cpu_memory_usage >= B * C * 4]
+            assert not big, big
+            assert x.grad is not None and x.grad.shape == (B, C)

@@ -1,28 +1,42 @@
-// Schema and argument checks of the fused soft-KL / hard-CE loss, shared by every backend.
+// Schemas, shared argument checks and the autograd kernel of the fused soft-KL / hard-CE loss. The
+// backends' kernels register themselves for their dispatch key (cpu/soft_hard_loss_kernel.cpp,
+// cuda/soft_hard_loss_kernel.cu) and call soft_hard_loss_call() / soft_hard_loss_inplace_call().
+//
+// Autograd (registered here for the Autograd key, in C++, so a step pays no Python): the forward
+// computes the gradient of the summed per-row losses together with them; backward multiplies it by
+// the upstream gradient *in place* (a kernel that reads the upstream value where it lives and skips
+// rows whose value is exactly 1, so `loss.backward()` costs nothing and never syncs a GPU) and hands
+// that buffer to autograd, which adopts it as `.grad` without a copy. When the graph is kept
+// (retain_graph, gradcheck) or traced (torch.compile), backward returns a scaled copy instead and the
+// saved buffer stays as it was.
 #include "soft_hard_loss.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <string>
 
 namespace hald {
 
 namespace {
 
-int32_t parse_decode(c10::string_view s) {
+int32_t parse_decode(const std::string& s) {
   if (s == "marginal") return int32_t(Decode::Marginal);
   if (s == "renorm") return int32_t(Decode::Renorm);
   if (s == "truncate") return int32_t(Decode::Truncate);
-  TORCH_CHECK(false, "soft_hard_loss: decode must be 'marginal', 'renorm' or 'truncate', got '", std::string(s), "'");
+  TORCH_CHECK(false, "soft_hard_loss: decode must be 'marginal', 'renorm' or 'truncate', got '", s, "'");
 }
 
-Reduction parse_reduction(c10::string_view s) {
+Reduction parse_reduction(const std::string& s) {
   if (s == "none") return Reduction::None;
   if (s == "sum") return Reduction::Sum;
   if (s == "batchmean") return Reduction::BatchMean;
   if (s == "mean") return Reduction::Mean;
-  TORCH_CHECK(false, "soft_hard_loss: reduction must be 'batchmean', 'mean', 'sum' or 'none', got '", std::string(s),
+  TORCH_CHECK(false, "soft_hard_loss: reduction must be 'batchmean', 'mean', 'sum' or 'none', got '", s,
               "'");
 }
 
@@ -128,7 +142,8 @@ void prepare_soft(SoftHardArgs& a, const SoftHardInputs& in, double batch_factor
       TORCH_CHECK(vals.sizes() == ids.sizes(), "soft_hard_loss: topk_values must have the shape of topk_ids ",
                   ids.sizes(), ", got ", vals.sizes());
       P.k = ids.size(1);
-      TORCH_CHECK(P.k >= 1 && P.k <= C, "soft_hard_loss: k (topk_ids.size(1) = ", P.k, ") must be in [1, C = ", C, "]");
+      // k = 0 is an empty stored label (marginal: the uniform distribution); nothing is read then.
+      TORCH_CHECK(P.k >= 0 && P.k <= C, "soft_hard_loss: k (topk_ids.size(1) = ", P.k, ") must be in [0, C = ", C, "]");
       a.id_kind = id_kind(ids, C);
       a.ids = ids.contiguous();
       P.soft_kind = int32_t(SoftKind::Topk);
@@ -149,8 +164,6 @@ void prepare_soft(SoftHardArgs& a, const SoftHardInputs& in, double batch_factor
   P.soft_scale = in.soft_weight * (in.hinton ? in.temperature * in.temperature : 1.0) * batch_factor;
 }
 
-}  // namespace
-
 SoftHardArgs prepare_soft_hard(const SoftHardInputs& in, bool compute_grad, bool inplace) {
   SoftHardArgs a;
   const at::Tensor& logits = in.logits;
@@ -166,9 +179,14 @@ SoftHardArgs prepare_soft_hard(const SoftHardInputs& in, bool compute_grad, bool
   TORCH_CHECK(in.label_smoothing >= 0 && in.label_smoothing <= 1,
               "soft_hard_loss: label_smoothing must be in [0, 1], got ", in.label_smoothing);
   TORCH_CHECK(in.soft_loss == "kl" || in.soft_loss == "ce", "soft_hard_loss: soft_loss must be 'kl' or 'ce', got '",
-              std::string(in.soft_loss), "'");
+              in.soft_loss, "'");
   if (inplace) {
     TORCH_CHECK(logits.stride(1) == 1, "soft_hard_loss_: the in-place variant needs logits with unit class stride");
+    // Rows that share memory (stride 0 from expand(), or stride(0) < C) would each write their
+    // gradient over another row's logits while it is still being read.
+    TORCH_CHECK(B <= 1 || logits.stride(0) >= C, "soft_hard_loss_: inplace=True needs logits rows that do not "
+                "overlap (got stride(0) = ", logits.stride(0), " for C = ", C,
+                ", e.g. an expand()ed tensor); pass a contiguous tensor or inplace=False");
   }
   a.logits = logits.stride(1) == 1 ? logits : logits.contiguous();
   a.B = B;
@@ -223,33 +241,133 @@ SoftHardArgs prepare_soft_hard(const SoftHardInputs& in, bool compute_grad, bool
   return a;
 }
 
-std::tuple<at::Tensor, at::Tensor> soft_hard_loss_front(SoftHardKernel kernel, const SoftHardInputs& in,
-                                                        bool compute_grad) {
-  SoftHardArgs a = prepare_soft_hard(in, compute_grad, /*inplace=*/false);
-  const auto& logits = in.logits;
-  const auto acc_dtype = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor loss_rows = at::empty({a.B}, logits.options().dtype(acc_dtype));
-  at::Tensor grad = compute_grad ? at::empty({a.B, a.P.C}, logits.options()) : at::empty({0}, logits.options());
-  kernel(a, loss_rows, grad);
-  return {loss_rows, grad};
+at::Tensor acc_empty(const at::Tensor& logits, int64_t B) {
+  return at::empty({B}, logits.options().dtype(logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
 }
 
-at::Tensor soft_hard_loss_inplace_front(SoftHardKernel kernel, const SoftHardInputs& in) {
-  SoftHardArgs a = prepare_soft_hard(in, /*compute_grad=*/true, /*inplace=*/true);
-  const auto acc_dtype = in.logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor loss_rows = at::empty({a.B}, in.logits.options().dtype(acc_dtype));
+}  // namespace
+
+void soft_hard_loss_call(SoftHardKernel kernel, torch::jit::Stack* stack) {
+  const SoftHardGradInputs g = SoftHardGradInputs::pop(*stack);
+  const SoftHardInputs in{g.logits, g.topk_ids, g.topk_values, g.hard_target, g.target_b, g.mix_lambda, g.codebook,
+                          g.teacher_logits, g.temperature, g.teacher_temperature, g.soft_weight, g.hard_weight,
+                          g.label_smoothing, g.decode, g.soft_loss, g.hinton, g.reduction, g.ignore_index};
+  const SoftHardArgs a = prepare_soft_hard(in, g.compute_grad, /*inplace=*/false);
+  at::Tensor loss_rows = acc_empty(g.logits, a.B);
+  at::Tensor grad = g.compute_grad ? at::empty({a.B, a.P.C}, g.logits.options()) : at::empty({0}, g.logits.options());
+  kernel(a, loss_rows, grad);
+  torch::jit::push(*stack, std::move(loss_rows), std::move(grad));
+}
+
+void soft_hard_loss_inplace_call(SoftHardKernel kernel, torch::jit::Stack* stack) {
+  const SoftHardInputs in = SoftHardInputs::pop(*stack);
+  const SoftHardArgs a = prepare_soft_hard(in, /*compute_grad=*/true, /*inplace=*/true);
+  at::Tensor loss_rows = acc_empty(in.logits, a.B);
   at::Tensor grad = a.logits;  // the validated logits: unit class stride, same storage
   kernel(a, loss_rows, grad);
-  return loss_rows;
+  torch::jit::push(*stack, std::move(loss_rows));
 }
+
+void soft_hard_loss_scale_call(SoftHardScaleKernel kernel, torch::jit::Stack* stack) {
+  at::Tensor grad = (*stack)[stack->size() - 2].toTensor();
+  const at::Tensor rows = (*stack)[stack->size() - 1].toTensor();
+  torch::jit::drop(*stack, 2);
+  TORCH_CHECK(grad.dim() == 2 && grad.stride(1) == 1, "_soft_hard_loss_scale_: grad must be [B, C] with unit class "
+              "stride, got shape ", grad.sizes(), " strides ", grad.strides());
+  TORCH_CHECK(rows.dim() == 1 && rows.size(0) == grad.size(0) && rows.device() == grad.device(),
+              "_soft_hard_loss_scale_: grad_rows must be [", grad.size(0), "] on ", grad.device(), ", got ",
+              rows.sizes(), " on ", rows.device());
+  TORCH_CHECK(rows.is_floating_point(), "_soft_hard_loss_scale_: grad_rows must be floating point");
+  if (grad.numel() == 0) return;
+  kernel(grad, rows);
+}
+
+namespace {
+
+const c10::OperatorHandle& loss_op() {
+  static const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow("hald::soft_hard_loss", "");
+  return op;
+}
+
+// A tensor that torch.compile, a fake / functional tensor or a dispatch mode is tracing: backward
+// must stay functional there (no in-place update of a saved tensor).
+bool traced(const at::Tensor& t) {
+  return t.key_set().has_any(c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::Functionalize})) ||
+         c10::impl::dispatch_mode_enabled();
+}
+
+struct SoftHardFunction : public torch::autograd::Function<SoftHardFunction> {
+  // `args`: the op's whole argument stack (logits first, compute_grad = true last); `logits` is
+  // passed apart so autograd connects the result to it.
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logits,
+                                                torch::jit::Stack* args) {
+    ctx->set_materialize_grads(false);  // no zero-filled [B, C] for the gradient output nobody differentiates
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      loss_op().callBoxed(args);
+    }
+    at::Tensor rows = (*args)[0].toTensor(), grad = (*args)[1].toTensor();
+    ctx->save_for_backward({grad});
+    ctx->mark_non_differentiable({grad});
+    return {rows, grad};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const at::Tensor& up = grad_out[0];
+    if (!up.defined()) return {at::Tensor(), at::Tensor()};  // only the gradient output was used
+    at::Tensor grad = ctx->get_saved_variables()[0];
+    if (traced(up) || traced(grad) || torch::autograd::get_current_graph_task_keep_graph()) {
+      // Formed in the accumulation type and rounded once into the logits dtype.
+      at::Tensor out = at::empty_like(grad, at::MemoryFormat::Contiguous);
+      at::mul_out(out, grad, up.unsqueeze(1));
+      return {out, at::Tensor()};
+    }
+    static auto scale = c10::Dispatcher::singleton()
+                            .findSchemaOrThrow("hald::_soft_hard_loss_scale_", "")
+                            .typed<void(at::Tensor&, const at::Tensor&)>();
+    scale.call(grad, up);
+    return {grad, at::Tensor()};
+  }
+};
+
+void soft_hard_loss_autograd(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const size_t n = SoftHardGradInputs::count;
+  const at::Tensor logits = (*stack)[stack->size() - n].toTensor();
+  if (!(at::GradMode::is_enabled() && logits.requires_grad())) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    op.callBoxed(stack);
+    return;
+  }
+  stack->back() = c10::IValue(true);  // compute_grad: the gradient is what backward returns
+  torch::jit::Stack args(stack->end() - n, stack->end());
+  torch::jit::drop(*stack, n);
+  auto out = SoftHardFunction::apply(logits, &args);
+  torch::jit::push(*stack, std::move(out[0]), std::move(out[1]));
+}
+
+std::string inplace_schema() {
+  std::string s = SoftHardInputs::schema("soft_hard_loss_", "Tensor");
+  const std::string plain = "Tensor logits", mutated = "Tensor(a!) logits";
+  s.replace(s.find(plain), plain.size(), mutated);
+  return s;
+}
+
+}  // namespace
 
 }  // namespace hald
 
 TORCH_LIBRARY_FRAGMENT(hald, m) {
   // Per-row losses (already scaled by the reduction's factor: their sum is the reduced loss) and the
   // gradient of that sum with respect to logits, computed in the same pass. compute_grad=False
-  // returns an empty gradient (evaluation).
-  m.def("soft_hard_loss(Tensor logits" HALD_SOFT_HARD_ARGS(HALD_SH_SCHEMA) ", bool compute_grad) -> (Tensor, Tensor)");
+  // returns an empty gradient (evaluation; forward only).
+  m.def(hald::SoftHardGradInputs::schema("soft_hard_loss", "(Tensor, Tensor)").c_str());
   // The same, writing the gradient into `logits` (declared mutated) and returning the per-row losses.
-  m.def("soft_hard_loss_(Tensor(a!) logits" HALD_SOFT_HARD_ARGS(HALD_SH_SCHEMA) ") -> Tensor");
+  m.def(hald::inplace_schema().c_str());
+  // grad[b, :] *= grad_rows[b] in place, rows whose factor is exactly 1 untouched (backward).
+  m.def("_soft_hard_loss_scale_(Tensor(a!) grad, Tensor grad_rows) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(hald, Autograd, m) {
+  m.impl("soft_hard_loss", torch::CppFunction::makeFromBoxedFunction<&hald::soft_hard_loss_autograd>());
 }

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from hald_ext.ops.soft_hard_loss import SoftHardSpec
+
 
 def dequantize(topk_values: torch.Tensor, codebook: torch.Tensor | None, dtype=torch.float32) -> torch.Tensor:
     """Stored values -> probabilities: integer codes index `codebook`, floats pass through."""
@@ -40,46 +42,50 @@ def decode_dense(topk_ids, topk_values, num_classes: int, decode: str = "margina
     return q
 
 
-def soft_hard_loss_reference(logits, topk_ids=None, topk_values=None, hard_target=None, *, codebook=None,
-                             temperature=1.0, soft_weight=1.0, hard_weight=0.0, label_smoothing=0.0,
-                             decode="marginal", reduction="batchmean", target_b=None, mix_lambda=None,
-                             ignore_index=-100, soft_loss="kl", hinton=False, teacher_logits=None,
-                             teacher_temperature=None):
-    """Dense soft-KL / hard-CE loss with the semantics of `hald_ext.ops.soft_hard_loss`."""
+def soft_hard_loss_reference(logits, *args, **kw):
+    """Dense soft-KL / hard-CE loss with the semantics of `hald_ext.ops.soft_hard_loss`; takes the same
+    arguments (`inplace` excepted), or one `SoftHardSpec`: `soft_hard_loss_reference(logits, spec)`."""
+    spec = args[0] if len(args) == 1 and not kw and isinstance(args[0], SoftHardSpec) else SoftHardSpec(*args, **kw)
+    return reference_from_spec(logits, spec)
+
+
+def reference_from_spec(logits, spec: SoftHardSpec):
+    """The reference's body: the C-wide target, log_softmax, KL / cross-entropy, the reduction."""
+    s = spec
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     z = logits.to(acc)
     B, C = z.shape
     zero = z.new_zeros(B)
     soft_rows, hard_rows = zero, zero
-    if (topk_values is not None or teacher_logits is not None) and soft_weight != 0:
-        if teacher_logits is not None:
-            Tt = temperature if teacher_temperature is None else teacher_temperature
-            q = torch.softmax(teacher_logits.to(acc) / Tt, dim=1)
+    if (s.topk_values is not None or s.teacher_logits is not None) and s.soft_weight != 0:
+        if s.teacher_logits is not None:
+            Tt = s.temperature if s.teacher_temperature is None else s.teacher_temperature
+            q = torch.softmax(s.teacher_logits.to(acc) / Tt, dim=1)
         else:
-            q = decode_dense(topk_ids, topk_values, C, decode, codebook, acc)
-        logp = F.log_softmax(z / temperature, dim=1)
+            q = decode_dense(s.topk_ids, s.topk_values, C, s.decode, s.codebook, acc)
+        logp = F.log_softmax(z / s.temperature, dim=1)
         soft_rows = -(q * logp).sum(1)
-        if soft_loss == "kl":
+        if s.soft_loss == "kl":
             soft_rows = soft_rows + torch.special.xlogy(q, q).sum(1)
-        soft_rows = soft_rows * (soft_weight * (temperature**2 if hinton else 1.0))
+        soft_rows = soft_rows * (s.soft_weight * (s.temperature**2 if s.hinton else 1.0))
     count = torch.tensor(B)
-    if hard_target is not None and hard_weight != 0:
-        valid = hard_target != ignore_index
-        ya = torch.where(valid, hard_target, torch.zeros_like(hard_target)).long()
+    if s.hard_target is not None and s.hard_weight != 0:
+        valid = s.hard_target != s.ignore_index
+        ya = torch.where(valid, s.hard_target, torch.zeros_like(s.hard_target)).long()
         t = F.one_hot(ya, C).to(acc)
-        if target_b is not None:
-            lam = mix_lambda if torch.is_tensor(mix_lambda) else torch.full((B,), float(mix_lambda))
+        if s.target_b is not None:
+            lam = s.mix_lambda if torch.is_tensor(s.mix_lambda) else torch.full((B,), float(s.mix_lambda))
             lam = lam.to(device=z.device, dtype=acc)[:, None]
-            t = lam * t + (1 - lam) * F.one_hot(target_b.long(), C).to(acc)
-        t = (1 - label_smoothing) * t + label_smoothing / C
-        hard_rows = -(t * F.log_softmax(z, dim=1)).sum(1) * valid.to(acc) * hard_weight
+            t = lam * t + (1 - lam) * F.one_hot(s.target_b.long(), C).to(acc)
+        t = (1 - s.label_smoothing) * t + s.label_smoothing / C
+        hard_rows = -(t * F.log_softmax(z, dim=1)).sum(1) * valid.to(acc) * s.hard_weight
         count = valid.sum()
-    if reduction == "none":
+    if s.reduction == "none":
         return soft_rows + hard_rows
-    if reduction == "sum":
+    if s.reduction == "sum":
         return (soft_rows + hard_rows).sum()
-    if reduction == "batchmean":
+    if s.reduction == "batchmean":
         return (soft_rows + hard_rows).sum() / B
-    if reduction == "mean":  # hard term: mean over rows that are not ignored (0 if all are)
+    if s.reduction == "mean":  # hard term: mean over rows that are not ignored (0 if all are)
         return soft_rows.sum() / B + hard_rows.sum() / count.clamp_min(1)
-    raise ValueError(f"unknown reduction {reduction!r}")
+    raise ValueError(f"unknown reduction {s.reduction!r}")
