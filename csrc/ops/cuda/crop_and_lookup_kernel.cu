@@ -107,8 +107,6 @@ __global__ void crop_kernel(PixelArgs p) {
   }
 }
 
-}  // namespace
-
 void crop_and_lookup_cuda_kernel(const CropArgs& a, CropOutputs& o) {
   const c10::cuda::CUDAGuard guard(a.images.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(a.images.device().index()).stream();
@@ -156,4 +154,14 @@ void crop_and_lookup_cuda_kernel(const CropArgs& a, CropOutputs& o) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+CropResults crop_and_lookup_cuda(const CropOpArgs& in) {
+  const CropArgs a = crop_and_lookup_checked(in);
+  CropOutputs o = allocate_crop_outputs(a);
+  if (a.B > 0) crop_and_lookup_cuda_kernel(a, o);
+  return crop_results(o);
+}
+
+}  // namespace
 }  // namespace hald
+
+TORCH_LIBRARY_IMPL(hald, CUDA, m) { HALD_IMPL_BOXED(m, "crop_and_lookup", hald::CropOpArgs, hald::crop_and_lookup_cuda); }
