@@ -256,4 +256,7 @@ TORCH_LIBRARY_FRAGMENT(hald, m) {
   // Returns (crops [B,3,S,S], boxes used (fractions, float32 [B,4]), flips used (bool [B]),
   // gathered label ids [B,k], gathered label values [B,k]); the label outputs are empty without labels.
   m.def(hald::CropOpArgs::schema("crop_and_lookup", "(Tensor, Tensor, Tensor, Tensor, Tensor)").c_str());
+  // The same op rendered on the CPU by the CUDA kernel's per-thread code (hald/resample.h's
+  // render_band_column, with the CUDA tiling): a test hook that checks that code where no GPU is.
+  m.def(hald::CropOpArgs::schema("_crop_and_lookup_band", "(Tensor, Tensor, Tensor, Tensor, Tensor)").c_str());
 }
