@@ -282,3 +282,112 @@ def test_errors(mutate, match):
         crop_and_lookup(kw.pop("images"), kw.pop("image_ids"), size, **kw)
 
 # CUDA: test_crop_cuda.py
+
+
+# ------------------------------------------------------------------ awkward sizes, both renderers
+# `_crop_and_lookup_band` renders on the CPU with the CUDA kernel's per-thread code (hald/resample.h's
+# render_band_column, the CUDA tiling, window choice and CutMix handling), so the arithmetic of the
+# CUDA kernel is checked here too; test_crop_cuda.py compares the GPU with it.
+_SCHEMA_DEFAULTS = dict(image_sizes=None, boxes=None, flips=None, label_ids=None, label_values=None, slots=None,
+                        mix_partner=None, mix_boxes=None, seed=0, offset=0, scale=[0.08, 1.0], ratio=[0.75, 4 / 3],
+                        flip_prob=0.5, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], antialias=True,
+                        out_dtype=torch.float32, channels_last=False, check=True)
+
+
+def band_crop(images, image_ids, size, **kw):
+    """The crops of `_crop_and_lookup_band` (the same keywords as the op's schema)."""
+    args = dict(_SCHEMA_DEFAULTS, **kw)
+    return torch.ops.hald._crop_and_lookup_band.default(images=images, image_ids=image_ids, size=size, **args)[0]
+
+
+def pixel_boxes(pix, hw):
+    """(top, left, h, w) pixel boxes -> fractions that map back to exactly those pixels."""
+    pix, hw = torch.tensor(pix, dtype=torch.float64), torch.tensor(hw, dtype=torch.float64)
+    return torch.stack([pix[:, 0] / hw[:, 0], pix[:, 1] / hw[:, 1], pix[:, 2] / hw[:, 0], pix[:, 3] / hw[:, 1]], 1)
+
+
+# (name, images (n, Hmax, Wmax), size, antialias): every window of the CUDA kernel (2, 4, 8, 16, direct)
+BAND_CASES = [("upscale_w2", (4, 20, 30), 64, True), ("mild_w4", (4, 60, 50), 40, True),
+              ("w8", (4, 90, 70), 32, True), ("w16", (3, 160, 150), 24, True), ("direct", (3, 300, 260), 8, True),
+              ("no_antialias", (4, 90, 70), 16, False), ("size_1", (3, 40, 30), 1, True),
+              ("wide_band", (2, 50, 40), 45, True)]
+
+
+def band_case(shape, size):
+    """A padded batch of 10 replayed crops with flips and a CutMix record (boxes on both sides of the
+    band boundaries): (images, sizes, ids, boxes, flips, partner, mix boxes)."""
+    n, H, W = shape
+    images, sizes = padded_batch(n, H, W, seed=size)
+    B = 10
+    mix = torch.tensor([[0, 0, size, size // 2 + 1]] * (B // 2) + [[size // 3, 1, size, size]] * (B - B // 2),
+                       dtype=torch.int32).clamp(max=size)
+    return (images, sizes, torch.arange(B) % n, random_boxes(B, seed=size + 1), torch.arange(B) % 2 == 1,
+            torch.roll(torch.arange(B), 3), mix)
+
+
+@pytest.mark.parametrize("name,shape,size,antialias", BAND_CASES, ids=[c[0] for c in BAND_CASES])
+def test_band_renderer_matches_cpu_kernel_and_reference(name, shape, size, antialias):
+    images, sizes, ids, boxes, flips, partner, mix = band_case(shape, size)
+    kw = dict(image_sizes=sizes, boxes=boxes, flips=flips, antialias=antialias)
+    cpu = crop_and_lookup(images, ids, size, **kw, cutmix=CutMix(partner, mix)).crops
+    band = band_crop(images, ids, size, **kw, mix_partner=partner, mix_boxes=mix)
+    ref = crop_reference(images, ids, size, boxes, flips, image_sizes=sizes, antialias=antialias,
+                         mix_partner=partner, mix_boxes=mix)
+    torch.testing.assert_close(band, ref, atol=ATOL[torch.float32], rtol=0)
+    torch.testing.assert_close(band, cpu, atol=ATOL[torch.float32], rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_band_renderer_dtypes_and_layouts(dtype):
+    images, sizes = padded_batch(3, 64, 80, seed=1)
+    ids = torch.tensor([0, 1, 2, 2, 1])
+    for channels_last in (False, True):
+        cpu = crop_and_lookup(images, ids, 40, image_sizes=sizes, seed=3, out_dtype=dtype, channels_last=channels_last)
+        band = band_crop(images, ids, 40, image_sizes=sizes, seed=3, out_dtype=dtype, channels_last=channels_last)
+        assert band.dtype == dtype
+        assert band.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        torch.testing.assert_close(band.float(), cpu.crops.float(), atol=ATOL[dtype], rtol=ATOL[dtype])
+
+
+def test_awkward_crops_match_reference():
+    """1-pixel crops, a 1-pixel output, 1 x n and n x 1 strips (extreme aspect ratios, up- and
+    downscaled), tiny crops upscaled 100x, in a padded batch of mixed sizes, through both renderers."""
+    g = torch.Generator().manual_seed(31)
+    images = torch.randint(0, 256, (4, 120, 200, 3), dtype=torch.uint8, generator=g)
+    sizes = torch.tensor([[120, 200], [3, 200], [120, 2], [17, 9]])
+    ids = torch.tensor([0, 0, 1, 2, 3, 0, 1, 2, 3, 0])
+    hw = sizes[ids].tolist()
+    pix = [[5, 7, 1, 1], [0, 0, 120, 1], [1, 0, 1, 200], [0, 1, 120, 1], [0, 0, 17, 9], [60, 100, 2, 3],
+           [0, 150, 3, 50], [100, 0, 20, 2], [16, 8, 1, 1], [0, 0, 1, 200]]
+    boxes = pixel_boxes(pix, hw)
+    flips = torch.tensor([0, 1, 0, 1, 1, 0, 1, 0, 1, 1], dtype=torch.bool)
+    for size in (1, 7, 96):
+        for antialias in (True, False):
+            kw = dict(image_sizes=sizes, boxes=boxes, flips=flips, antialias=antialias)
+            out = crop_and_lookup(images, ids, size, **kw)
+            assert [boxes_to_pixels(out.boxes[b], *hw[b]).tolist() for b in range(len(ids))] == pix
+            # Ground truth in double: torch's float bilinear is itself 4e-5 off on these strips.
+            ref = crop_reference(images, ids, size, boxes, flips, image_sizes=sizes, antialias=antialias,
+                                 compute_dtype=torch.float64)
+            torch.testing.assert_close(out.crops, ref, atol=ATOL[torch.float32], rtol=0, msg=f"S={size}")
+            torch.testing.assert_close(band_crop(images, ids, size, **kw), ref, atol=ATOL[torch.float32], rtol=0,
+                                       msg=f"band S={size}")
+
+
+def test_reused_output_buffers_are_not_shared():
+    """Outputs come from a pool of recycled buffers: a live batch is never handed out again, and a
+    freed one is reused with every pixel rewritten."""
+    images, _ = padded_batch(4, 256, 256, seed=40, equal=True)
+    ids = torch.arange(64) % 4
+    a = crop_and_lookup(images, ids, 224, seed=1)  # 38 MB: pooled
+    a_copy = a.crops.clone()
+    b = crop_and_lookup(images, ids, 224, seed=2)
+    assert a.crops.data_ptr() != b.crops.data_ptr() and torch.equal(a.crops, a_copy)
+    ptr = a.crops.data_ptr()
+    del a
+    c = crop_and_lookup(images, ids, 224, seed=1)  # the freed buffer, rewritten in full
+    assert c.crops.data_ptr() == ptr and torch.equal(c.crops, a_copy)
+    view = c.crops[:3]
+    del c
+    d = crop_and_lookup(images, ids, 224, seed=3)  # a view keeps its buffer alive
+    assert d.crops.data_ptr() != ptr and torch.equal(view, a_copy[:3])

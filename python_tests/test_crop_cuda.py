@@ -6,9 +6,10 @@ import torch
 
 from hald_ext.boxes import dequantize_boxes, quantize_boxes
 from hald_ext.ops import CutMix, crop_and_lookup
+from hald_ext.ops.crop import sample_cutmix
 from hald_ext.reference import crop_reference, cutmix_lambda_reference, gather_labels_reference
 from conftest import requires_cuda
-from test_crop import ATOL, STD, padded_batch, random_boxes
+from test_crop import ATOL, BAND_CASES, STD, band_case, band_crop, padded_batch, pixel_boxes, random_boxes
 
 pytestmark = requires_cuda
 
@@ -237,3 +238,70 @@ def test_mixed_devices_error():
     images, _ = padded_batch(3, 16, 16, seed=12, equal=True)
     with pytest.raises((RuntimeError, ValueError), match="on one device"):
         crop_and_lookup(images.cuda(), torch.tensor([0, 1, 2]), 8)
+
+
+# ------------------------------------------------ the band kernel: every window, tiling, awkward sizes
+# The CUDA kernel's per-thread code is hald/resample.h's render_band_column; `_crop_and_lookup_band`
+# runs the same code on the CPU, so the two differ only by the device's float contraction (FMA).
+BAND_ATOL = 1e-5
+
+
+@pytest.mark.parametrize("name,shape,size,antialias", BAND_CASES, ids=[c[0] for c in BAND_CASES])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_band_kernel_matches_its_cpu_run_and_reference(name, shape, size, antialias, channels_last):
+    images, sizes, ids, boxes, flips, partner, mix = band_case(shape, size)
+    kw = dict(image_sizes=sizes, boxes=boxes, flips=flips, antialias=antialias, channels_last=channels_last)
+    band = band_crop(images, ids, size, **kw, mix_partner=partner, mix_boxes=mix)
+    dev = crop_and_lookup(images.cuda(), ids.cuda(), size, **on_cuda(**kw), cutmix=CutMix(partner.cuda(), mix.cuda()))
+    torch.testing.assert_close(dev.crops.cpu(), band, atol=BAND_ATOL, rtol=0)
+    ref = crop_reference(images, ids, size, boxes, flips, image_sizes=sizes, antialias=antialias,
+                         mix_partner=partner, mix_boxes=mix)
+    assert_crops_close(dev.crops, ref)
+
+
+@pytest.mark.parametrize("size", [255, 300, 520])
+def test_band_kernel_several_column_chunks(size):
+    """S > 256: more than one block of columns per band (and a last band shorter than 16 rows)."""
+    images, sizes = padded_batch(3, 180, 200, seed=size)
+    ids = torch.tensor([0, 1, 2, 1])
+    boxes, flips = random_boxes(4, seed=size), torch.tensor([True, False, False, True])
+    kw = dict(image_sizes=sizes, boxes=boxes, flips=flips)
+    dev = crop_and_lookup(images.cuda(), ids.cuda(), size, **on_cuda(**kw), out_dtype=torch.bfloat16)
+    band = band_crop(images, ids, size, **kw, out_dtype=torch.bfloat16)
+    torch.testing.assert_close(dev.crops.cpu().float(), band.float(), atol=ATOL[torch.bfloat16], rtol=0)
+    assert (dev.crops.cpu() != band).float().mean() < 0.01  # bf16 roundings differ only at ties
+
+
+def test_band_kernel_awkward_crops():
+    """1-pixel crops, 1 x n strips, 100x upscaling, a 1-pixel output, in a padded batch of mixed sizes."""
+    g = torch.Generator().manual_seed(31)
+    images = torch.randint(0, 256, (4, 120, 200, 3), dtype=torch.uint8, generator=g)
+    sizes = torch.tensor([[120, 200], [3, 200], [120, 2], [17, 9]])
+    ids = torch.tensor([0, 0, 1, 2, 3, 0, 1, 2, 3, 0])
+    pix = [[5, 7, 1, 1], [0, 0, 120, 1], [1, 0, 1, 200], [0, 1, 120, 1], [0, 0, 17, 9], [60, 100, 2, 3],
+           [0, 150, 3, 50], [100, 0, 20, 2], [16, 8, 1, 1], [0, 0, 1, 200]]
+    boxes = pixel_boxes(pix, sizes[ids].tolist())
+    flips = torch.tensor([0, 1, 0, 1, 1, 0, 1, 0, 1, 1], dtype=torch.bool)
+    for size in (1, 7, 96):
+        for antialias in (True, False):
+            kw = dict(image_sizes=sizes, boxes=boxes, flips=flips, antialias=antialias)
+            dev = crop_and_lookup(images.cuda(), ids.cuda(), size, **on_cuda(**kw))
+            torch.testing.assert_close(dev.crops.cpu(), band_crop(images, ids, size, **kw), atol=BAND_ATOL, rtol=0)
+            ref = crop_reference(images, ids, size, boxes, flips, image_sizes=sizes, antialias=antialias,
+                                 compute_dtype=torch.float64)
+            assert_crops_close(dev.crops, ref)
+
+
+def test_band_kernel_large_batch_at_224():
+    """The benchmark's shape (256 px sources, S = 224, bf16) at a batch of thousands of blocks, fresh
+    crops and a CutMix record, against the CPU run of the same code and the CPU kernel."""
+    images, _ = padded_batch(16, 256, 256, seed=50, equal=True)
+    ids = torch.arange(512) % 16
+    cm = sample_cutmix(512, 224, 1.0, seed=5, offset=2)
+    kw = dict(seed=5, offset=2, out_dtype=torch.bfloat16, check=False)
+    dev = crop_and_lookup(images.cuda(), ids.cuda(), 224, cutmix=CutMix(cm.partner.cuda(), cm.boxes.cuda()), **kw)
+    cpu = crop_and_lookup(images, ids, 224, cutmix=cm, **kw)
+    band = band_crop(images, ids, 224, mix_partner=cm.partner, mix_boxes=cm.boxes, **kw)
+    assert torch.equal(dev.boxes.cpu(), cpu.boxes)
+    torch.testing.assert_close(dev.crops.cpu().float(), band.float(), atol=ATOL[torch.bfloat16], rtol=0)
+    torch.testing.assert_close(dev.crops.cpu().float(), cpu.crops.float(), atol=ATOL[torch.bfloat16], rtol=0)

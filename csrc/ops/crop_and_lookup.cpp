@@ -1,30 +1,18 @@
-// The crop_and_lookup op: its argument list (written once, below), its schema, and its one front
-// function, registered for every backend: arguments are checked once, then the device's kernel runs.
+// The crop_and_lookup op: its schema and the checks every backend runs before its kernel (the kernels
+// register themselves: cpu/crop_and_lookup_kernel.cpp, cuda/crop_and_lookup_kernel.cu).
 // Shape / dtype / device checks are free; value checks (ids, slots, boxes in range) read the
 // tensors, which on CUDA synchronises the host, so they run only with check=True. With check=False
 // nothing here waits for the device (no host-built tensors are copied either).
 #include "crop_and_lookup.h"
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <torch/library.h>
-
-#include "hald/op_front.h"
 
 #include <cmath>
 #include <limits>
 
-// The op's arguments in schema order (see the schema's comment in TORCH_LIBRARY_FRAGMENT below).
-#define HALD_CROP_OP_ARGS(X)                                                                      \
-  X(Tensor, images) X(OptTensor, image_sizes) X(Tensor, image_ids) X(Int, size) X(OptTensor, boxes) \
-  X(OptTensor, flips) X(OptTensor, label_ids) X(OptTensor, label_values) X(OptTensor, slots)         \
-  X(OptTensor, mix_partner) X(OptTensor, mix_boxes) X(Int, seed) X(Int, offset) X(Floats, scale)      \
-  X(Floats, ratio) X(Float, flip_prob) X(Floats, mean) X(Floats, std) X(Bool, antialias)              \
-  X(ScalarType, out_dtype) X(Bool, channels_last) X(Bool, check)
-
 namespace hald {
-
-HALD_DEFINE_OP_ARGS(CropOpArgs, HALD_CROP_OP_ARGS)
-
 namespace {
 
 constexpr const char* kOp = "crop_and_lookup: ";
@@ -221,12 +209,18 @@ void prepare_normalisation(const CropOpArgs& in, CropArgs& a) {
   }
 }
 
-CropOutputs allocate_crop_outputs(const CropArgs& a) {
+}  // namespace
+
+CropOutputs allocate_crop_outputs(const CropArgs& a, c10::Allocator* crops_allocator) {
   CropOutputs o;
   const auto opt = a.images.options();
-  o.crops = a.channels_last
-                ? at::empty({a.B, 3, a.S, a.S}, opt.dtype(a.out_dtype).memory_format(at::MemoryFormat::ChannelsLast))
-                : at::empty({a.B, 3, a.S, a.S}, opt.dtype(a.out_dtype));
+  const auto layout = a.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  if (crops_allocator != nullptr) {
+    o.crops = at::detail::empty_generic({a.B, 3, a.S, a.S}, crops_allocator, c10::DispatchKeySet(opt.computeDispatchKey()),
+                                        a.out_dtype, layout);
+  } else {
+    o.crops = at::empty({a.B, 3, a.S, a.S}, opt.dtype(a.out_dtype).memory_format(layout));
+  }
   o.boxes = at::empty({a.B, 4}, opt.dtype(at::kFloat));
   o.flips = at::empty({a.B}, opt.dtype(at::kBool));
   o.geom = at::empty({a.B, 6}, opt.dtype(at::kInt));
@@ -240,27 +234,16 @@ CropOutputs allocate_crop_outputs(const CropArgs& a) {
   return o;
 }
 
-// The front function: every check, once, then the kernel of the images' device.
-CropOutputs crop_and_lookup(const CropOpArgs& in) {
+CropArgs crop_and_lookup_checked(const CropOpArgs& in) {
   CropArgs a;
   prepare_images(in, a);
   prepare_boxes_and_flips(in, a);
   prepare_labels(in, a);
   prepare_cutmix(in, a);
   prepare_normalisation(in, a);
-  CropOutputs o = allocate_crop_outputs(a);
-  if (a.B == 0) return o;
-  call_device_kernel(kOp, a.images.device(), &crop_and_lookup_cpu_kernel,
-                     HALD_CUDA_KERNEL(crop_and_lookup_cuda_kernel), a, o);
-  return o;
+  return a;
 }
 
-void crop_and_lookup_boxed(const c10::OperatorHandle&, torch::jit::Stack* stack) {
-  const CropOutputs o = crop_and_lookup(CropOpArgs::pop(*stack));
-  torch::jit::push(*stack, o.crops, o.boxes, o.flips, o.label_ids, o.label_values);
-}
-
-}  // namespace
 }  // namespace hald
 
 TORCH_LIBRARY_FRAGMENT(hald, m) {
@@ -273,13 +256,7 @@ TORCH_LIBRARY_FRAGMENT(hald, m) {
   // Returns (crops [B,3,S,S], boxes used (fractions, float32 [B,4]), flips used (bool [B]),
   // gathered label ids [B,k], gathered label values [B,k]); the label outputs are empty without labels.
   m.def(hald::CropOpArgs::schema("crop_and_lookup", "(Tensor, Tensor, Tensor, Tensor, Tensor)").c_str());
+  // The same op rendered on the CPU by the CUDA kernel's per-thread code (hald/resample.h's
+  // render_band_column, with the CUDA tiling): a test hook that checks that code where no GPU is.
+  m.def(hald::CropOpArgs::schema("_crop_and_lookup_band", "(Tensor, Tensor, Tensor, Tensor, Tensor)").c_str());
 }
-
-TORCH_LIBRARY_IMPL(hald, CPU, m) {
-  m.impl("crop_and_lookup", torch::CppFunction::makeFromBoxedFunction<&hald::crop_and_lookup_boxed>());
-}
-#if HALD_WITH_CUDA
-TORCH_LIBRARY_IMPL(hald, CUDA, m) {
-  m.impl("crop_and_lookup", torch::CppFunction::makeFromBoxedFunction<&hald::crop_and_lookup_boxed>());
-}
-#endif

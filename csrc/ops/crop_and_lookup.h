@@ -1,15 +1,31 @@
-// Shared host-side pieces of the crop_and_lookup op: validated arguments and the backend entry points.
+// The crop_and_lookup op's pieces shared by its backends: the argument list (written once, below), the
+// validated arguments, the per-sample geometry, and the checks every backend runs (crop_and_lookup.cpp).
+// Each backend's kernel file registers its own kernel (cpu/crop_and_lookup_kernel.cpp,
+// cuda/crop_and_lookup_kernel.cu): crop_and_lookup_checked() -> allocate -> pixels -> crop_results().
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Allocator.h>
 #include <c10/core/ScalarType.h>
 
 #include <optional>
+#include <tuple>
 
 #include "hald/crop_geometry.h"
+#include "hald/op_front.h"
 #include "hald/resample.h"
 
+// The op's arguments in schema order (the schema's comment is in crop_and_lookup.cpp).
+#define HALD_CROP_OP_ARGS(X)                                                                      \
+  X(Tensor, images) X(OptTensor, image_sizes) X(Tensor, image_ids) X(Int, size) X(OptTensor, boxes) \
+  X(OptTensor, flips) X(OptTensor, label_ids) X(OptTensor, label_values) X(OptTensor, slots)         \
+  X(OptTensor, mix_partner) X(OptTensor, mix_boxes) X(Int, seed) X(Int, offset) X(Floats, scale)      \
+  X(Floats, ratio) X(Float, flip_prob) X(Floats, mean) X(Floats, std) X(Bool, antialias)              \
+  X(ScalarType, out_dtype) X(Bool, channels_last) X(Bool, check)
+
 namespace hald {
+
+HALD_DEFINE_OP_ARGS(CropOpArgs, HALD_CROP_OP_ARGS)
 
 // Per-sample geometry after replay / sampling: which image, which pixels, flipped or not.
 struct SampleGeom {
@@ -89,6 +105,9 @@ struct CropOutputs {
   at::Tensor crops, boxes, flips, geom, label_ids, label_values;
 };
 
+// What the op returns: (crops, boxes used, flips used, label ids, label values).
+using CropResults = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
 inline GeomInputs geom_inputs(const CropArgs& a) {
   GeomInputs in;
   in.image_ids = a.image_ids.data_ptr<int64_t>();
@@ -102,8 +121,15 @@ inline GeomInputs geom_inputs(const CropArgs& a) {
   return in;
 }
 
-// The device kernels: called by the op's front function (crop_and_lookup.cpp) after every check.
-void crop_and_lookup_cpu_kernel(const CropArgs& a, CropOutputs& o);
-void crop_and_lookup_cuda_kernel(const CropArgs& a, CropOutputs& o);
+// Every check of the op's arguments (shape / dtype / device always; values when in.check), shared by
+// the backends' kernels, which call it first.
+CropArgs crop_and_lookup_checked(const CropOpArgs& in);
+
+// The outputs, on the images' device; `crops_allocator` (or the device's default) allocates the crops.
+CropOutputs allocate_crop_outputs(const CropArgs& a, c10::Allocator* crops_allocator = nullptr);
+
+inline CropResults crop_results(const CropOutputs& o) {
+  return {o.crops, o.boxes, o.flips, o.label_ids, o.label_values};
+}
 
 }  // namespace hald

@@ -1,6 +1,6 @@
-// The label codec ops (top-k encode to quantised codes, decode): their argument lists (written once,
-// below), schemas, and one front function per op, registered for every backend: arguments are
-// checked once, then the device's kernel runs. Encoding runs offline (relabel, import), so its checks
+// The label codec ops (top-k encode to quantised codes, decode): their schemas and the checks every
+// backend runs before its kernel (the kernels register themselves: cpu/label_codec_kernel.cpp,
+// cuda/label_codec_kernel.cu). Encoding runs offline (relabel, import), so its checks
 // may read values on the host (NaN / negative probabilities are refused here rather than coded into
 // garbage); the decoders only check what is cheap, since the label store validates ids and codes
 // when it opens a file.
@@ -12,21 +12,7 @@
 #include <cmath>
 #include <limits>
 
-#include "hald/op_front.h"
-
-// The ops' arguments in schema order (see the schemas' comments in TORCH_LIBRARY_FRAGMENT below).
-#define HALD_LABEL_ENCODE_ARGS(X) \
-  X(Tensor, scores) X(Int, k) X(Float, temperature) X(Bool, from_logits) X(Tensor, thresholds)
-#define HALD_LABEL_DECODE_ARGS(X) X(Tensor, codes) X(Tensor, codebook)
-#define HALD_LABEL_DECODE_DENSE_ARGS(X) \
-  X(OptTensor, ids) X(Tensor, codes) X(Tensor, codebook) X(Int, num_classes) X(Str, decode)
-
 namespace hald {
-
-HALD_DEFINE_OP_ARGS(LabelEncodeArgs, HALD_LABEL_ENCODE_ARGS)
-HALD_DEFINE_OP_ARGS(LabelDecodeArgs, HALD_LABEL_DECODE_ARGS)
-HALD_DEFINE_OP_ARGS(LabelDecodeDenseArgs, HALD_LABEL_DECODE_DENSE_ARGS)
-
 namespace {
 
 int32_t parse_decode_mode(const std::string& s) {
@@ -90,8 +76,9 @@ void raise_encode_status(const at::Tensor& status) {
               kRowSumTolerance, "); are these top-k values rather than full distributions?");
 }
 
-// Returns (ids [N, k], codes [N, k]); with k == C, (ids [N, 0], codes [N, C] in class order).
-std::tuple<at::Tensor, at::Tensor> label_encode(const LabelEncodeArgs& in) {
+}  // namespace
+
+EncodeArgs label_encode_checked(const LabelEncodeArgs& in) {
   check_encode_args(in);
   EncodeArgs a;
   a.scores = in.scores.contiguous();
@@ -107,12 +94,15 @@ std::tuple<at::Tensor, at::Tensor> label_encode(const LabelEncodeArgs& in) {
   if (topk) a.ids = at::empty({a.N, a.k}, opt.dtype(id_dtype));
   a.codes = at::empty({a.N, topk ? a.k : a.C}, opt.dtype(a.thresholds.size(0) == 255 ? at::kByte : at::kUInt16));
   a.status = at::zeros({1}, opt.dtype(at::kInt));
-  if (a.N > 0) {
-    call_device_kernel("label_encode: ", a.scores.device(), &label_encode_cpu_kernel,
-                       HALD_CUDA_KERNEL(label_encode_cuda_kernel), a);
-    raise_encode_status(a.status);
-  }
-  if (topk) return {a.ids, a.codes};
+  return a;
+}
+
+// Returns (ids [N, k], codes [N, k]); with k == C, (ids [N, 0], codes [N, C] in class order).
+EncodeResults label_encode_results(EncodeArgs& a) {
+  if (a.N > 0) raise_encode_status(a.status);
+  const auto opt = a.scores.options();
+  const auto id_dtype = a.C <= 65535 ? at::kUInt16 : at::kInt;
+  if (!a.full_width()) return {a.ids, a.codes};
   if (a.k == a.C) return {at::empty({a.N, 0}, opt.dtype(id_dtype)), a.codes};
   // kMaxEncodeK < k < C: rank by the scores as the top-k kernel does (larger first, ties to the lower
   // class id: a stable sort) and take each class's code from the full-width row.
@@ -131,7 +121,7 @@ at::Tensor label_decode(const LabelDecodeArgs& in) {
   return in.codebook.index({idx});
 }
 
-at::Tensor label_decode_dense(const LabelDecodeDenseArgs& in) {
+DenseDecodeArgs label_decode_dense_checked(const LabelDecodeDenseArgs& in) {
   constexpr const char* kOp = "label_decode_dense: ";
   const at::Tensor& codes = in.codes;
   check_codebook(codes, in.codebook, "label_decode_dense");
@@ -171,33 +161,9 @@ at::Tensor label_decode_dense(const LabelDecodeDenseArgs& in) {
                 (lo < 0 ? lo : hi));
   }
   a.out = at::empty({a.N, in.num_classes}, a.codebook.options());
-  if (a.N > 0) {
-    call_device_kernel(kOp, a.codes.device(), &label_decode_dense_cpu_kernel,
-                       HALD_CUDA_KERNEL(label_decode_dense_cuda_kernel), a);
-  }
-  return a.out;
+  return a;
 }
 
-void label_encode_boxed(const c10::OperatorHandle&, torch::jit::Stack* stack) {
-  auto [ids, codes] = label_encode(LabelEncodeArgs::pop(*stack));
-  torch::jit::push(*stack, std::move(ids), std::move(codes));
-}
-
-void label_decode_boxed(const c10::OperatorHandle&, torch::jit::Stack* stack) {
-  torch::jit::push(*stack, label_decode(LabelDecodeArgs::pop(*stack)));
-}
-
-void label_decode_dense_boxed(const c10::OperatorHandle&, torch::jit::Stack* stack) {
-  torch::jit::push(*stack, label_decode_dense(LabelDecodeDenseArgs::pop(*stack)));
-}
-
-void register_label_codec(torch::Library& m) {
-  m.impl("label_encode", torch::CppFunction::makeFromBoxedFunction<&label_encode_boxed>());
-  m.impl("label_decode", torch::CppFunction::makeFromBoxedFunction<&label_decode_boxed>());
-  m.impl("label_decode_dense", torch::CppFunction::makeFromBoxedFunction<&label_decode_dense_boxed>());
-}
-
-}  // namespace
 }  // namespace hald
 
 TORCH_LIBRARY_FRAGMENT(hald, m) {
@@ -212,8 +178,3 @@ TORCH_LIBRARY_FRAGMENT(hald, m) {
   // ids None: codes [N, num_classes] are a full-width label in class order.
   m.def(hald::LabelDecodeDenseArgs::schema("label_decode_dense", "Tensor").c_str());
 }
-
-TORCH_LIBRARY_IMPL(hald, CPU, m) { hald::register_label_codec(m); }
-#if HALD_WITH_CUDA
-TORCH_LIBRARY_IMPL(hald, CUDA, m) { hald::register_label_codec(m); }
-#endif

@@ -113,6 +113,9 @@ def crop_and_lookup(images: torch.Tensor, image_ids: torch.Tensor, size: int, *,
     still never read out of bounds, but bad ids then give garbage instead of an error. On CUDA with
     `check=False` the call never waits for the device (fresh CutMix records included).
     Interpolation is bilinear; `antialias=True` matches torchvision's resized_crop(antialias=True).
+    On the CPU, the crops' buffer comes from a small pool of buffers that earlier (freed) batches of
+    the same size returned, so a training loop pays no page faults for fresh output memory; a buffer
+    is reused only once no tensor or view of it is left (docs/kernels-crop.md).
     """
     _ext.require()
     if not isinstance(images, torch.Tensor) or not isinstance(image_ids, torch.Tensor):

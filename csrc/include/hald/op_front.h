@@ -1,26 +1,35 @@
-// An op's argument list written once. Each op front file lists its arguments in schema order as an
-// X-macro of (type, name) pairs; from that one list come the schema string, the struct the front
-// function receives, and the unpacking of a boxed call (the kernel is registered boxed, so no C++
-// signature repeats the list):
+// One way to build an op (torchvision's):
+//   csrc/ops/<op>.h           the op's argument list, written once as an X-macro of (type, name) pairs in
+//                             schema order, and the declarations of the shared checks;
+//   csrc/ops/<op>.cpp         the schema (TORCH_LIBRARY_FRAGMENT) and the checks every backend runs;
+//   csrc/ops/cpu/<op>_kernel.cpp, csrc/ops/cuda/<op>_kernel.cu
+//                             each ends with TORCH_LIBRARY_IMPL(hald, CPU / CUDA, m) registering its
+//                             own kernel, so the dispatcher picks the backend (no branching at run time).
+// From the one list come the schema string, the struct the kernels receive, and the unpacking of a
+// boxed call (kernels are registered boxed, so no C++ signature repeats the list):
 //
 //   #define MY_OP_ARGS(X) X(Tensor, x) X(OptTensor, weight) X(Int, size)
-//   HALD_DEFINE_OP_ARGS(MyOpArgs, MY_OP_ARGS)
-//   m.def(MyOpArgs::schema("my_op", "Tensor").c_str());
-//   m.impl("my_op", torch::CppFunction::makeFromBoxedFunction<&my_op_boxed>());
-//   void my_op_boxed(const c10::OperatorHandle&, torch::jit::Stack* s) {
-//     const MyOpArgs a = MyOpArgs::pop(*s);  ...  torch::jit::push(*s, out); }
+//   HALD_DEFINE_OP_ARGS(MyOpArgs, MY_OP_ARGS)                          // <op>.h
+//   m.def(MyOpArgs::schema("my_op", "Tensor").c_str());               // <op>.cpp
+//   at::Tensor my_op_cpu(const MyOpArgs& a) { check_my_op(a); ... }   // cpu/<op>_kernel.cpp
+//   TORCH_LIBRARY_IMPL(hald, CPU, m) { HALD_IMPL_BOXED(m, "my_op", MyOpArgs, hald::my_op_cpu); }
+//
+// A kernel function returns an at::Tensor or a std::tuple of them (the schema's returns, in order).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/ivalue.h>
 #include <ATen/core/stack.h>
+#include <torch/library.h>
 #include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
 #include <initializer_list>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 // Schema spelling of each argument type.
@@ -95,31 +104,23 @@ inline std::string op_schema(const char* name, std::initializer_list<const char*
     }                                                                        \
   };
 
-#ifndef HALD_WITH_CUDA
-#define HALD_WITH_CUDA 0
-#endif
-// The CUDA kernel of an op, or nullptr in a build without CUDA kernels.
-#if HALD_WITH_CUDA
-#define HALD_CUDA_KERNEL(fn) &fn
-#else
-#define HALD_CUDA_KERNEL(fn) nullptr
-#endif
-
 namespace hald {
 
-// Runs the kernel of `device` (ATen's DispatchStub, reduced to the two backends this library has).
-template <typename CpuFn, typename CudaFn, typename... Args>
-void call_device_kernel(const char* op, const c10::Device& device, CpuFn cpu, CudaFn cuda, Args&... args) {
-  if (device.is_cpu()) {
-    cpu(args...);
-    return;
-  }
-  TORCH_CHECK(device.is_cuda(), op, "no kernel for tensors on ", device);
-  if constexpr (std::is_same_v<CudaFn, std::nullptr_t>) {
-    TORCH_CHECK(false, op, "this build of hald_ext has no CUDA kernels (rebuild with CUDA)");
-  } else {
-    cuda(args...);
-  }
+inline void push_results(torch::jit::Stack& stack, at::Tensor t) { torch::jit::push(stack, std::move(t)); }
+
+template <typename... Ts>
+void push_results(torch::jit::Stack& stack, std::tuple<Ts...> ts) {
+  std::apply([&](auto&... t) { torch::jit::push(stack, std::move(t)...); }, ts);
+}
+
+// The boxed kernel of one backend: takes the op's arguments off the stack, runs `Fn`, pushes its results.
+template <typename OpArgs, auto Fn>
+void boxed_kernel(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+  push_results(*stack, Fn(OpArgs::pop(*stack)));
 }
 
 }  // namespace hald
+
+// Registers FN (a function of ARGS returning the op's results) as OP's kernel in TORCH_LIBRARY_IMPL's `m`.
+#define HALD_IMPL_BOXED(m, OP, ARGS, FN) \
+  (m).impl(OP, torch::CppFunction::makeFromBoxedFunction<&::hald::boxed_kernel<ARGS, &FN>>())

@@ -80,8 +80,6 @@ void encode_dispatch_outputs(EncodeArgs& a) {
   else encode_rows<scalar_t, int32_t, uint16_t>(a);
 }
 
-}  // namespace
-
 void label_encode_cpu_kernel(EncodeArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scores.scalar_type(), "label_encode_cpu",
                                   [&] { encode_dispatch_outputs<scalar_t>(a); });
@@ -105,4 +103,12 @@ void label_decode_dense_cpu_kernel(DenseDecodeArgs& a) {
   });
 }
 
+}  // namespace
 }  // namespace hald
+
+TORCH_LIBRARY_IMPL(hald, CPU, m) {
+  HALD_IMPL_BOXED(m, "label_encode", hald::LabelEncodeArgs, hald::label_encode_with<&hald::label_encode_cpu_kernel>);
+  HALD_IMPL_BOXED(m, "label_decode", hald::LabelDecodeArgs, hald::label_decode);
+  HALD_IMPL_BOXED(m, "label_decode_dense", hald::LabelDecodeDenseArgs,
+                  hald::label_decode_dense_with<&hald::label_decode_dense_cpu_kernel>);
+}

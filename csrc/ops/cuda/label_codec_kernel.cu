@@ -163,8 +163,6 @@ void encode_dispatch_outputs(EncodeArgs& a) {
   else launch_encode<scalar_t, int32_t, uint16_t>(a);
 }
 
-}  // namespace
-
 void label_encode_cuda_kernel(EncodeArgs& a) {
   const c10::cuda::CUDAGuard guard(a.scores.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scores.scalar_type(), "label_encode_cuda",
@@ -180,4 +178,12 @@ void label_decode_dense_cuda_kernel(DenseDecodeArgs& a) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+}  // namespace
 }  // namespace hald
+
+TORCH_LIBRARY_IMPL(hald, CUDA, m) {
+  HALD_IMPL_BOXED(m, "label_encode", hald::LabelEncodeArgs, hald::label_encode_with<&hald::label_encode_cuda_kernel>);
+  HALD_IMPL_BOXED(m, "label_decode", hald::LabelDecodeArgs, hald::label_decode);
+  HALD_IMPL_BOXED(m, "label_decode_dense", hald::LabelDecodeDenseArgs,
+                  hald::label_decode_dense_with<&hald::label_decode_dense_cuda_kernel>);
+}
