@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-_ABI_VERSION = 1
+_ABI_VERSION = 2  # 2: C++ autograd for the loss, _soft_hard_loss_scale_, ops registered per backend
 _error: Exception | None = None
 
 try:
