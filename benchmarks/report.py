@@ -15,6 +15,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def loss_table(payload: dict) -> str:
     m = payload["machine"]
     where = m.get("gpu") or f"{m['cpu']}, {m['cpu_threads']} threads"
+    if payload["rows"] and "fused_over_torch" in payload["rows"][0]:  # precision against float64
+        lines = [f"Fused loss value error against float64, next to torch's own fp32 form on the same inputs ({where}):",
+                 "", "| case | B | C | dtype | fused max abs err | torch max abs err | fused / torch |",
+                 "|---|---:|---:|---|---:|---:|---:|"]
+        for r in payload["rows"]:
+            lines.append(f"| {r['case']} | {r['B']} | {r['C']} | {r['dtype']} | {r['fused_max_abs_err']:.2e} "
+                         f"| {r['torch_max_abs_err']:.2e} | {r['fused_over_torch']:.2f} |")
+        return "\n".join(lines)
     if payload["rows"] and "case" in payload["rows"][0]:  # the dense suite (hald_ext.timm vs timm)
         def mib(r, name):
             v = r.get(f"{name}_peak_bytes")
@@ -34,7 +42,8 @@ def loss_table(payload: dict) -> str:
         if payload.get("skipped_shapes"):
             lines += ["", f"Not run on this machine (too slow for the CPU): B x C in {payload['skipped_shapes']}."]
         return "\n".join(lines)
-    lines = [f"Fused loss, forward + backward ({where}; copy bandwidth {payload['copy_bandwidth_GBps']:.0f} GB/s):",
+    bw = payload.get("copy_bandwidth_GBps")
+    lines = [f"Fused loss, forward + backward ({where}" + (f"; copy bandwidth {bw:.0f} GB/s" if bw else "") + "):",
              "",
              "| config | B | C | dtype | fused ms | eager ms | compiled ms | x eager | x compiled | x floor |"
              + (" extra MiB fused / eager / compiled |" if "fused_extra_bytes" in payload["rows"][0] else ""),
@@ -66,28 +75,41 @@ def train_table(payload: dict) -> str:
 
 
 def crop_table(payload: dict) -> str:
+    """Crops/s per method (rows) and batch size (columns) at each S; the fused rows also show their lead
+    over torchvision's per-sample path and DALI's CPU pipeline, measured in the same run."""
     m, cfg = payload["machine"], payload["config"]
     names = [("fused", "fused op fp32"), ("fused_bf16", "fused op bf16"), ("fused_cuda", "fused op fp32, CUDA"),
              ("fused_cuda_bf16", "fused op bf16, CUDA"), ("tv_per_sample", "torchvision per sample"),
              ("tv_batched", "torchvision batched (1 box)"), ("dali_cpu", "DALI CPU"), ("dali_gpu", "DALI GPU"),
              ("reference", "reference")]
-    cell = {(r["size"], r["method"]): r for r in payload["rows"]}
-    sizes = list(dict.fromkeys(r["size"] for r in payload["rows"]))
     threads = "-".join(str(t) for t in cfg["threads"])
     where = f"{m['cpu']}, {m['cores']} cores, best of {threads} threads" + (f"; {m['gpu']}" if m.get("gpu") else "")
-    lines = [f"Random-resized crop + flip + normalise from {cfg['source']}x{cfg['source']} uint8, batch "
-             f"{cfg['batch']}, crops/s and the fused op's speed-up ({where}):", "",
-             "| method | " + " | ".join(f"S = {s}" for s in sizes) + " |", "|---|" + "---:|" * len(sizes)]
-    for key, label in names:
-        if not any((s_, key) in cell for s_ in sizes):
-            continue
-        cells = []
-        for s_ in sizes:
-            r = cell.get((s_, key))
-            cells.append("-" if r is None else (f"{r['crops_per_s']:.0f}" if key == "fused"
-                                                else f"{r['crops_per_s']:.0f} ({r['fused_speedup']:.1f}x)"))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    load = payload.get("load_average")
+    if isinstance(load, dict):  # 1-minute load average at the start and the end of the run
+        load = f"{load['start'][0]:.1f} -> {load['end'][0]:.1f}"
+    out = []
+    for size in cfg["sizes"]:
+        rows = [r for r in payload["rows"] if r["size"] == size]
+        batches = list(dict.fromkeys(r["batch"] for r in rows))
+        cell = {(r["batch"], r["method"]): r for r in rows}
+        out += [f"Random-resized crop + flip + normalise, {cfg['source']} -> {size} px uint8, crops/s; fused rows: "
+                f"x torchvision per sample / x DALI CPU ({where}" + (f"; load average {load}" if load else "") + "):",
+                "", "| method | " + " | ".join(f"batch {b}" for b in batches) + " |", "|---|" + "---:|" * len(batches)]
+        for key, label in names:
+            if not any((b, key) in cell for b in batches):
+                continue
+            cells = []
+            for b in batches:
+                r = cell.get((b, key))
+                if r is None:
+                    cells.append("-")
+                    continue
+                sp = r.get("speedup") or {}
+                extra = " / ".join(f"{sp[k]:.1f}x" for k in ("tv_per_sample", "dali_cpu") if k in sp)
+                cells.append(f"{r['crops_per_s']:.0f}" + (f" ({extra})" if extra else ""))
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out).rstrip()
 
 
 def storage_table(payload: dict) -> str:

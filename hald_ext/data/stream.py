@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import torch
 
-from hald_ext.data.batch import ImageBatch, pad_images, padded_nbytes
+from hald_ext.data.batch import ImageBatch, padded_nbytes
 from hald_ext.data.cache import ResidentImageCache, StreamingImages, device_budget
 from hald_ext.data.files import ImageFiles
 from hald_ext.data.decode import dali_input, decode_file, find_undecodable
@@ -63,12 +63,24 @@ def default_workers() -> int:
 
 
 def _decode_batch(files: ImageFiles, ids: np.ndarray) -> tuple:
-    """(uint8 [M, Hmax, Wmax, 3], int32 [M, 2], int64 [M]) of the files `ids` (one batch)."""
-    images = [decode_file(files.path(i)) for i in ids.tolist()]
-    padded, sizes = pad_images(images)
-    if sizes is None:
-        sizes = np.tile(np.array(padded.shape[1:3], dtype=np.int32), (len(images), 1))
-    return torch.from_numpy(padded), torch.from_numpy(sizes), torch.from_numpy(ids)
+    """(list of HWC uint8 arrays, int64 ids) of the files `ids` (one batch), each at its true size: a
+    worker hands over only the pixels, not a padded batch (one large image would make a padded batch
+    of ImageNet files tens of times larger than its pixels, and all of it would cross to the main
+    process)."""
+    return [decode_file(files.path(i)) for i in ids.tolist()], torch.from_numpy(ids)
+
+
+def _padded(images: list) -> tuple:
+    """(uint8 [M, Hmax, Wmax, 3], int32 [M, 2]) holding `images` top-left; the padding is left
+    unwritten (torch.empty: crop_and_lookup reads only within each image's true size), so only the
+    pages the pixels land on are touched, however large the batch's largest image."""
+    sizes = np.array([im.shape[:2] for im in images], dtype=np.int32).reshape(-1, 2)
+    hmax, wmax = (int(v) for v in sizes.max(0)) if len(images) else (1, 1)
+    out = torch.empty((len(images), hmax, wmax, 3), dtype=torch.uint8)
+    view = out.numpy()
+    for r, im in enumerate(images):
+        view[r, : im.shape[0], : im.shape[1]] = im
+    return out, torch.from_numpy(sizes)
 
 
 class _PlanDataset(torch.utils.data.Dataset):
@@ -204,7 +216,7 @@ class FileImages:
             w = self.workers
             loader = torch.utils.data.DataLoader(
                 _PlanDataset(self.files, unique), batch_size=None, shuffle=False, num_workers=w,
-                prefetch_factor=self.prefetch_factor if w else None, pin_memory=self.device.type == "cuda",
+                prefetch_factor=self.prefetch_factor if w else None, pin_memory=False,  # pinned once padded
                 persistent_workers=False)
             self._it = iter(loader)
 
@@ -234,7 +246,13 @@ class FileImages:
         if got is None:
             ids = np.unique(image_ids.reshape(-1).cpu().numpy().astype(np.int64))
             got = _decode_batch(self.files, ids)
-        images, sizes, unique = got
+        if len(got) == 2:  # decoded arrays (torch workers, or on the spot): padded here
+            images, sizes = _padded(got[0])
+            unique = got[1]
+            if self.device.type == "cuda":
+                images, sizes = images.pin_memory(), sizes.pin_memory()
+        else:  # DALI: already a padded batch (on the device when it is a GPU)
+            images, sizes, unique = got
         dev = self.device
         nb = dev.type == "cuda"
         images = images.to(dev, non_blocking=nb)
