@@ -98,11 +98,20 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
+def mem_available_mb() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return float("inf")
+
+
 def run_child(cmd: list[str], *, log_path: str, timeout_s: float, max_rss_mb: float,
-              interval_s: float = 0.2) -> dict:
+              min_free_mb: float = 0.0, interval_s: float = 0.2) -> dict:
     """Run one command; wall time, exit code, peak RSS (largest process of its tree, from wait4) and
     peak PSS summed over its tree (sampled every interval_s). Killed (whole process group) when the
-    tree's PSS passes max_rss_mb or the wall time passes timeout_s."""
+    tree's PSS passes max_rss_mb, the machine's available memory falls under min_free_mb (it is
+    shared) or the wall time passes timeout_s."""
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(log_path, "w") as log:
@@ -120,6 +129,9 @@ def run_child(cmd: list[str], *, log_path: str, timeout_s: float, max_rss_mb: fl
             peak_pss_kb = max(peak_pss_kb, pss)
             if killed is None and pss > max_rss_mb * 1024:
                 killed = f"killed: process tree PSS {pss / 1024:.0f} MB over --max-rss-gb"
+            elif killed is None and mem_available_mb() < min_free_mb:
+                killed = (f"killed: the machine's available memory fell under --min-free-gb "
+                          f"(process tree PSS {pss / 1024:.0f} MB)")
             elif killed is None and time.perf_counter() - t0 > timeout_s:
                 killed = f"killed: over --timeout {timeout_s:.0f} s"
             if killed is not None:
@@ -178,7 +190,7 @@ def commands(folder: str, n_images: int, work: str, checkpoint: str) -> list[tup
     ]
 
 
-def measure_commands(folders: dict, args, work_root: str, checkpoint: str) -> list[dict]:
+def measure_commands(folders: dict, args, work_root: str, checkpoint: str, on_row=None) -> list[dict]:
     rows = []
     for rep in range(args.repeats):
         for n, folder in folders.items():
@@ -192,7 +204,8 @@ def measure_commands(folders: dict, args, work_root: str, checkpoint: str) -> li
                 if name == "train" and "relabel" in failed:
                     cmd = _without(cmd, "--labels")  # hard-only needs no store; measure it anyway
                 log = os.path.join(work_root, f"{name}_n{n}_r{rep}.log")
-                r = run_child(cmd, log_path=log, timeout_s=args.timeout, max_rss_mb=args.max_rss_gb * 1024)
+                r = run_child(cmd, log_path=log, timeout_s=args.timeout, max_rss_mb=args.max_rss_gb * 1024,
+                              min_free_mb=args.min_free_gb * 1024)
                 ok = r["returncode"] == 0 and r["killed"] is None
                 if not ok:
                     failed.add(name)
@@ -207,6 +220,8 @@ def measure_commands(folders: dict, args, work_root: str, checkpoint: str) -> li
                       f"tree pss {r['peak_tree_pss_mb']:7.0f} MB  {status}", flush=True)
                 if not ok:
                     print("    " + row["error"].replace("\n", "\n    "), flush=True)
+                if on_row is not None:
+                    on_row(rows)
             shutil.rmtree(work, ignore_errors=True)
     return rows
 
@@ -304,7 +319,7 @@ def ours_crops(api, folder: str, ids, workers: int, batch: int, loader: str):
         r = crop_and_lookup(b.images, b.image_ids, CROP, image_sizes=b.image_sizes, seed=step, offset=0,
                             scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_prob=0.5,
                             mean=IMAGENET_MEAN, std=IMAGENET_STD)
-        out = r.images if hasattr(r, "images") else r[0]
+        out = r.crops
         if t1 is None:
             t1 = time.perf_counter()
             continue
@@ -368,7 +383,8 @@ def measure_crops(folder: str, n_folder: int, args) -> dict:
 
 # ---------------------------------------------------------------------------------------------------
 def print_tables(summary: list[dict], crops: dict | None) -> None:
-    print("\ncommand     images    wall s   images/s   peak RSS MB   tree PSS MB   x size  x time  x PSS")
+    if summary:
+        print("\ncommand     images    wall s   images/s   peak RSS MB   tree PSS MB   x size  x time  x PSS")
     for s in summary:
         if not s["ok"]:
             print(f"{s['command']:10s} {s['images']:7d}    failed")
@@ -404,7 +420,9 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: the cores)")
     p.add_argument("--repeats", type=int, default=1, help="repeats of every command (median)")
     p.add_argument("--jobs", type=int, default=1, help="processes generating the pool")
-    p.add_argument("--max-rss-gb", type=float, default=12.0, help="kill a command whose tree passes this")
+    p.add_argument("--max-rss-gb", type=float, default=10.0, help="kill a command whose tree passes this")
+    p.add_argument("--min-free-gb", type=float, default=2.0,
+                   help="kill a command when the machine's available memory falls under this")
     p.add_argument("--timeout", type=float, default=4 * 3600, help="kill a command running longer (s)")
     p.add_argument("--tag", default="", help="results file scale_cpu_<tag>.json (e.g. before)")
     args = p.parse_args(argv)
@@ -429,23 +447,9 @@ def main(argv=None) -> int:
     work_root = os.path.join(args.root, "work")
     os.makedirs(work_root, exist_ok=True)
 
-    rows, summary = [], []
-    if not args.crops_only:
-        checkpoint = teacher_checkpoint(args.root)
-        print(f"commands on folders of {sizes} images (one process at a time)", flush=True)
-        rows = measure_commands(folders, args, work_root, checkpoint)
-        summary = summarize_commands(rows)
-    crops = None
-    if not args.no_crops:
-        n0 = sizes[0]
-        print(f"crops per second on {folders[n0]}", flush=True)
-        crops = measure_crops(folders[n0], n0, args)
-    print_tables(summary, crops)
-
     import hald_ext
 
-    device = "cpu"
-    name = f"scale_{device}" + (f"_{args.tag}" if args.tag else "") + ".json"
+    name = "scale_cpu" + (f"_{args.tag}" if args.tag else "") + ".json"
     notes = [
         "folders are hard links into a pool of distinct files: repeated files come from the page cache, "
         "where real ImageNet reads every file from disk",
@@ -455,14 +459,32 @@ def main(argv=None) -> int:
         "command's process tree, sampled every 0.2 s",
         "the machine is shared with other jobs: see machine.load_avg_1m and load_avg_before/after",
     ]
-    out = payload("scale", rows, summary=summary, crops=crops, folders={str(k): v for k, v in infos.items()},
-                  config={"sizes": sizes, "extra_flags": EXTRA_FLAGS, "teacher": TEACHER,
-                          "teacher_size": TEACHER_SIZE, "train_model": TRAIN_MODEL, "train_size": TRAIN_SIZE,
-                          "batch": BATCH, "select_ipc": {str(n): select_ipc(n) for n in sizes},
-                          "quick": args.quick, "repeats": args.repeats, "max_rss_gb": args.max_rss_gb,
-                          "hald_ext_version": getattr(hald_ext, "__version__", None)},
-                  load_avg_before=load_before, load_avg_after=os.getloadavg(), notes=notes)
-    print("\nwrote", write_results(name, out))
+    config = {"sizes": sizes, "extra_flags": EXTRA_FLAGS, "teacher": TEACHER, "teacher_size": TEACHER_SIZE,
+              "train_model": TRAIN_MODEL, "train_size": TRAIN_SIZE, "batch": BATCH,
+              "select_ipc": {str(n): select_ipc(n) for n in sizes}, "quick": args.quick,
+              "repeats": args.repeats, "max_rss_gb": args.max_rss_gb, "min_free_gb": args.min_free_gb,
+              "hald_ext_version": getattr(hald_ext, "__version__", None), "argv": sys.argv[1:]}
+
+    def save(rows, summary, crops, complete):
+        out = payload("scale", rows, summary=summary, crops=crops, complete=complete,
+                      folders={str(k): v for k, v in infos.items()}, config=config,
+                      load_avg_before=load_before, load_avg_after=os.getloadavg(), notes=notes)
+        return write_results(name, out)
+
+    rows, summary = [], []
+    if not args.crops_only:
+        checkpoint = teacher_checkpoint(args.root)
+        print(f"commands on folders of {sizes} images (one process at a time)", flush=True)
+        rows = measure_commands(folders, args, work_root, checkpoint,
+                                on_row=lambda rs: save(rs, summarize_commands(rs), None, False))
+        summary = summarize_commands(rows)
+    crops = None
+    if not args.no_crops:
+        n0 = sizes[0]
+        print(f"crops per second on {folders[n0]}", flush=True)
+        crops = measure_crops(folders[n0], n0, args)
+    print_tables(summary, crops)
+    print("\nwrote", save(rows, summary, crops, True))
     return 0
 
 

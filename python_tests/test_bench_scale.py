@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import bench_scale  # noqa: E402
 import imagenet_like as il  # noqa: E402
 
-CLASSES = 20
-N_IMAGES = 30
+CLASSES = 12
+N_IMAGES = 18
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,8 @@ def test_folder_has_imagenet_style_classes_and_counts(generated):
     assert all(re.fullmatch(r"n\d{8}", c) for c in classes)
     assert classes == il.wnids(CLASSES)
     counts = [len(os.listdir(os.path.join(folder, c))) for c in classes]
-    # 30 images over 20 classes: the first 10 classes get 2, the others 1
-    assert counts == [2] * 10 + [1] * 10
+    # 18 images over 12 classes: the first 6 classes get 2, the others 1
+    assert counts == [2] * 6 + [1] * 6
     assert sum(counts) == info["n_images"] == N_IMAGES
     assert all(f.endswith(".JPEG") for c in classes for f in os.listdir(os.path.join(folder, c)))
     assert il.folder_ready(folder, N_IMAGES) and not il.folder_ready(folder, N_IMAGES + 1)
@@ -119,12 +119,14 @@ def test_resumed_generation_writes_the_same_files(generated, tmp_path):
     # an interrupted run: one file done, no manifest
     with open(os.path.join(pool, first), "rb") as f, open(os.path.join(pool2, first), "wb") as g:
         g.write(f.read())
-    again = il.build_pool(pool2, num_classes=CLASSES, per_class=1, verbose=False)
-    assert [e["file"] for e in again] == [e["file"] for e in manifest]
-    for e in manifest[:8]:
+    # fewer classes: file (c, j) depends on neither the class count nor per_class
+    few = len(il.ODD_KINDS) + 1
+    again = il.build_pool(pool2, num_classes=few, per_class=1, verbose=False)
+    assert [e["file"] for e in again] == [e["file"] for e in manifest[:few]]
+    for e in manifest[:few]:
         assert _sha(os.path.join(pool2, e["file"])) == _sha(os.path.join(pool, e["file"]))
     with pytest.raises(ValueError, match="pool made with"):
-        il.build_pool(pool2, num_classes=CLASSES + 1, per_class=1, verbose=False)
+        il.build_pool(pool2, num_classes=few + 1, per_class=1, verbose=False)
 
 
 def test_size_mix_is_imagenet_like():
@@ -174,3 +176,46 @@ def test_manifest_records_pool_parameters(generated):
         m = json.load(f)
     assert m["params"] == {"num_classes": CLASSES, "per_class": 1, "odd": True, "seed": 0}
     assert all(e["bytes"] == os.path.getsize(os.path.join(pool, e["file"])) for e in m["files"])
+
+
+def test_ours_crops_drives_the_streaming_api_as_planned(generated, monkeypatch):
+    """The "ours" measurement on a stand-in for the streaming API (PIL decoding, the real
+    crop_and_lookup): every planned batch is asked for once, in order, after one prefetch of the plan."""
+    import torch
+
+    ops = pytest.importorskip("hald_ext.ops")
+    from hald_ext import _ext
+    from hald_ext.data import ImageBatch, list_image_folder, pad_images
+
+    if not _ext.loaded():
+        pytest.skip("compiled extension not built")
+    pool, folder, manifest, info = generated
+    calls = []
+
+    class Source:
+        def __init__(self, paths):
+            self.paths = paths
+
+        def prefetch(self, plan):
+            calls.append(("prefetch", [p.tolist() for p in plan]))
+
+        def batch(self, ids):
+            calls.append(("batch", ids.tolist()))
+            ims = [np.asarray(Image.open(self.paths[i]).convert("RGB")) for i in ids.tolist()]
+            padded, sizes = pad_images(ims)
+            sizes = torch.from_numpy(sizes) if sizes is not None else None
+            return ImageBatch(torch.from_numpy(padded), sizes, torch.arange(len(ims)), ids)
+
+    def open_images(root):
+        return list_image_folder(root)[0]
+
+    def image_source(paths, *, device, max_bytes, loader):
+        assert (device, max_bytes, loader) == ("cpu", 0, "dali")
+        return Source(paths)
+
+    ids = np.array([3, 1, 4, 0, 5, 9, 2], dtype=np.int64)
+    cps, first = bench_scale.ours_crops((open_images, image_source, ops.crop_and_lookup), folder, ids,
+                                        workers=2, batch=3, loader="dali")
+    plan = [[3, 1, 4], [0, 5, 9], [2]]
+    assert calls == [("prefetch", plan)] + [("batch", b) for b in plan]
+    assert cps > 0 and first > 0
