@@ -239,6 +239,9 @@ def summarize_commands(rows: list[dict]) -> list[dict]:
         for n in sorted({r["images"] for r in rows if r["command"] == name}):
             rs = [r for r in rows if r["command"] == name and r["images"] == n and r["ok"]]
             s = {"command": name, "images": n, "ok": bool(rs)}
+            if not rs:
+                s["error"] = next((r.get("error", "") for r in rows
+                                   if r["command"] == name and r["images"] == n), "").split("\n")[-1]
             if rs:
                 s.update(wall_s=statistics.median(r["wall_s"] for r in rs),
                          peak_rss_mb=statistics.median(r["peak_rss_mb"] for r in rs),
@@ -387,7 +390,7 @@ def print_tables(summary: list[dict], crops: dict | None) -> None:
         print("\ncommand     images    wall s   images/s   peak RSS MB   tree PSS MB   x size  x time  x PSS")
     for s in summary:
         if not s["ok"]:
-            print(f"{s['command']:10s} {s['images']:7d}    failed")
+            print(f"{s['command']:10s} {s['images']:7d}    {s.get('error') or 'failed'}")
             continue
         v = s.get("vs_previous")
         ratios = (f"  {v['size_ratio']:6.1f}  {v['time_ratio']:6.2f}  {v['pss_ratio']:5.2f}" if v else "")
@@ -407,6 +410,7 @@ def print_tables(summary: list[dict], crops: dict | None) -> None:
 
 
 def main(argv=None) -> int:
+    global TEACHER, TEACHER_SIZE, TRAIN_MODEL, TRAIN_SIZE  # --teacher ... override the defaults above
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default="/work/scale-data", help="pool, folders, teacher and scratch go here")
     p.add_argument("--sizes", default="10000,50000,200000", help="folder sizes, comma-separated")
@@ -424,8 +428,14 @@ def main(argv=None) -> int:
     p.add_argument("--min-free-gb", type=float, default=2.0,
                    help="kill a command when the machine's available memory falls under this")
     p.add_argument("--timeout", type=float, default=4 * 3600, help="kill a command running longer (s)")
+    p.add_argument("--teacher", default=TEACHER, help="relabel's teacher model (timm name)")
+    p.add_argument("--teacher-size", type=int, default=TEACHER_SIZE, help="relabel crop size")
+    p.add_argument("--train-model", default=TRAIN_MODEL, help="the epoch's student model (timm name)")
+    p.add_argument("--train-size", type=int, default=TRAIN_SIZE, help="the epoch's crop size")
     p.add_argument("--tag", default="", help="results file scale_cpu_<tag>.json (e.g. before)")
     args = p.parse_args(argv)
+    TEACHER, TEACHER_SIZE = args.teacher, args.teacher_size
+    TRAIN_MODEL, TRAIN_SIZE = args.train_model, args.train_size
     if args.quick:
         args.sizes = "1000,2000"
     args.crop_images = args.crop_images or (384 if args.quick else 1536)

@@ -255,10 +255,12 @@ def build_folder(pool_dir: str, out_dir: str, n_images: int, *, verbose: bool = 
     if os.path.exists(marker):
         with open(marker) as f:
             info = json.load(f)
-        if info.get("n_images") == n_images and _same_links(info.get("pool_params"), pool_params, n_images):
+        same = info.get("n_images") == n_images and _same_links(info.get("pool_params"), pool_params, n_images)
+        if same and "kinds" in info:
             return info
         os.remove(marker)
-        shutil.rmtree(out_dir, ignore_errors=True)  # made from another pool: its links point elsewhere
+        if not same:  # made from another pool: its links point elsewhere (else: an older record, re-counted)
+            shutil.rmtree(out_dir, ignore_errors=True)
     names = manifest["wnids"]
     num_classes = len(names)
     by_class: list[list[str]] = [[] for _ in range(num_classes)]
@@ -314,7 +316,7 @@ def folder_info(out_dir: str) -> dict | None:
 
 def folder_ready(out_dir: str, n_images: int) -> bool:
     info = folder_info(out_dir)
-    return info is not None and info.get("n_images") == n_images
+    return info is not None and info.get("n_images") == n_images and "kinds" in info
 
 
 def ensure(root: str, sizes, *, num_classes: int = 1000, per_class: int = 10, jobs: int = 1,

@@ -159,7 +159,7 @@ def test_summary_ratios_between_sizes():
     assert s[1]["vs_previous"] == pytest.approx({"size_ratio": 5.0, "time_ratio": 5.0, "pss_ratio": 1.1,
                                                  "rss_ratio": 1.1})
     assert s[1]["images_per_s"] == pytest.approx(500.0)
-    assert s[2] == {"command": "train", "images": 1000, "ok": False}
+    assert s[2] == {"command": "train", "images": 1000, "ok": False, "error": ""}
 
 
 def test_streaming_api_absent_is_reported_not_measured(monkeypatch):
@@ -219,3 +219,18 @@ def test_ours_crops_drives_the_streaming_api_as_planned(generated, monkeypatch):
     plan = [[3, 1, 4], [0, 5, 9], [2]]
     assert calls == [("prefetch", plan)] + [("batch", b) for b in plan]
     assert cps > 0 and first > 0
+
+
+def test_folder_record_is_recounted_without_relinking(generated):
+    """An older record (no kind counts) is re-counted in place; a finished folder is not rebuilt."""
+    pool, folder, manifest, info = generated
+    marker = folder + ".complete"
+    some = os.path.join(folder, sorted(os.listdir(folder))[0])
+    before = {f: os.lstat(os.path.join(some, f)).st_ctime_ns for f in os.listdir(some)}
+    old = {k: v for k, v in info.items() if k not in ("kinds", "mean_file_kb")}
+    with open(marker, "w") as f:
+        json.dump(old, f)
+    assert not il.folder_ready(folder, N_IMAGES)
+    again = il.build_folder(pool, folder, N_IMAGES, verbose=False)
+    assert again["kinds"] == info["kinds"] and il.folder_ready(folder, N_IMAGES)
+    assert {f: os.lstat(os.path.join(some, f)).st_ctime_ns for f in os.listdir(some)} == before
