@@ -41,7 +41,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import imagenet_like  # noqa: E402
-from common import payload, write_results  # noqa: E402
+from common import device_tag, payload, write_results  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,6 +52,7 @@ TEACHER = "resnet18"          # relabel's teacher (untrained, saved once with th
 TEACHER_SIZE = 112            # relabel crop size: reduced resolution to keep the CPU run short
 TRAIN_MODEL = "resnet18"
 TRAIN_SIZE = 112
+DEVICE = "cpu"                # relabel / train --device (the crops comparison is on the CPU whatever this is)
 BATCH = 64
 SELECT_IPC = 10               # capped at half a class's images (select needs ipc <= images per class)
 NUM_CLASSES = 1000
@@ -182,10 +183,10 @@ def commands(folder: str, n_images: int, work: str, checkpoint: str) -> list[tup
          + EXTRA_FLAGS["select"], n_images),
         ("relabel", py + ["relabel", folder, "--out", store, "--model", TEACHER, "--checkpoint", checkpoint,
                           "--size", str(TEACHER_SIZE), "--sli", "1", "--k", "5", "--batch-size", str(BATCH),
-                          "--device", "cpu", "--restart", "--no-progress"] + EXTRA_FLAGS["relabel"], n_images),
+                          "--device", DEVICE, "--restart", "--no-progress"] + EXTRA_FLAGS["relabel"], n_images),
         ("train", py + ["train", "--data", folder, "--labels", store, "--schedule", "hard-only", "--epochs", "1",
                         "--model", TRAIN_MODEL, "--img-size", str(TRAIN_SIZE), "--batch-size", str(BATCH),
-                        "--device", "cpu", "--output", os.path.join(work, "runs"), "--experiment", "epoch",
+                        "--device", DEVICE, "--output", os.path.join(work, "runs"), "--experiment", "epoch",
                         "--no-progress"] + EXTRA_FLAGS["train"], n_images),
     ]
 
@@ -200,6 +201,12 @@ def measure_commands(folders: dict, args, work_root: str, checkpoint: str, on_ro
             failed = set()
             for name, cmd, items in commands(folder, n, work, checkpoint):
                 if name not in args.commands:
+                    continue
+                if n > args.limits.get(name, n):
+                    failed.add(name)
+                    rows.append({"command": name, "images": n, "repeat": rep, "ok": False, "skipped": True,
+                                 "error": f"skipped: over --limit {name}={args.limits[name]}"})
+                    print(f"  {name:8s} n={n:7d}  skipped (--limit {name}={args.limits[name]})", flush=True)
                     continue
                 if name == "train" and "relabel" in failed:
                     cmd = _without(cmd, "--labels")  # hard-only needs no store; measure it anyway
@@ -231,27 +238,34 @@ def _without(cmd: list[str], flag: str) -> list[str]:
     return cmd[:i] + cmd[i + 2:]
 
 
+def _ratios(s: dict, ref: dict) -> dict:
+    return {"size_ratio": s["images"] / ref["images"], "time_ratio": s["wall_s"] / ref["wall_s"],
+            "pss_ratio": s["peak_tree_pss_mb"] / max(ref["peak_tree_pss_mb"], 1e-9),
+            "rss_ratio": s["peak_rss_mb"] / max(ref["peak_rss_mb"], 1e-9)}
+
+
 def summarize_commands(rows: list[dict]) -> list[dict]:
-    """Median over repeats per (command, size), and ratios against the previous size."""
+    """Median over repeats per (command, size), and ratios against the previous size (`vs_previous`,
+    when that one ran) and the smallest size that ran (`vs_smallest`)."""
     out = []
     for name in dict.fromkeys(r["command"] for r in rows):
-        prev = None
+        prev = first = None
         for n in sorted({r["images"] for r in rows if r["command"] == name}):
             rs = [r for r in rows if r["command"] == name and r["images"] == n and r["ok"]]
             s = {"command": name, "images": n, "ok": bool(rs)}
             if not rs:
                 s["error"] = next((r.get("error", "") for r in rows
                                    if r["command"] == name and r["images"] == n), "").split("\n")[-1]
-            if rs:
+            else:
                 s.update(wall_s=statistics.median(r["wall_s"] for r in rs),
                          peak_rss_mb=statistics.median(r["peak_rss_mb"] for r in rs),
                          peak_tree_pss_mb=statistics.median(r["peak_tree_pss_mb"] for r in rs))
                 s["images_per_s"] = n / s["wall_s"]
                 if prev is not None and prev["ok"]:
-                    s["vs_previous"] = {"size_ratio": n / prev["images"],
-                                        "time_ratio": s["wall_s"] / prev["wall_s"],
-                                        "pss_ratio": s["peak_tree_pss_mb"] / max(prev["peak_tree_pss_mb"], 1e-9),
-                                        "rss_ratio": s["peak_rss_mb"] / max(prev["peak_rss_mb"], 1e-9)}
+                    s["vs_previous"] = _ratios(s, prev)
+                if first is not None and first is not prev:
+                    s["vs_smallest"] = _ratios(s, first)
+                first = first or s
             out.append(s)
             prev = s
     return out
@@ -410,7 +424,7 @@ def print_tables(summary: list[dict], crops: dict | None) -> None:
 
 
 def main(argv=None) -> int:
-    global TEACHER, TEACHER_SIZE, TRAIN_MODEL, TRAIN_SIZE  # --teacher ... override the defaults above
+    global TEACHER, TEACHER_SIZE, TRAIN_MODEL, TRAIN_SIZE, DEVICE  # --teacher ... override the defaults above
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default="/work/scale-data", help="pool, folders, teacher and scratch go here")
     p.add_argument("--sizes", default="10000,50000,200000", help="folder sizes, comma-separated")
@@ -423,6 +437,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=None, help="interleaved crop rounds (default 3; quick 2)")
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: the cores)")
     p.add_argument("--repeats", type=int, default=1, help="repeats of every command (median)")
+    p.add_argument("--limit", default="", help="run a command only on folders up to N images, e.g. "
+                   "relabel=50000,train=50000 (larger sizes are recorded as skipped)")
     p.add_argument("--jobs", type=int, default=1, help="processes generating the pool")
     p.add_argument("--max-rss-gb", type=float, default=10.0, help="kill a command whose tree passes this")
     p.add_argument("--min-free-gb", type=float, default=2.0,
@@ -432,16 +448,21 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-size", type=int, default=TEACHER_SIZE, help="relabel crop size")
     p.add_argument("--train-model", default=TRAIN_MODEL, help="the epoch's student model (timm name)")
     p.add_argument("--train-size", type=int, default=TRAIN_SIZE, help="the epoch's crop size")
+    p.add_argument("--label", default="", help="what code this run measured, recorded in the results")
+    p.add_argument("--device", default="cpu", help="--device of relabel and train (cpu | cuda); results file "
+                   "scale_<cpu | GPU name>.json")
     p.add_argument("--tag", default="", help="results file scale_cpu_<tag>.json (e.g. before)")
     args = p.parse_args(argv)
     TEACHER, TEACHER_SIZE = args.teacher, args.teacher_size
     TRAIN_MODEL, TRAIN_SIZE = args.train_model, args.train_size
+    DEVICE = args.device
     if args.quick:
         args.sizes = "1000,2000"
     args.crop_images = args.crop_images or (384 if args.quick else 1536)
     args.rounds = args.rounds or (2 if args.quick else 3)
     args.workers = args.workers or _cores()
     args.commands = [c for c in args.commands.split(",") if c]
+    args.limits = {k: int(v) for k, v in (item.split("=") for item in args.limit.split(",") if item)}
     sizes = sorted(int(s) for s in args.sizes.split(",") if s)
 
     folders = {}
@@ -459,7 +480,7 @@ def main(argv=None) -> int:
 
     import hald_ext
 
-    name = "scale_cpu" + (f"_{args.tag}" if args.tag else "") + ".json"
+    name = f"scale_{device_tag(DEVICE)}" + (f"_{args.tag}" if args.tag else "") + ".json"
     notes = [
         "folders are hard links into a pool of distinct files: repeated files come from the page cache, "
         "where real ImageNet reads every file from disk",
@@ -472,11 +493,11 @@ def main(argv=None) -> int:
     config = {"sizes": sizes, "extra_flags": EXTRA_FLAGS, "teacher": TEACHER, "teacher_size": TEACHER_SIZE,
               "train_model": TRAIN_MODEL, "train_size": TRAIN_SIZE, "batch": BATCH,
               "select_ipc": {str(n): select_ipc(n) for n in sizes}, "quick": args.quick,
-              "repeats": args.repeats, "max_rss_gb": args.max_rss_gb, "min_free_gb": args.min_free_gb,
-              "hald_ext_version": getattr(hald_ext, "__version__", None), "argv": sys.argv[1:]}
+              "repeats": args.repeats, "limits": args.limits, "max_rss_gb": args.max_rss_gb, "min_free_gb": args.min_free_gb,
+              "hald_ext_version": getattr(hald_ext, "__version__", None), "device": DEVICE, "argv": sys.argv[1:]}
 
     def save(rows, summary, crops, complete):
-        out = payload("scale", rows, summary=summary, crops=crops, complete=complete,
+        out = payload("scale", rows, label=args.label, summary=summary, crops=crops, complete=complete,
                       folders={str(k): v for k, v in infos.items()}, config=config,
                       load_avg_before=load_before, load_avg_after=os.getloadavg(), notes=notes)
         return write_results(name, out)

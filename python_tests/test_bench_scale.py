@@ -234,3 +234,15 @@ def test_folder_record_is_recounted_without_relinking(generated):
     again = il.build_folder(pool, folder, N_IMAGES, verbose=False)
     assert again["kinds"] == info["kinds"] and il.folder_ready(folder, N_IMAGES)
     assert {f: os.lstat(os.path.join(some, f)).st_ctime_ns for f in os.listdir(some)} == before
+
+
+def test_summary_skips_and_compares_with_the_smallest_size():
+    rows = [{"command": "train", "images": n, "ok": True, "wall_s": t, "peak_rss_mb": 100.0,
+             "peak_tree_pss_mb": 100.0} for n, t in ((1000, 1.0), (2000, 2.0), (8000, 8.0))]
+    rows.insert(2, {"command": "train", "images": 4000, "ok": False, "skipped": True,
+                    "error": "skipped: over --limit train=2000"})
+    s = bench_scale.summarize_commands(rows)
+    assert [x["images"] for x in s] == [1000, 2000, 4000, 8000]
+    assert s[2]["error"].startswith("skipped") and "vs_previous" not in s[3]
+    assert s[3]["vs_smallest"]["size_ratio"] == 8.0 and s[3]["vs_smallest"]["time_ratio"] == 8.0
+    assert "vs_smallest" not in s[1]  # the smallest is its previous: one ratio is enough
