@@ -87,16 +87,21 @@ def _tree(pid: int) -> list[int]:
     return seen
 
 
-def _pss_kb(pid: int) -> int:
-    """Proportional set size (shared pages split between the processes that map them) in KiB."""
+def _pss_kb(pid: int) -> tuple[int, int]:
+    """(PSS, anonymous + shmem PSS) in KiB. PSS splits shared pages between the processes that map
+    them -- library files with every process on the machine that maps them too, so it moves with what
+    else runs; the anonymous + shmem part is the process's data (shared only with its forks)."""
+    pss = anon = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
                 if line.startswith("Pss:"):
-                    return int(line.split()[1])
+                    pss = int(line.split()[1])
+                elif line.startswith(("Pss_Anon:", "Pss_Shmem:")):
+                    anon += int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return pss, anon
 
 
 def mem_available_mb() -> float:
@@ -108,26 +113,28 @@ def mem_available_mb() -> float:
 
 
 def run_child(cmd: list[str], *, log_path: str, timeout_s: float, max_rss_mb: float,
-              min_free_mb: float = 0.0, interval_s: float = 0.2) -> dict:
+              min_free_mb: float = 0.0, interval_s: float = 0.2, package_root: str = REPO) -> dict:
     """Run one command; wall time, exit code, peak RSS (largest process of its tree, from wait4) and
     peak PSS summed over its tree (sampled every interval_s). Killed (whole process group) when the
     tree's PSS passes max_rss_mb, the machine's available memory falls under min_free_mb (it is
-    shared) or the wall time passes timeout_s."""
+    shared) or the wall time passes timeout_s. The command imports hald_ext from `package_root`."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(log_path, "w") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=package_root,
                                 start_new_session=True)
-        peak_pss_kb, killed = 0, None
+        peak_pss_kb = peak_anon_kb = 0
+        killed = None
         while True:
             pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            pss = sum(_pss_kb(p) for p in _tree(proc.pid))
-            peak_pss_kb = max(peak_pss_kb, pss)
+            sample = [_pss_kb(p) for p in _tree(proc.pid)]
+            pss, anon = sum(x[0] for x in sample), sum(x[1] for x in sample)
+            peak_pss_kb, peak_anon_kb = max(peak_pss_kb, pss), max(peak_anon_kb, anon)
             if killed is None and pss > max_rss_mb * 1024:
                 killed = f"killed: process tree PSS {pss / 1024:.0f} MB over --max-rss-gb"
             elif killed is None and mem_available_mb() < min_free_mb:
@@ -144,7 +151,8 @@ def run_child(cmd: list[str], *, log_path: str, timeout_s: float, max_rss_mb: fl
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
     return {"wall_s": wall, "returncode": proc.returncode, "killed": killed,
-            "peak_rss_mb": ru.ru_maxrss / 1024, "peak_tree_pss_mb": peak_pss_kb / 1024}
+            "peak_rss_mb": ru.ru_maxrss / 1024, "peak_tree_pss_mb": peak_pss_kb / 1024,
+            "peak_tree_anon_mb": peak_anon_kb / 1024}
 
 
 def _tail(path: str, n: int = 6) -> str:
@@ -212,7 +220,7 @@ def measure_commands(folders: dict, args, work_root: str, checkpoint: str, on_ro
                     cmd = _without(cmd, "--labels")  # hard-only needs no store; measure it anyway
                 log = os.path.join(work_root, f"{name}_n{n}_r{rep}.log")
                 r = run_child(cmd, log_path=log, timeout_s=args.timeout, max_rss_mb=args.max_rss_gb * 1024,
-                              min_free_mb=args.min_free_gb * 1024)
+                              min_free_mb=args.min_free_gb * 1024, package_root=args.package_root)
                 ok = r["returncode"] == 0 and r["killed"] is None
                 if not ok:
                     failed.add(name)
@@ -224,7 +232,8 @@ def measure_commands(folders: dict, args, work_root: str, checkpoint: str, on_ro
                 rows.append(row)
                 status = "ok" if ok else ("KILLED" if r["killed"] else f"FAILED rc={r['returncode']}")
                 print(f"  {name:8s} n={n:7d}  {r['wall_s']:8.1f} s  rss {r['peak_rss_mb']:7.0f} MB  "
-                      f"tree pss {r['peak_tree_pss_mb']:7.0f} MB  {status}", flush=True)
+                      f"tree pss {r['peak_tree_pss_mb']:7.0f} MB  anon {r['peak_tree_anon_mb']:7.0f} MB  {status}",
+                      flush=True)
                 if not ok:
                     print("    " + row["error"].replace("\n", "\n    "), flush=True)
                 if on_row is not None:
@@ -241,7 +250,8 @@ def _without(cmd: list[str], flag: str) -> list[str]:
 def _ratios(s: dict, ref: dict) -> dict:
     return {"size_ratio": s["images"] / ref["images"], "time_ratio": s["wall_s"] / ref["wall_s"],
             "pss_ratio": s["peak_tree_pss_mb"] / max(ref["peak_tree_pss_mb"], 1e-9),
-            "rss_ratio": s["peak_rss_mb"] / max(ref["peak_rss_mb"], 1e-9)}
+            "rss_ratio": s["peak_rss_mb"] / max(ref["peak_rss_mb"], 1e-9),
+            "anon_ratio": s["peak_tree_anon_mb"] / max(ref["peak_tree_anon_mb"], 1e-9)}
 
 
 def summarize_commands(rows: list[dict]) -> list[dict]:
@@ -259,7 +269,8 @@ def summarize_commands(rows: list[dict]) -> list[dict]:
             else:
                 s.update(wall_s=statistics.median(r["wall_s"] for r in rs),
                          peak_rss_mb=statistics.median(r["peak_rss_mb"] for r in rs),
-                         peak_tree_pss_mb=statistics.median(r["peak_tree_pss_mb"] for r in rs))
+                         peak_tree_pss_mb=statistics.median(r["peak_tree_pss_mb"] for r in rs),
+                         peak_tree_anon_mb=statistics.median(r["peak_tree_anon_mb"] for r in rs))
                 s["images_per_s"] = n / s["wall_s"]
                 if prev is not None and prev["ok"]:
                     s["vs_previous"] = _ratios(s, prev)
@@ -401,15 +412,16 @@ def measure_crops(folder: str, n_folder: int, args) -> dict:
 # ---------------------------------------------------------------------------------------------------
 def print_tables(summary: list[dict], crops: dict | None) -> None:
     if summary:
-        print("\ncommand     images    wall s   images/s   peak RSS MB   tree PSS MB   x size  x time  x PSS")
+        print("\ncommand     images    wall s   images/s   peak RSS MB   tree PSS MB  tree anon MB   x size  x time"
+              "  x anon")
     for s in summary:
         if not s["ok"]:
             print(f"{s['command']:10s} {s['images']:7d}    {s.get('error') or 'failed'}")
             continue
         v = s.get("vs_previous")
-        ratios = (f"  {v['size_ratio']:6.1f}  {v['time_ratio']:6.2f}  {v['pss_ratio']:5.2f}" if v else "")
+        ratios = (f"  {v['size_ratio']:6.1f}  {v['time_ratio']:6.2f}  {v['anon_ratio']:6.2f}" if v else "")
         print(f"{s['command']:10s} {s['images']:7d}  {s['wall_s']:8.1f}  {s['images_per_s']:9.1f}  "
-              f"{s['peak_rss_mb']:12.0f}  {s['peak_tree_pss_mb']:12.0f}{ratios}")
+              f"{s['peak_rss_mb']:12.0f}  {s['peak_tree_pss_mb']:12.0f}  {s['peak_tree_anon_mb']:12.0f}{ratios}")
     if crops:
         print(f"\ncrops of {crops['crop']} px, {crops['images_measured']} images of {crops['folder']}, "
               f"{crops['workers']} workers, batch {crops['batch']}, {crops['cores']} cores, medians of "
@@ -448,6 +460,8 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-size", type=int, default=TEACHER_SIZE, help="relabel crop size")
     p.add_argument("--train-model", default=TRAIN_MODEL, help="the epoch's student model (timm name)")
     p.add_argument("--train-size", type=int, default=TRAIN_SIZE, help="the epoch's crop size")
+    p.add_argument("--package-root", default=REPO, help="repository the commands import hald_ext from "
+                   "(default: this one)")
     p.add_argument("--label", default="", help="what code this run measured, recorded in the results")
     p.add_argument("--device", default="cpu", help="--device of relabel and train (cpu | cuda); results file "
                    "scale_<cpu | GPU name>.json")
@@ -456,6 +470,7 @@ def main(argv=None) -> int:
     TEACHER, TEACHER_SIZE = args.teacher, args.teacher_size
     TRAIN_MODEL, TRAIN_SIZE = args.train_model, args.train_size
     DEVICE = args.device
+    sys.path.insert(0, args.package_root)  # the crops measurement imports the package the commands run
     if args.quick:
         args.sizes = "1000,2000"
     args.crop_images = args.crop_images or (384 if args.quick else 1536)
@@ -487,14 +502,16 @@ def main(argv=None) -> int:
         f"relabel: untrained {TEACHER} teacher at {TEACHER_SIZE} px, 1 crop per image, k 5; train: one "
         f"hard-only epoch of {TRAIN_MODEL} at {TRAIN_SIZE} px, batch {BATCH}",
         "peak_rss_mb: the largest single process (wait4 ru_maxrss); peak_tree_pss_mb: PSS summed over the "
-        "command's process tree, sampled every 0.2 s",
+        "command's process tree, sampled every 0.2 s (library pages split with every process on the machine "
+        "that maps them); peak_tree_anon_mb: its anonymous + shmem part, the data (judge flatness on it)",
         "the machine is shared with other jobs: see machine.load_avg_1m and load_avg_before/after",
     ]
     config = {"sizes": sizes, "extra_flags": EXTRA_FLAGS, "teacher": TEACHER, "teacher_size": TEACHER_SIZE,
               "train_model": TRAIN_MODEL, "train_size": TRAIN_SIZE, "batch": BATCH,
               "select_ipc": {str(n): select_ipc(n) for n in sizes}, "quick": args.quick,
               "repeats": args.repeats, "limits": args.limits, "max_rss_gb": args.max_rss_gb, "min_free_gb": args.min_free_gb,
-              "hald_ext_version": getattr(hald_ext, "__version__", None), "device": DEVICE, "argv": sys.argv[1:]}
+              "hald_ext_version": getattr(hald_ext, "__version__", None), "device": DEVICE, "argv": sys.argv[1:],
+              "package_root": args.package_root}
 
     def save(rows, summary, crops, complete):
         out = payload("scale", rows, label=args.label, summary=summary, crops=crops, complete=complete,

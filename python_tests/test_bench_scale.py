@@ -145,19 +145,19 @@ def test_run_child_records_peak_memory_and_kills_over_budget(tmp_path):
     r = bench_scale.run_child([sys.executable, "-c", hold.format(mb=300)], log_path=str(tmp_path / "a.log"),
                               timeout_s=60, max_rss_mb=4000)
     assert r["returncode"] == 0 and r["killed"] is None
-    assert r["peak_rss_mb"] > 300 and r["peak_tree_pss_mb"] > 250
+    assert r["peak_rss_mb"] > 300 and r["peak_tree_pss_mb"] > 250 and r["peak_tree_anon_mb"] > 250
     r = bench_scale.run_child([sys.executable, "-c", hold.format(mb=400) + "; time.sleep(30)"],
                               log_path=str(tmp_path / "b.log"), timeout_s=60, max_rss_mb=200)
     assert r["killed"] and "PSS" in r["killed"] and r["returncode"] != 0 and r["wall_s"] < 30
 
 
 def test_summary_ratios_between_sizes():
-    rows = [{"command": "select", "images": n, "ok": True, "wall_s": t, "peak_rss_mb": m, "peak_tree_pss_mb": m}
-            for n, t, m in ((1000, 2.0, 100.0), (5000, 10.0, 110.0))]
+    rows = [{"command": "select", "images": n, "ok": True, "wall_s": t, "peak_rss_mb": m, "peak_tree_pss_mb": m,
+             "peak_tree_anon_mb": m / 2} for n, t, m in ((1000, 2.0, 100.0), (5000, 10.0, 110.0))]
     rows.append({"command": "train", "images": 1000, "ok": False})
     s = bench_scale.summarize_commands(rows)
     assert s[1]["vs_previous"] == pytest.approx({"size_ratio": 5.0, "time_ratio": 5.0, "pss_ratio": 1.1,
-                                                 "rss_ratio": 1.1})
+                                                 "rss_ratio": 1.1, "anon_ratio": 1.1})
     assert s[1]["images_per_s"] == pytest.approx(500.0)
     assert s[2] == {"command": "train", "images": 1000, "ok": False, "error": ""}
 
@@ -238,7 +238,7 @@ def test_folder_record_is_recounted_without_relinking(generated):
 
 def test_summary_skips_and_compares_with_the_smallest_size():
     rows = [{"command": "train", "images": n, "ok": True, "wall_s": t, "peak_rss_mb": 100.0,
-             "peak_tree_pss_mb": 100.0} for n, t in ((1000, 1.0), (2000, 2.0), (8000, 8.0))]
+             "peak_tree_pss_mb": 100.0, "peak_tree_anon_mb": 50.0} for n, t in ((1000, 1.0), (2000, 2.0), (8000, 8.0))]
     rows.insert(2, {"command": "train", "images": 4000, "ok": False, "skipped": True,
                     "error": "skipped: over --limit train=2000"})
     s = bench_scale.summarize_commands(rows)
