@@ -3,16 +3,17 @@ ImageNet-shaped folders of growing size, and decoded 224-px crops per second thr
 path against torchvision's ImageFolder + RandomResizedCrop DataLoader.
 
 1. Folders (benchmarks/imagenet_like.py): 1,000 classes (n01440764-style names), JPEGs of ImageNet's
-   size mix (mostly 500x375 / 375x500, some large, a few tiny; ~110 KB each at quality 90) plus the
+   size mix (mostly 500x375 / 375x500, some large, a few tiny; ~120 KB each at quality 90) plus the
    odd files ImageNet has (grayscale, CMYK, EXIF-rotated, a PNG under a .JPEG name, progressive).
    A pool of distinct files is generated once under --root/pool and bigger folders are filled with hard
    links to it: repeated files then come from the page cache, where real ImageNet reads from disk.
 2. Commands, each a separate `python -m hald_ext.cli ...` process, one at a time: wall time, peak RSS
    of the largest process (ru_maxrss from wait4) and the sampled peak PSS summed over the command's
-   process tree (DataLoader workers and DALI threads included). A command over --max-rss-gb is killed
+   process tree (DataLoader workers and DALI threads included), with its anonymous + shmem part (the
+   data, independent of what else runs on the machine). A command over --max-rss-gb is killed
    and recorded as such (the machine is shared). The teacher of `relabel` is a small untrained
    resnet18 at 112 px (its cost per image is what matters here, not its labels); the epoch trains a
-   resnet18 at 112 px. Flags to force streaming go in EXTRA_FLAGS.
+   resnet18 at 112 px. EXTRA_FLAGS forces streaming (--resident-budget 0).
 3. Crops per second per core (same files, same order, workers, batch size; rounds interleaved, medians):
      torchvision : ImageFolder + RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor + Normalize
                    in a DataLoader;
@@ -23,6 +24,7 @@ path against torchvision's ImageFolder + RandomResizedCrop DataLoader.
     python benchmarks/bench_scale.py --quick                      # ~1k and 2k images
     python benchmarks/bench_scale.py --sizes 10000,50000,200000   # the full run
     python benchmarks/bench_scale.py --quick --tag before         # -> results/scale_cpu_before.json
+    python benchmarks/bench_scale.py --package-root /other/checkout ...   # measure another checkout
 
 Writes benchmarks/results/scale_<device>[_<tag>].json.
 """
@@ -45,8 +47,10 @@ from common import device_tag, payload, write_results  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Extra command-line flags per command (e.g. a resident budget that forces the streaming path).
-EXTRA_FLAGS: dict[str, list[str]] = {"select": [], "relabel": [], "train": []}
+# Extra command-line flags per command: a resident budget of 0 forces the streaming path (decoded
+# images are never all held); empty lists for a build without --resident-budget.
+EXTRA_FLAGS: dict[str, list[str]] = {"select": [], "relabel": ["--resident-budget", "0"],
+                                     "train": ["--resident-budget", "0"]}
 
 TEACHER = "resnet18"          # relabel's teacher (untrained, saved once with the folder's 1000 classes)
 TEACHER_SIZE = 112            # relabel crop size: reduced resolution to keep the CPU run short
