@@ -8,8 +8,8 @@ convention, hald_ext.data.decode) and decoded arrays through TorchLoader or Dali
     are the ids a label store records;
   * shard by torchrun's RANK / WORLD_SIZE (hald_ext.data.folder.shard_range), every epoch;
   * yield `ImageBatch(images uint8 [M, Hmax, Wmax, 3], image_sizes int32 [M, 2], image_ids [B],
-    sample_ids int64 [B])` on the device, zero-padded to the batch's largest image (sample j is row
-    image_ids[j]).
+    sample_ids int64 [B])` on the device, padded to the batch's largest image (sample j is row
+    image_ids[j]; a folder batch leaves its padding unwritten, arrays are zero-padded).
 A file that cannot be decoded raises ValueError naming it, whichever backend runs.
 """
 from __future__ import annotations

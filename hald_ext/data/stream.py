@@ -116,21 +116,24 @@ class _DaliFeed:
 
 class _DaliDecoder:
     """A DALI pipeline decoding planned batches (see the module docstring); rebuilt when a plan holds a
-    batch larger than the one it was built for."""
+    batch larger than the one it was built for. On a GPU the batch is padded on the device (the DALI
+    PyTorch iterator hands it over without a host copy); on the CPU the decoded images are handed over
+    at their true sizes and padded in place like the torch workers' (a batch padded to its largest
+    ImageNet image is tens of times its pixels)."""
 
     def __init__(self, files: ImageFiles, device: torch.device, num_threads: int):
         self.files, self.device, self.num_threads = files, device, num_threads
+        self.on_gpu = device.type == "cuda"
         self.feed = _DaliFeed(files)
-        self.iterator, self.max_batch = None, 0
+        self.pipe, self.iterator, self.max_batch = None, None, 0
 
     def _build(self, max_batch: int) -> None:
         from nvidia.dali import fn, pipeline_def, types
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         from hald_ext.data import decode
         from hald_ext.data.dali import _pipeline_tail
 
-        on_gpu = self.device.type == "cuda"
+        on_gpu = self.on_gpu
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if on_gpu else None
         feed = self.feed
@@ -141,29 +144,46 @@ class _DaliDecoder:
             encoded, ids = fn.external_source(source=feed, num_outputs=2, batch=True, cycle="raise",
                                               dtype=[types.UINT8, types.INT64])
             images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", **decode.DALI_DECODER_KW)
-            return _pipeline_tail(fn, types, images, ids, on_gpu)
+            if on_gpu:
+                return _pipeline_tail(fn, types, images, ids, on_gpu)
+            return images, ids
 
-        p = pipe()
-        p.build()
-        self.iterator = DALIGenericIterator([p], ["images", "sizes", "ids"], last_batch_policy=LastBatchPolicy.PARTIAL,
-                                            auto_reset=False)
+        self.pipe = pipe()
+        self.pipe.build()
+        if on_gpu:
+            from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+            self.iterator = DALIGenericIterator([self.pipe], ["images", "sizes", "ids"],
+                                                last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
         self.max_batch = max_batch
 
     def start(self, plan: list) -> None:
         need = max((len(ids) for ids in plan), default=1)
         self.feed.plan = plan
-        if self.iterator is None or need > self.max_batch:
+        if self.pipe is None or need > self.max_batch:
             self._build(max(need, self.max_batch))  # the first batches start decoding now
-        else:
+        elif self.on_gpu:
             self.iterator.reset()
+        else:
+            self.pipe.reset()
+
+    def _outputs(self):
+        if self.on_gpu:
+            for out in self.iterator:
+                d = out[0]
+                yield d["images"], d["sizes"][:, :2].to(torch.int32), d["ids"].reshape(-1).to(torch.int64)
+            return
+        for _ in range(len(self.feed.plan)):
+            images, ids = self.pipe.run()
+            yield ([np.array(images[i]) for i in range(len(images))],
+                   torch.from_numpy(np.concatenate([np.array(ids[i]) for i in range(len(ids))]).astype(np.int64)))
 
     def __iter__(self):
         done = 0
         try:
-            for out in self.iterator:
-                d = out[0]
+            for got in self._outputs():
                 done += 1
-                yield d["images"], d["sizes"][:, :2].to(torch.int32), d["ids"].reshape(-1).to(torch.int64)
+                yield got
         except RuntimeError as e:
             # DALI names its operator, not always the file: find the file among the batches in flight.
             bad = find_undecodable(self.files.path(i) for ids in self.feed.plan[done:self.feed.pos] for i in ids)
