@@ -148,7 +148,7 @@ def test_hald_lvsd_prints_the_lead_after_measuring(tmp_path, capsys):
     assert rc == 0
     tr = json.loads((tmp_path / "l.json").read_text())["trace_sigma_mean"]
     assert out.index("Tr(Sigma) over 3 crops") < out.index("Drift rule (a lead, not a verdict)")
-    assert f"Tr(Sigma) at T = 4 {tr:.4f}" in out and "evidence: 11 cells" in out
+    assert f"Tr(Sigma) {tr:.4f} (at T = 4)" in out and "evidence: 11 cells" in out
 
 
 FAKE = r'''

@@ -110,20 +110,20 @@ def lead_lines(trace_sigma: float, temperature: float | None = None, sli: float 
     where it predicts a gain) and the evidence it rests on."""
     rule = rule or load()
     thr = float(rule["threshold"])
-    at_t = f" at T = {temperature:g}" if temperature is not None else ""
+    at_t = f" (at T = {temperature:g})" if temperature is not None else ""
     lines = [f"Drift rule (a lead, not a verdict): HALD is predicted to beat soft-only when Tr(Sigma) / SLI > {thr:.4f}."]
     if sli is not None:
         p = predict(trace_sigma, sli, rule)
         word = "GAIN over" if p["sign"] == "+" else "LOSS to"
-        lines.append(f"  Tr(Sigma){at_t} {trace_sigma:.4f} / SLI {sli:g} = {p['drift']:.4f} -> predicted {word} "
+        lines.append(f"  Tr(Sigma) {trace_sigma:.4f}{at_t} / SLI {sli:g} = {p['drift']:.4f} -> predicted {word} "
                      f"soft-only ({p['ratio']:.2f} x the threshold)")
     else:
         s = largest_gain_sli(trace_sigma, rule)
         if s >= 1:
-            lines.append(f"  Tr(Sigma){at_t} {trace_sigma:.4f}: predicted GAIN over soft-only at SLI <= {s} "
+            lines.append(f"  Tr(Sigma) {trace_sigma:.4f}{at_t}: predicted GAIN over soft-only at SLI <= {s} "
                          f"(Tr(Sigma) / SLI > {thr:.4f}), LOSS at higher SLI")
         else:
-            lines.append(f"  Tr(Sigma){at_t} {trace_sigma:.4f}: predicted LOSS to soft-only at every SLI >= 1 "
+            lines.append(f"  Tr(Sigma) {trace_sigma:.4f}{at_t}: predicted LOSS to soft-only at every SLI >= 1 "
                          f"(even at SLI 1 the drift is {trace_sigma / thr:.2f} x the threshold)")
     lines.append(f"  evidence: {evidence_text(rule)}")
     off = outside(context or {}, rule)
