@@ -58,6 +58,8 @@ def test_lead_says_sign_evidence_and_what_lies_outside_it():
     assert "LOSS to soft-only at every SLI" in text
     text = "\n".join(D.lead_lines(0.0235, sli=1, context={"student": "resnet10t", "ipc": 50}, rule=rule))
     assert "predicted LOSS" in text and "student resnet10t (evidence: convnet3)" in text and "ipc 50" in text
+    split = D.outside({"split": "explicit soft:225,hard:150,soft:225", "epochs": 150}, rule)
+    assert len(split) == 1 and split[0].startswith("split explicit soft:225")
 
 
 def test_bad_rule_files_are_named(tmp_path):
