@@ -22,6 +22,10 @@ def add_arguments(p) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                    help="device of every stage (default: the config's, else auto: one GPU per job when there are GPUs)")
     p.add_argument("--plan", action="store_true", help="print the planned stages and exit")
+    p.add_argument("--predict", action="store_true",
+                   help="run every stage but the student trainings (teacher, selections, relabels, lvsd), then "
+                        "write the drift rule's sign of `hald - soft-only` per cell (predictions.{json,md} in "
+                        "--report-dir): commit them before the students train")
     p.add_argument("--report-only", action="store_true", help="write the tables, plots and report from finished runs")
     p.add_argument("--report-dir", default=None,
                    help="where results.{csv,json}, report.md and the plots go (default: --out); several "
@@ -54,10 +58,14 @@ def run(args) -> int:
             print(f"{s.id}: hald {' '.join(shlex.quote(a) for a in s.argv)}")
         return 0
     rc = 0
+    if args.predict and args.report_only:
+        print("hald sweep: error: --predict and --report-only exclude each other", file=sys.stderr)
+        return 2
     if not args.report_only:
+        kinds = ("teacher", "select", "relabel", "transform", "lvsd") if args.predict else None
         try:
             runner = Runner(plan, jobs=args.jobs, threads=args.threads,
-                            cli=shlex.split(args.cli) if args.cli else None)
+                            cli=shlex.split(args.cli) if args.cli else None, kinds=kinds)
         except ValueError as e:
             print(f"hald sweep: error: {e}", file=sys.stderr)
             return 2
@@ -65,9 +73,27 @@ def run(args) -> int:
         if rc == 130:
             return rc
     report_dir = args.report_dir or plan.root
+    if args.predict:
+        return _predict(plan, report_dir) or rc
     res = R.build(plan, out_dir=report_dir, plots=not args.no_plots)
     for line in res["explanation"]:
         print(line)
     print(f"[sweep] report: {os.path.join(report_dir, 'report.md')} ({res['runs_done']} run(s) done, "
           f"{len(res['runs_missing'])} not)", flush=True)
     return rc
+
+
+def _predict(plan, report_dir: str) -> int:
+    from hald_ext.sweep import drift_rule as D
+
+    try:
+        rule = D.load()
+        rows = D.predict_plan(plan, rule)
+    except D.DriftRuleError as e:
+        print(f"hald sweep: error: {e}", file=sys.stderr)
+        return 2
+    for line in D.predictions_markdown(rows, rule):
+        print(line)
+    paths = D.write_predictions(rows, rule, report_dir)
+    print(f"[sweep] predictions: {', '.join(paths)} (no student has trained)", flush=True)
+    return 1 if any(r["sign"] is None for r in rows) else 0

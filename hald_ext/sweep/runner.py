@@ -75,7 +75,7 @@ def detect_gpus(device: str) -> list:
 
 class Runner:
     def __init__(self, plan: Plan, jobs: int = 1, threads: int = 0, cli: list | None = None, gpus: list | None = None,
-                 out=None):
+                 out=None, kinds: tuple | None = None):
         if jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {jobs}")
         self.plan = plan
@@ -84,6 +84,7 @@ class Runner:
         self.cli = cli or [sys.executable, "-m", "hald_ext.cli"]
         self.gpus = detect_gpus(plan.config.get("device", "auto")) if gpus is None else gpus
         self.out = out or sys.stdout
+        self.kinds = None if kinds is None else set(kinds)  # only stages of these kinds (None: all)
         self.procs: dict = {}  # stage id -> Popen
         self.lock = threading.Lock()
         self.durations: dict = {}  # kind -> [seconds]
@@ -187,8 +188,9 @@ class Runner:
             rec = read_done(self.plan, s.id)
             if rec and "seconds" in rec:
                 self.durations.setdefault(s.kind, []).append(float(rec["seconds"]))
-        pending = [s for s in self.plan.stages if not self.is_done(s)]
-        skipped = len(self.plan.stages) - len(pending)
+        wanted = [s for s, st in self.plan.stages.items() if self.kinds is None or st.kind in self.kinds]
+        pending = [s for s in wanted if not self.is_done(s)]
+        skipped = len(wanted) - len(pending)
         self.say(f"{len(pending)} stage(s) to run, {skipped} already done; {self.jobs} job(s) x {self.threads} "
                  f"thread(s)" + (f", GPUs {','.join(self.gpus)}" if self.gpus else ""))
         old = None

@@ -188,4 +188,7 @@ def run(args) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
+    if args.teacher:  # what the drift rule predicts from this Tr(Sigma), with the evidence it rests on
+        from hald_ext.sweep.drift_rule import lvsd_lead
+        lvsd_lead(args, result)
     return 0
