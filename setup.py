@@ -103,6 +103,7 @@ setup(
     version="0.1.0",
     description="Fused kernels, label store and trainer for HALD (Soft -> Hard -> Soft) soft-label distillation",
     packages=find_packages(include=["hald_ext", "hald_ext.*"]),
+    package_data={"hald_ext.sweep": ["drift_rule.json"]},  # the drift rule hald lvsd prints its lead from
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
