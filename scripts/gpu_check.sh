@@ -30,12 +30,11 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OF
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 
 # ==== Stage command lines: one variable each (python script + flags; run as "$PY $VAR") ==================
-# UPDATE when bench_loss's --shapes lands: replace "--no-compile" by "--shapes 8192x1000 8192x21843" (the
-# flag's own syntax) so torch.compile is measured at the two headline shapes only. Today the sparse suite
-# has no shape flag, and compiling all six shapes x 2 dtypes does not fit stage A: no compile baseline.
-LOSS_CMD="benchmarks/bench_loss.py --device cuda --suite sparse --no-compile"
-# UPDATE when bench_crop's --batches lands: "--batch 1024" -> "--batches 256 1024 4096".
-CROP_CMD="benchmarks/bench_crop.py --sizes 224 --batch 1024 --images 256 --source 256 --rounds 3 --seconds 0.5 --threads 16 --no-reference --out $OUT/crop_gpu.json"
+# The headline loss shapes only (B = 8192 at C = 1000 and 21843, fp32 and bf16), against eager and
+# torch.compile, with the copy floor measured in the same run (the precision table: --precision, docs/gpu.md).
+LOSS_CMD="benchmarks/bench_loss.py --device cuda --suite sparse --shapes 8192x1000,8192x21843 --dtypes float32,bfloat16 --out $OUT/loss_gpu.json"
+# Large batches at S = 224 on the device (the 3M crops/s target is bf16).
+CROP_CMD="benchmarks/bench_crop.py --sizes 224 --batches 256 1024 4096 --methods fused_cuda fused_cuda_bf16 --images 256 --source 256 --rounds 3 --seconds 0.5 --threads 16 --no-reference --out $OUT/crop_gpu.json"
 # UPDATE if bench_train gets batch / dtype flags: the step is batch 256 in bf16; today's resnet18
 # case is batch 32, float32.
 STEP_CMD="benchmarks/bench_train.py --device cuda --cases resnet18 --sources array --images 512"
