@@ -442,7 +442,7 @@ def print_tables(summary: list[dict], crops: dict | None) -> None:
 def main(argv=None) -> int:
     global TEACHER, TEACHER_SIZE, TRAIN_MODEL, TRAIN_SIZE, DEVICE  # --teacher ... override the defaults above
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", default="/work/scale-data", help="pool, folders, teacher and scratch go here")
+    p.add_argument("--root", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "scale"), help="pool, folders, teacher and scratch go here")
     p.add_argument("--sizes", default="10000,50000,200000", help="folder sizes, comma-separated")
     p.add_argument("--quick", action="store_true", help="sizes 1000,2000, fewer crop measurements")
     p.add_argument("--commands", default="select,relabel,train", help="which commands to measure")

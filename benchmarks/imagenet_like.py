@@ -22,7 +22,7 @@ What the files are like (roughly ImageNet's train set):
 Repeated files are hard links to the same inode: after the first read the page cache serves them,
 where real ImageNet reads 1.28M distinct files from disk. Results from these folders say so.
 
-    python benchmarks/imagenet_like.py --root /work/scale-data --sizes 10000,50000,200000 [--jobs 2]
+    python benchmarks/imagenet_like.py --root data/scale --sizes 10000,50000,200000 [--jobs 2]
 """
 from __future__ import annotations
 
@@ -333,7 +333,7 @@ def ensure(root: str, sizes, *, num_classes: int = 1000, per_class: int = 10, jo
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", default="/work/scale-data", help="pool and folders go here")
+    p.add_argument("--root", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "scale"), help="pool and folders go here")
     p.add_argument("--sizes", default="10000,50000,200000", help="folder sizes (images), comma-separated")
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--per-class", type=int, default=10, help="distinct pool files per class")
