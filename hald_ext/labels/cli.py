@@ -195,11 +195,11 @@ def _info(args) -> int:
 def _load_images(args):
     if not args.images:
         return None
-    from hald_ext.data import load_image_set
+    from hald_ext.data import open_images
 
     from hald_ext.labels.relabel import select_ipc
 
-    images = load_image_set(args.images, getattr(args, "split", "train"))
+    images = open_images(args.images, getattr(args, "split", "train"))  # a folder is listed, not decoded
     return select_ipc(images, args.ipc, args.ipc_seed) if args.ipc else images
 
 

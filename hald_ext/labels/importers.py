@@ -300,7 +300,8 @@ def _list_files(root: str) -> list:
 # ---------------------------------------------------------------------------------------- FKD
 def _match_fkd_files(root: str, files: list, images) -> list:
     """FKD names a label file after its image (<class>/<stem>.tar): files in the image set's order."""
-    names = getattr(images, "names", None)
+    # an image folder's files (ImageFiles) or decoded images that kept their names (ImageSet)
+    names = images.relative_names() if hasattr(images, "relative_names") else getattr(images, "names", None)
     if names is None or any(str(n).startswith("array:") for n in names):
         return files
     by_key = {}
@@ -705,7 +706,9 @@ def _check_crop_size(root: str, crop_size, box_max: float, n_boxes: int, images)
                                f"crops of about {box_max:g} px, not --crop-size {crop_size} (give the writer's "
                                "--input-size)")
     if images is not None and crop_size is not None and len(images):
-        sizes = {tuple(im.shape[:2]) for im in images.images}
+        from hald_ext.data import image_sizes  # noqa: PLC0415  (the data layer reads the headers)
+
+        sizes = {tuple(hw) for hw in image_sizes(images).tolist()}
         if len(sizes) == 1:
             (h, w), = sizes
             if crop_size > 2 * max(h, w):
