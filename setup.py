@@ -98,6 +98,13 @@ else:
         py_limited_api=True,
     )
 
+EXTRAS = {
+    "train": ["torchvision", "timm", "PyYAML", "tqdm"],
+    "plots": ["matplotlib"],
+    "dali": ["nvidia-dali-cuda130"],
+}
+EXTRAS["all"] = sorted({d for deps in EXTRAS.values() for d in deps})
+
 setup(
     name="hald_ext",
     version="0.1.0",
@@ -108,6 +115,10 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
     python_requires=">=3.10",
-    install_requires=["torch", "numpy", "safetensors"],
+    # The library (fused loss, ops, label store, data readers) needs these only; the `hald` commands
+    # (trainer, sweeps) are the [train] extra. DALI's wheel is built per CUDA major version: [dali]
+    # names the CUDA 13 one (use nvidia-dali-cuda120 on CUDA 12).
+    install_requires=["torch", "numpy", "safetensors", "pillow"],
+    extras_require=EXTRAS,
     entry_points={"console_scripts": ["hald=hald_ext.cli:main"]},
 )

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import device_tag, machine, time_fn, write_results  # noqa: E402
 
 import hald_ext  # noqa: E402
-from hald_ext.boxes import boxes_to_pixels, dequantize_boxes, pixels_to_boxes, quantize_boxes, sample_rrc_pixels  # noqa: E402
+from hald_ext.core.boxes import boxes_to_pixels, dequantize_boxes, pixels_to_boxes, quantize_boxes, sample_rrc_pixels  # noqa: E402
 from hald_ext.labels import Header, LabelStore, Quantizer  # noqa: E402
 from hald_ext.models import create_model  # noqa: E402
 from hald_ext.ops import soft_hard_loss  # noqa: E402

@@ -23,10 +23,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hald_ext.boxes import quantize_boxes  # noqa: E402
+from hald_ext.core.boxes import quantize_boxes  # noqa: E402
 from hald_ext.data.loader import make_loader, resident_cache_from_loader  # noqa: E402
 from hald_ext.data.sources import ImageSet, load_image_set, write_image_folder  # noqa: E402
 from hald_ext.models.factory import create_model  # noqa: E402
+from hald_ext.data.select import select_ipc  # noqa: E402
 from hald_ext.ops import crop_and_lookup, soft_hard_loss  # noqa: E402
 
 FMNIST_MEAN, FMNIST_STD = (0.286,) * 3, (0.353,) * 3
@@ -35,9 +36,7 @@ FMNIST_MEAN, FMNIST_STD = (0.286,) * 3, (0.353,) * 3
 def subset(images: ImageSet, per_class: int, seed: int = 0) -> ImageSet:
     """`per_class` random images of every class (a random-real 'distilled' set, IPC = per_class), drawn
     by the package's one IPC selection, so `hald select --ipc N --seed S` picks the same images."""
-    from hald_ext.train import select
-
-    return select.subset(images, select.select_per_class(images, per_class, seed))
+    return select_ipc(images, per_class, seed)
 
 
 def stand_in_store(cache, size: int, sli: int, k: int, num_classes: int, seed: int):

@@ -5,9 +5,8 @@ soft-label distillation.
     hald_ext.build_info()            # which backends were compiled
     loss = hald_ext.ops.soft_hard_loss(logits, topk_ids, topk_values, hard_target, temperature=20)
 """
+from hald_ext import functional, ops
 from hald_ext._ext import build_info
-from hald_ext import ops
-from hald_ext import functional
 from hald_ext.loss import DistillationLoss, KLDivLoss, SoftHardLoss
 
 __all__ = ["build_info", "ops", "functional", "DistillationLoss", "KLDivLoss", "SoftHardLoss"]

@@ -12,9 +12,12 @@ import os
 import re
 import sys
 
+import hald_ext
+from hald_ext.core import extras
+
 # command -> (module, one-line help)
 COMMANDS = {
-    "relabel": ("hald_ext.labels.relabel", "label SLI random-resized crops per image with a teacher -> label store"),
+    "relabel": ("hald_ext.commands.relabel", "label SLI random-resized crops per image with a teacher -> label store"),
     "labels": ("hald_ext.labels.cli", "inspect or import label stores (`hald labels info FILE`)"),
     "teacher": ("hald_ext.train.teacher", "train a teacher on a full labelled set"),
     "select": ("hald_ext.train.select", "pick IPC random real images per class"),
@@ -32,8 +35,6 @@ def add_arguments(parser):  # `hald info`
 
 
 def run(args):
-    import hald_ext
-
     for k, v in hald_ext.build_info().items():
         print(f"{k}: {v}")
     return 0
@@ -87,12 +88,19 @@ def _main(argv=None) -> int:
             try:
                 mod = importlib.import_module(module)
             except ModuleNotFoundError as e:
-                parser.error(f"`hald {name}` is not available in this build ({e})")
+                parser.error(extras.install_hint(e.name) or f"`hald {name}` cannot start: {e}")
             mod.add_arguments(p)
             p.set_defaults(_run=mod.run)
     _one_default_per_option(parser)
     args = parser.parse_args(argv)
-    rc = int(args._run(args) or 0)
+    try:
+        rc = int(args._run(args) or 0)
+    except ModuleNotFoundError as e:  # an optional dependency first needed while running
+        hint = extras.install_hint(e.name)
+        if hint is None:
+            raise
+        print(f"hald {args.command}: error: {hint}", file=sys.stderr)
+        return 2
     sys.stdout.flush()  # a closed pipe shows here, inside main's handler, not at interpreter exit
     return rc
 

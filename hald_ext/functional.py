@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn import _reduction
 
 from hald_ext import ops
 
@@ -28,8 +29,6 @@ MODULE_REDUCTIONS = ("mean", "batchmean", "sum", "none")
 
 def _legacy_reduction(size_average, reduce, reduction: str) -> str:
     if size_average is not None or reduce is not None:
-        from torch.nn import _reduction
-
         return _reduction.legacy_get_string(size_average, reduce)
     return reduction
 

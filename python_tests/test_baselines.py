@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 from baselines import fkd, hald, images, sre2l  # noqa: E402
 
-from hald_ext.boxes import dequantize_boxes  # noqa: E402
+from hald_ext.core.boxes import dequantize_boxes  # noqa: E402
 from hald_ext.labels.importers import import_batches, import_fkd, sre2l_order  # noqa: E402
 from hald_ext.reference import decode_dense  # noqa: E402
 

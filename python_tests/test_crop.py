@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from hald_ext.boxes import boxes_to_pixels, dequantize_boxes, quantize_boxes, sample_rrc_pixels
+from hald_ext.core.boxes import boxes_to_pixels, dequantize_boxes, quantize_boxes, sample_rrc_pixels
 from hald_ext.ops import CutMix, crop_and_lookup, soft_hard_loss
 from hald_ext.reference import crop_reference, cutmix_lambda_reference, gather_labels_reference
 

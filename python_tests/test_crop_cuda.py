@@ -4,7 +4,7 @@ Skipped without a CUDA device and a CUDA build."""
 import pytest
 import torch
 
-from hald_ext.boxes import dequantize_boxes, quantize_boxes
+from hald_ext.core.boxes import dequantize_boxes, quantize_boxes
 from hald_ext.ops import CutMix, crop_and_lookup
 from hald_ext.ops.crop import sample_cutmix
 from hald_ext.reference import crop_reference, cutmix_lambda_reference, gather_labels_reference

@@ -50,7 +50,7 @@ def folder(tmp_path_factory):
 
 def relabel_flags() -> list:
     """CutMix labels when this build's relabel has them (the SRe2L / HALD recipe)."""
-    from hald_ext.labels import relabel
+    from hald_ext.commands import relabel
 
     p = argparse.ArgumentParser()
     relabel.add_arguments(p)

@@ -78,7 +78,7 @@ def test_opening_and_selecting_a_folder_decodes_nothing(imagenet, tmp_path, monk
         with open(os.path.join(out, n), "rb") as a, open(os.path.join(imagenet[0], n), "rb") as b:
             assert a.read() == b.read()
     # The selection is the source's files: the same identity as the source's subset.
-    from hald_ext.train.select import select_per_class
+    from hald_ext.data.select import select_per_class
 
     assert sel.fingerprint() == files.subset(select_per_class(files, 1, 5)).fingerprint()
     assert not os.path.exists(out + ".partial")

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hald_ext.boxes import quantize_boxes
+from hald_ext.core.boxes import quantize_boxes
 from hald_ext.labels import LabelStore
 from hald_ext.labels.importers import ImportOrderWarning, LabelImportError, import_batches
 from hald_ext.reference.soft_hard_loss import decode_dense

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from hald_ext.boxes import quantize_boxes
+from hald_ext.core.boxes import quantize_boxes
 from hald_ext.cli import main as hald
 from hald_ext.labels import LabelStore
 from hald_ext.labels.importers import (ImportOrderWarning, LabelImportError, import_batches, import_fkd, read_sampler,

@@ -61,3 +61,26 @@ def test_bad_arguments_named(kwargs, match):
         kl_to_full(P, kwargs["ids"], kwargs["values"], None, "marginal")
     with pytest.raises(ValueError, match="decode"):
         kl_to_full(P, None, P, None, "smooth")
+
+
+@pytest.mark.parametrize("decode", ["marginal", "renorm", "truncate"])
+@pytest.mark.parametrize("k", [1, 5, 12])
+def test_kl_to_full_matches_the_dense_reference_decode(decode, k):
+    """The sparse float64 KL equals the one built from the reference's dense [N, C] decode, for top-k
+    codes through a codebook, float values, and full width (k == C, ids None)."""
+    from hald_ext.reference.soft_hard_loss import decode_dense
+
+    gen = torch.Generator().manual_seed(k)
+    N, C = 37, 12
+    full = torch.softmax(3 * torch.randn(N, C, generator=gen, dtype=torch.float64), 1)
+    vals, ids = full.topk(k, 1)
+    codebook = torch.linspace(0, 1, 256, dtype=torch.float64) ** 2
+    codes = (vals.sqrt() * 255).round().to(torch.uint8)
+    cases = [(ids.to(torch.int16), codes, codebook), (ids, vals.float(), None)]
+    if k == C:
+        cases.append((None, full.half(), None))
+    for row_ids, values, cb in cases:
+        q = decode_dense(row_ids, values, C, decode, cb, torch.float64)
+        want = (torch.xlogy(full, full) - torch.xlogy(full, q.clamp_min(Q_FLOOR)) - full + q).sum(1)
+        got = kl_to_full(full, row_ids, values, cb, decode, chunk_rows=10)
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)

@@ -10,7 +10,8 @@ from hald_ext.cli import main as hald
 from hald_ext.data import fingerprint, load_image_set, write_image_folder
 from hald_ext.data.sources import FASHION_MNIST_ROOT
 from hald_ext.labels import LabelStore, LabelStoreError
-from hald_ext.labels.relabel import relabel, select_ipc
+from hald_ext.data.select import select_ipc
+from hald_ext.labels.relabel import relabel
 from hald_ext.models import create_model
 from hald_ext.ops import label_encode
 from hald_ext.reference.crop import crop_reference

@@ -29,7 +29,7 @@ def make_arrays(h: Header, seed=0):
     N, S = h.num_images, h.slots
     yx = torch.rand(N, S, 2, generator=g) * 0.5
     hw = torch.rand(N, S, 2, generator=g) * 0.5 + 0.01
-    from hald_ext.boxes import quantize_boxes
+    from hald_ext.core.boxes import quantize_boxes
 
     boxes = quantize_boxes(torch.cat([yx, hw], -1))
     flips = torch.rand(N, S, generator=g) < 0.5

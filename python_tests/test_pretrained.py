@@ -16,9 +16,10 @@ from torch import nn
 
 from hald_ext.cli import main
 from hald_ext.data import load_image_set
-from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from hald_ext.core.normalize import IMAGENET_MEAN, IMAGENET_STD
 from hald_ext.labels import LabelStore
-from hald_ext.labels.relabel import load_teachers, relabel
+from hald_ext.labels.relabel import relabel
+from hald_ext.labels.relabel_teacher import load_teachers
 from hald_ext.labels.relabel_teacher import teacher_weight_specs
 from hald_ext.models import ClassSubset, create_model, for_classes, pretrained_model
 from hald_ext.models.pretrained import class_index
@@ -177,7 +178,7 @@ def test_pretrained_uses_a_cached_copy_offline(files, tmp_path, monkeypatch):
 
 
 def test_weights_options_pair_with_models_in_order(files):
-    from hald_ext.labels import relabel as relabel_mod
+    from hald_ext.commands import relabel as relabel_mod
 
     p = argparse.ArgumentParser()
     relabel_mod.add_arguments(p)

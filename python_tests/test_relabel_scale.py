@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from hald_ext.boxes import mix_boxes_to_pixels, sample_rrc_batch, sample_rrc_pixels
+from hald_ext.core.boxes import mix_boxes_to_pixels, sample_rrc_batch, sample_rrc_pixels
 from hald_ext.cli import main as hald
 from hald_ext.data import dali_available, fingerprint, load_image_set
 from hald_ext.data.cache import pad_images
@@ -18,7 +18,7 @@ from hald_ext.labels.relabel import relabel
 from hald_ext.labels.relabel_plan import make_plan
 from hald_ext.ops import label_encode
 from hald_ext.reference.crop import crop_reference
-from hald_ext.train.select import select_per_class, subset
+from hald_ext.data.select import select_per_class, subset
 
 S = 16
 SIZES = [(40, 56), (64, 48), (50, 50), (23, 37)]  # four sizes, three aspect ratios

@@ -206,7 +206,7 @@ def test_teacher_records_its_normalisation_and_relabel_and_lvsd_use_it(files, tm
 
 
 def test_recorded_normalisation_wins_over_a_pretrained_cfg():
-    from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalization_of
+    from hald_ext.core.normalize import IMAGENET_MEAN, IMAGENET_STD, normalization_of
 
     m = torch.nn.Linear(1, 1)
     m.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}

@@ -52,7 +52,7 @@ WEIRD = [-1, 0, 1, 3, 2**31, 2**63, -2**40, 1.5, float("inf"), 1e308, None, "x",
 
 # ---------------------------------------------------------------------------------------- seeds
 def make_seed_stores(d: str) -> list:
-    from hald_ext.boxes import quantize_boxes
+    from hald_ext.core.boxes import quantize_boxes
     from hald_ext.labels import Header, LabelStore, MixRecord, Quantizer
 
     g = torch.Generator().manual_seed(0)

@@ -9,11 +9,14 @@ into that batch (`sample_ids` keeps the set's ids, for label lookups).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
-from hald_ext.data.batch import ImageBatch, pad_images, padded_nbytes
-from hald_ext.data.sources import ImageSet
+from hald_ext.data.batch import ImageBatch, pad_images
+
+if TYPE_CHECKING:  # annotation only
+    from hald_ext.data.imageset import ImageSet
 
 
 def device_budget(device: torch.device, fraction: float = 0.5) -> int:

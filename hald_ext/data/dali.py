@@ -13,6 +13,7 @@ import torch
 
 from hald_ext.data.batch import ImageBatch
 from hald_ext.data.folder import ShardedEpochs, epoch_order
+from hald_ext.data.imageset import ImageSet
 
 
 def _pipeline_tail(fn, types, images, ids, on_gpu: bool):
@@ -54,7 +55,6 @@ class DaliLoader(ShardedEpochs):
         from nvidia.dali import fn, pipeline_def, types
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        from hald_ext.data.sources import ImageSet
 
         self.device = torch.device(device)
         on_gpu = self.device.type == "cuda"

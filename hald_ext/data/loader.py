@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import numpy as np
 import torch
 
-from hald_ext.data.batch import ImageBatch, collate
+from hald_ext.data.batch import ImageBatch, collate, unpad
+from hald_ext.data.cache import ResidentImageCache
+from hald_ext.data.dali import DaliLoader
 from hald_ext.data.files import ImageFiles
 from hald_ext.data.folder import ShardedEpochs
 from hald_ext.data.stream import BACKENDS, FileImages, dali_available, loader_backend  # noqa: F401  (re-exported)
+
 
 class FolderLoader(ShardedEpochs):
     """Epochs over an image folder's files: this rank's shard in `epoch_order` (shuffled when asked), cut
@@ -82,8 +84,6 @@ def make_loader(source, batch_size: int, *, device="cpu", shuffle: bool = False,
         return FolderLoader(source, batch_size, device=device, shuffle=shuffle, seed=seed, shard=shard,
                             backend=chosen, num_threads=num_threads)
     if chosen == "dali":
-        from hald_ext.data.dali import DaliLoader
-
         return DaliLoader(source, batch_size, device=device, shuffle=shuffle, seed=seed, shard=shard,
                           num_threads=num_threads)
     return TorchLoader(source, batch_size, device=device, shuffle=shuffle, seed=seed, shard=shard)
@@ -92,7 +92,6 @@ def make_loader(source, batch_size: int, *, device="cpu", shuffle: bool = False,
 def decode_all(loader) -> list:
     """Every image of the loader's shard as an HWC uint8 array at its true size, by sample id (one
     epoch of the loader; a sample outside the shard stays None)."""
-    from hald_ext.data.batch import unpad
 
     out = [None] * loader.num_samples()
     for b in loader:
@@ -104,7 +103,6 @@ def decode_all(loader) -> list:
 def resident_cache_from_loader(loader, num_samples: int | None = None):
     """Decode every sample of the loader's shard once (one epoch) into a ResidentImageCache on the
     loader's device, indexed by sample id (ids outside the shard stay empty, size 1 x 1)."""
-    from hald_ext.data.cache import ResidentImageCache
 
     batches = list(loader)
     n = num_samples if num_samples is not None else loader.num_samples()

@@ -7,60 +7,23 @@ same pixels), never by a decoder of their own.
 """
 from __future__ import annotations
 
-import dataclasses
 import gzip
-import hashlib
 import json
 import os
 import struct
 
 import numpy as np
+from PIL import Image
 
 from hald_ext.data.files import ImageFiles
-from hald_ext.data.decode import decode_file
 from hald_ext.data.folder import IMAGE_EXTENSIONS, list_image_folder  # noqa: F401  (re-exported)
+from hald_ext.data.imageset import FINGERPRINT_KINDS, ImageSet, fingerprint, image_sizes  # noqa: F401  (re-exported)
+from hald_ext.data.loader import decode_all, loader_backend, make_loader
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle_boot"]
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-@dataclasses.dataclass
-class ImageSet:
-    images: list  # uint8 HWC numpy arrays (C = 3)
-    labels: np.ndarray  # int64 [N]
-    classes: list
-    names: list  # one stable name per image (file path relative to the root, or "array:<i>")
-    kind: str = "arrays"  # "folder" (natural images, decoded from files) or "arrays" (IDX / NPZ / NPY)
-    # The folder files these images were decoded from (`load_image_set` of a folder), or their files
-    # fingerprint (an NPZ that `hald select` wrote from a folder records it): a store identifying its
-    # images by their files then accepts the decoded set.
-    files: "ImageFiles | None" = None
-    files_fingerprint: dict | None = None
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def fingerprint(self) -> dict:
-        return fingerprint(self)
-
-    def padded(self) -> tuple:
-        """([N, Hmax, Wmax, 3] uint8 zero-padded, int32 [N, 2] true sizes or None when all are equal)."""
-        from hald_ext.data.batch import pad_images
-
-        return pad_images(self.images)
-
-    def stacked(self) -> np.ndarray:
-        """[N, H, W, 3] uint8 when every image has the same size."""
-        shapes = {im.shape for im in self.images}
-        if len(shapes) != 1:
-            raise ValueError(f"images have {len(shapes)} different shapes; use a padded batch instead")
-        return np.stack(self.images)
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -143,7 +106,6 @@ def _load_arrays(path: str) -> ImageSet:
 
 def _load_folder(root: str, loader: str = "auto", batch_size: int = 64) -> ImageSet:
     """Decode a class-per-folder tree through the loader (DALI or torch), in the folder's order."""
-    from hald_ext.data.loader import decode_all, make_loader
 
     ld = make_loader(root, batch_size, backend=loader, shard=(0, 1))
     images = decode_all(ld)
@@ -156,7 +118,6 @@ def load_image_set(source: str, split: str = "train", loader: str = "auto") -> I
     """`fashion-mnist` (Debian's copy), a folder of class sub-folders, an IDX images file (labels
     beside it as *labels-idx1-ubyte*), or NPZ / NPY arrays. `loader` (auto | dali | torch) decodes a
     folder; both give the same pixels. A file that does not decode raises ValueError naming it."""
-    from hald_ext.data.loader import loader_backend
 
     loader_backend(loader)  # an unknown name is an error whatever the source
     if source in ("fashion-mnist", "fashion_mnist"):
@@ -175,7 +136,6 @@ def load_image_set(source: str, split: str = "train", loader: str = "auto") -> I
 
 def write_image_folder(images: ImageSet, root: str, fmt: str = "png") -> list:
     """Write an ImageSet as root/<class>/<index>.<fmt>; returns the written paths."""
-    from PIL import Image
 
     paths = []
     for i, (im, lab) in enumerate(zip(images.images, images.labels)):
@@ -187,52 +147,9 @@ def write_image_folder(images: ImageSet, root: str, fmt: str = "png") -> list:
     return paths
 
 
-FINGERPRINT_KINDS = ("pixels", "files")
-
-
-def fingerprint(images, kind: str | None = None) -> dict:
-    """The identity a label store records and checks on replay: {"kind", "count", "sha256"}.
-
-    "files" (an image folder's ImageFiles, the default for one): from each file's bytes without
-    decoding (hald_ext.data.files.files_fingerprint). "pixels" (arrays, the default for an ImageSet;
-    and what stores made before folders were read as files record -- an ImageFiles then decodes its
-    files once, batch by batch, to check one): sha256 over each image's class id, shape and pixel
-    bytes, in order. Names are left out on purpose either way: the same images keep their identity
-    when `hald select` writes them to an NPZ or a renamed folder."""
-    kind = kind or ("files" if isinstance(images, ImageFiles) else "pixels")
-    if kind not in FINGERPRINT_KINDS:
-        raise ValueError(f"unknown image fingerprint kind {kind!r} (known: {', '.join(FINGERPRINT_KINDS)})")
-    if kind == "files":
-        if isinstance(images, ImageFiles):
-            return images.fingerprint()
-        if getattr(images, "files", None) is not None:
-            return images.files.fingerprint()
-        if getattr(images, "files_fingerprint", None):
-            return dict(images.files_fingerprint)
-        raise ValueError("these labels identify their images by the files of an image folder: give that "
-                         "folder (or an NPZ `hald select` wrote from it), not other decoded arrays")
-    h = hashlib.sha256()
-    if isinstance(images, ImageFiles):
-        pixels = (decode_file(images.path(i)) for i in range(len(images)))
-    else:
-        pixels = iter(images.images)
-    for label, im in zip(np.asarray(images.labels).tolist(), pixels):
-        h.update(repr((int(label), im.shape)).encode())
-        h.update(np.ascontiguousarray(im).tobytes())
-    return {"kind": "pixels", "count": len(images), "sha256": h.hexdigest()}
-
-
-def image_sizes(images) -> np.ndarray:
-    """int32 [N, 2] (height, width) of every image: an ImageSet's arrays, or an ImageFiles' headers."""
-    if isinstance(images, ImageFiles):
-        return images.sizes()
-    return np.array([im.shape[:2] for im in images.images], dtype=np.int32).reshape(-1, 2)
-
-
 def open_images(source: str, split: str = "train", loader: str = "auto"):
     """What every command opens: an image folder as its files (ImageFiles: a listing, nothing decoded),
     anything else as decoded arrays (`load_image_set`: Fashion-MNIST, IDX, NPZ / NPY)."""
-    from hald_ext.data.loader import loader_backend
 
     loader_backend(loader)  # an unknown name is an error whatever the source
     if isinstance(source, str) and os.path.isdir(source):

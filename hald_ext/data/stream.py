@@ -25,10 +25,12 @@ import warnings
 import numpy as np
 import torch
 
+from hald_ext.data import decode
 from hald_ext.data.batch import ImageBatch, padded_nbytes
 from hald_ext.data.cache import ResidentImageCache, StreamingImages, device_budget
-from hald_ext.data.files import ImageFiles
+from hald_ext.data.dali import _pipeline_tail
 from hald_ext.data.decode import dali_input, decode_file, find_undecodable
+from hald_ext.data.files import ImageFiles
 
 STREAM_BACKENDS = ("dali", "torch")
 
@@ -130,8 +132,6 @@ class _DaliDecoder:
     def _build(self, max_batch: int) -> None:
         from nvidia.dali import fn, pipeline_def, types
 
-        from hald_ext.data import decode
-        from hald_ext.data.dali import _pipeline_tail
 
         on_gpu = self.on_gpu
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \

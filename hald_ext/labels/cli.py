@@ -17,8 +17,18 @@ FKD's generator writes them (float32 numpy: coords 16 + flip 1 + 2 x k x 4 bytes
 from __future__ import annotations
 
 import json
+import sys
+import warnings
 
+import numpy as np
 import torch
+
+from hald_ext.data import open_images
+from hald_ext.data.select import select_ipc
+from hald_ext.labels import transform
+from hald_ext.labels.format import LabelStoreError
+from hald_ext.labels.importers import LabelImportError, import_batches, import_fkd, read_epoch_count, sre2l_order
+from hald_ext.labels.store import LabelStore
 
 
 def add_arguments(p) -> None:
@@ -75,22 +85,14 @@ def add_arguments(p) -> None:
                         "a copy of the image's label from the nearest epoch (refused unless given)")
     b.add_argument("--lpqld-decode", choices=tuple(("MR", "MS", "MRS")),
                    help="lpqld: the --label_quantization rule the labels are trained with (MR-k, MS-k, MRS-k)")
-    from hald_ext.labels import transform
 
     transform.add_arguments(sub.add_parser("transform", help="swap or zero the non-top-1 entries (as `hald "
                                                              "label-transform`)"))
 
 
 def run(args) -> int:
-    import sys
-
-    from hald_ext.labels.format import LabelStoreError
-    from hald_ext.labels.importers import LabelImportError
-
     try:
         if args.labels_command == "transform":
-            from hald_ext.labels import transform
-
             return transform.run(args, prog="hald labels transform")
         return {"info": _info, "import-fkd": _import_fkd, "import-sre2l": _import_sre2l}[args.labels_command](args)
     except (LabelStoreError, LabelImportError, ValueError) as e:  # bad files and bad flag values
@@ -147,8 +149,6 @@ def store_summary(store) -> dict:
 
 
 def _info(args) -> int:
-    from hald_ext.labels.store import LabelStore
-
     images = _load_images(args)
     s = store_summary(LabelStore.open(args.file, images=images))
     if args.json:
@@ -162,7 +162,7 @@ def _info(args) -> int:
           f"{'full width (k = C, no ids)' if k == C else f'top-k = {k}'}, T = {h['temperature']:g}")
     q = h["quantizer"]
     fp16 = "float16 probabilities (fp16: no codebook, the store's most precise values)"
-    print(f"  values: " + (fp16 if q["kind"] == "fp16" else
+    print("  values: " + (fp16 if q["kind"] == "fp16" else
                            f"{h['code_bits']}-bit {q['kind']} codes {q}") +
           f"; default decode {h['default_decode']}; CutMix record: {'yes' if h['mix'] else 'no'}")
     print(f"  teacher: {h['teacher'] or '-'}")
@@ -195,17 +195,13 @@ def _info(args) -> int:
 def _load_images(args):
     if not args.images:
         return None
-    from hald_ext.data import open_images
 
-    from hald_ext.labels.relabel import select_ipc
 
     images = open_images(args.images, getattr(args, "split", "train"))  # a folder is listed, not decoded
     return select_ipc(images, args.ipc, args.ipc_seed) if args.ipc else images
 
 
 def _import_fkd(args) -> int:
-    from hald_ext.labels.importers import import_fkd
-
     rep = import_fkd(args.input, args.out, args.num_classes, bits=args.bits, quantizer=args.quantizer,
                      temperature=args.temperature, images=_load_images(args), crop_size=args.crop_size,
                      teacher={"name": args.teacher} if args.teacher else None)
@@ -214,15 +210,8 @@ def _import_fkd(args) -> int:
 
 
 def _import_sre2l(args) -> int:
-    import sys
 
-    import numpy as np
 
-    from hald_ext.labels.importers import LabelImportError
-
-    import warnings
-
-    from hald_ext.labels.importers import import_batches, read_epoch_count, sre2l_order
 
     if args.recipe_temperature and args.temperature is not None:
         raise LabelImportError("give either -T or --recipe-temperature, not both")

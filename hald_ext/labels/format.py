@@ -1,7 +1,7 @@
 """The label store file format, version 1: one safetensors file (no pickle, memory-mappable).
 
 Tensors, for N images x S slots (one slot = one stored crop label; a label epoch replays a slot):
-  boxes        uint16 [N, S, 4]  crop (y, x, h, w) as fractions * 65535 (hald_ext.boxes)
+  boxes        uint16 [N, S, 4]  crop (y, x, h, w) as fractions * 65535 (hald_ext.core.boxes)
   flips        bool   [N, S]     horizontal flip after the crop
   topk_ids     uint16 [N, S, k]  class ids by decreasing probability (int32 when C > 65535);
                                  absent when k == C (a full-width label: values in class order)

@@ -29,7 +29,8 @@ import warnings
 import numpy as np
 import torch
 
-from hald_ext.boxes import quantize_boxes
+from hald_ext.core.boxes import quantize_boxes
+from hald_ext.data import fingerprint, image_sizes
 from hald_ext.labels.format import Header
 from hald_ext.labels.quality import kl_to_full, uniform_kl
 from hald_ext.labels.quantizer import Quantizer, encode_rows
@@ -177,8 +178,6 @@ def _reconstruct(subtype, shape, dtype):
 
 
 def _numpy_allow_list() -> list:
-    from numpy._core import multiarray
-
     allowed = [(_NdarrayName, "numpy.ndarray"), (_plain_dtype, "numpy.dtype")]
     # Files written under numpy 1.x name the functions numpy.core.multiarray.*.
     for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
@@ -338,7 +337,6 @@ def import_fkd(root: str, out: str, num_classes: int, *, bits: int | None = None
     if temperature is None:
         temperature = 1.0
         notes.append("temperature T = 1: FKD_SLG/generate_soft_label.py writes softmax(logits) (no temperature)")
-    from hald_ext.data import fingerprint
 
     files = _list_files(root)
     if not files:
@@ -604,7 +602,6 @@ def import_batches(root: str, out: str, num_classes: int, *, values: str | None 
     `k` = C (the default) keeps every class; with the fp16 quantizer (the default) a HALD file's
     float16 probabilities are stored bit for bit. When the store keeps less than the full label,
     Header.stats records the mean KL it loses (and a uniform label's, for comparison)."""
-    from hald_ext.data import fingerprint
 
     if flavor not in FLAVORS:
         raise ValueError(f"flavor must be one of {FLAVORS}, got {flavor!r}")
@@ -706,8 +703,6 @@ def _check_crop_size(root: str, crop_size, box_max: float, n_boxes: int, images)
                                f"crops of about {box_max:g} px, not --crop-size {crop_size} (give the writer's "
                                "--input-size)")
     if images is not None and crop_size is not None and len(images):
-        from hald_ext.data import image_sizes  # noqa: PLC0415  (the data layer reads the headers)
-
         sizes = {tuple(hw) for hw in image_sizes(images).tolist()}
         if len(sizes) == 1:
             (h, w), = sizes

@@ -132,7 +132,6 @@ def encode_rows(p, k: int, q: Quantizer):
     """Rows of probabilities [B, C] -> (ids [B, k] by decreasing probability, ties to the lower id,
     or None when k == C; values as `q` stores them). The Python path, for float16 values and for
     imported probabilities; relabel's coded labels come from the label_encode op."""
-    import torch
 
     C = p.shape[1]
     if k == C:

@@ -1,7 +1,7 @@
 """What `hald relabel` labels, in which batches, on which rank, and its per-rank resume file.
 
 Boxes and flips of every (image, slot) pair are drawn once, vectorised, from one seeded generator
-with torchvision's RandomResizedCrop rule (`hald_ext.boxes.sample_rrc_batch`, the batched
+with torchvision's RandomResizedCrop rule (`hald_ext.core.boxes.sample_rrc_batch`, the batched
 `sample_rrc_pixels`: ten attempts, then the centre-crop fallback) and quantised; the crop that is labelled is the one the quantised box
 replays. The pairs are labelled in global batches: slot-major (a slot is one label epoch, as in
 SRe2L / HALD relabel), each slot's images in a seeded random order, cut into batches of
@@ -18,10 +18,13 @@ import os
 from typing import NamedTuple
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from hald_ext.boxes import quantize_boxes, sample_rrc_batch
+from hald_ext.core.boxes import quantize_boxes, sample_rrc_batch
 from hald_ext.labels.atomic import atomic_path
 from hald_ext.labels.format import LabelStoreError
+
 
 def sample_crops(image_sizes, slots: int, scale, ratio, flip_prob: float, seed: int):
     """(boxes uint16 [N, S, 4], flips bool [N, S]) from one seeded generator."""
@@ -85,7 +88,6 @@ def partial_path(out: str, rank: int, world_size: int) -> str:
 
 def save_partial(path: str, recipe: str, batches_done: int, results: dict) -> None:
     """This rank's labels so far, written atomically (safetensors: no pickle)."""
-    from safetensors.torch import save_file
 
     meta = {"hald.relabel.recipe": recipe, "hald.relabel.batches_done": str(batches_done)}
     tensors = {f: results[f].contiguous() for f in FIELDS}
@@ -97,7 +99,6 @@ def load_partial(path: str, recipe: str):
     """(batches_done, results) of a resume file made with the same recipe, None when there is none."""
     if not os.path.exists(path):
         return None
-    from safetensors import safe_open
 
     try:
         with safe_open(path, framework="pt") as f:

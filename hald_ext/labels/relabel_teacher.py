@@ -26,6 +26,11 @@ import os
 import torch
 from torch import nn
 
+from hald_ext.labels.quality import kl_to_full, uniform_kl
+from hald_ext.labels.quantizer import encode_rows
+from hald_ext.models import create_model, for_classes, pretrained_model
+from hald_ext.ops import label_encode
+
 BN_MODES = ("train", "eval")
 HALD_WEIGHT_TEMPERATURE = 10.0
 
@@ -85,8 +90,6 @@ def encode_labels(logits: torch.Tensor, k: int, temperature: float, quantizer, t
     """(ids [B, k], values [B, k]) of softmax(logits / T): the fused encoder for codes (top-k, or full
     width: k == C gives ids None and codes in class order); fp16 values are the probabilities
     themselves. Ties keep the lower class id first, as the encoder does."""
-    from hald_ext.labels.quantizer import encode_rows
-    from hald_ext.ops import label_encode
 
     if not quantizer.is_float:
         return label_encode(logits, k, thresholds, temperature=temperature, from_logits=True)
@@ -99,7 +102,6 @@ def label_kl(logits: torch.Tensor, temperature: float, ids, values: torch.Tensor
     """float64 [B] KL(teacher's full label || stored label decoded with `decode`) and float64 [B]
     KL(full label || uniform), for comparison (hald_ext.labels.quality), on the host. Computed on the
     logits' device: only the two [B] results cross to the host, not the [B, C] probabilities."""
-    from hald_ext.labels.quality import kl_to_full, uniform_kl
 
     dev = logits.device
     p = torch.softmax(logits.double() / temperature, 1)
@@ -141,7 +143,6 @@ def load_teacher(name: str, kind: str, value, classes: list, img_size=None, clas
     data's classes), "pretrained" (timm's hub / torchvision's weights) or "pretrained-file" (a local
     file of pretrained weights); pretrained weights of another class count need `class_map`
     (hald_ext.models.pretrained.for_classes)."""
-    from hald_ext.models import create_model, for_classes, pretrained_model
 
     if kind not in WEIGHT_KINDS:
         raise ValueError(f"teacher {name!r}: unknown weights kind {kind!r} (one of {WEIGHT_KINDS})")
@@ -155,3 +156,21 @@ def load_teacher(name: str, kind: str, value, classes: list, img_size=None, clas
                              f"{str(e).splitlines()[0]}") from None
     model = pretrained_model(name, value if kind == "pretrained-file" else None)
     return for_classes(model, classes, class_map, what="teacher")
+
+
+def load_teachers(models: list, weights: list, num_classes: int, img_size: int, classes=None,
+                  class_map=None) -> list:
+    """One model per --model, each with the weights option that follows it: (kind, value) pairs of
+    `relabel_teacher.teacher_weight_specs` (a plain path is a --checkpoint); a teacher without weights
+    is an error naming it. Pretrained teachers of another class count need `class_map`."""
+    weights = [("checkpoint", w) if isinstance(w, str) else tuple(w) for w in weights]
+    classes = list(classes) if classes is not None else [str(c) for c in range(num_classes)]
+    if len(weights) < len(models):
+        name = models[len(weights)]
+        raise ValueError(f"teacher {name!r} has no weights: give --checkpoint FILE, --pretrained or --pretrained-file "
+                         f"FILE after --model {name} (relabel never labels with random weights)")
+    if len(weights) > len(models):
+        raise ValueError(f"{len(weights)} weights options (--checkpoint / --pretrained / --pretrained-file) for "
+                         f"{len(models)} --model teachers")
+    return [load_teacher(name, kind, value, classes, img_size, class_map)
+            for name, (kind, value) in zip(models, weights)]

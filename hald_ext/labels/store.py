@@ -9,7 +9,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
+from hald_ext.core.device import to_device
+from hald_ext.data import fingerprint
 from hald_ext.labels import format as fmt
 from hald_ext.labels.atomic import atomic_path
 from hald_ext.labels.format import FingerprintMismatch, Header, LabelStoreError
@@ -237,7 +240,7 @@ class LabelStore:
     # ------------------------------------------------------------------ arrays
     @property
     def boxes(self) -> torch.Tensor:
-        """uint16 [n, S, 4] (y, x, h, w) * 65535; hald_ext.boxes.dequantize_boxes gives fractions."""
+        """uint16 [n, S, 4] (y, x, h, w) * 65535; hald_ext.core.boxes.dequantize_boxes gives fractions."""
         return self._t["boxes"]
 
     @property
@@ -319,8 +322,6 @@ class LabelStore:
 
     @staticmethod
     def _on(t: torch.Tensor, device) -> torch.Tensor:
-        from hald_ext.data.device import to_device
-
         return t if device is None else to_device(t, device)
 
     def crops(self, image_ids, slots) -> tuple[torch.Tensor, torch.Tensor]:
@@ -349,7 +350,6 @@ class LabelStore:
         is the set this store was made for. The fingerprint is computed in the kind the store recorded
         (hald_ext.data.fingerprint: "files" for a store made on an image folder, "pixels" for arrays and
         for stores written before folders were read as files)."""
-        from hald_ext.data import fingerprint
 
         want = self.header.images
         if want is None:
@@ -381,7 +381,6 @@ class LabelStore:
 
 def write_tensors(path: str, header: Header, tensors: dict) -> None:
     """safetensors file with the store's metadata, written atomically."""
-    from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=header.metadata())

@@ -19,6 +19,9 @@ import sys
 
 import torch
 
+from hald_ext.labels.format import LabelStoreError
+from hald_ext.labels.store import LabelStore
+
 MODES = ("swap", "zero")
 _CHUNK = 1 << 15
 
@@ -78,7 +81,6 @@ def transform_dense(values: torch.Tensor, mode: str, zero_value=0, gen: torch.Ge
 
 def transform_store(src: str, dst: str, mode: str, seed: int = 0):
     """Write the `mode` transform of the store at `src` to `dst` (atomically); returns the new store."""
-    from hald_ext.labels.store import LabelStore
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -117,8 +119,6 @@ def add_arguments(p) -> None:
 
 
 def run(args, prog: str = "hald label-transform") -> int:
-    from hald_ext.labels.format import LabelStoreError
-
     try:
         store = transform_store(args.src, args.dst, args.mode, seed=args.seed)
     except (FileNotFoundError, ValueError, LabelStoreError) as e:

@@ -2,8 +2,8 @@
 norm (GroupNorm with one group per channel), ReLU, avg-pool 2], then a linear classifier."""
 from __future__ import annotations
 
-from torch import nn
 from timm.models import register_model
+from torch import nn
 
 
 class ConvNet(nn.Module):

@@ -34,7 +34,7 @@ def create_model(name: str, num_classes: int, img_size: int | None = None, check
 def load_checkpoint_state(model: torch.nn.Module, state: dict) -> torch.nn.Module:
     """Weights from a checkpoint this package wrote ({"model": state_dict, ...}) or a bare state dict;
     the normalisation the weights were trained with, when recorded (`hald teacher` / `hald train`),
-    is kept as `model.hald_normalization` (read by hald_ext.data.normalize.normalization_of)."""
+    is kept as `model.hald_normalization` (read by hald_ext.core.normalize.normalization_of)."""
     if isinstance(state, dict) and "model" in state:
         if state.get("mean") is not None and state.get("std") is not None:
             model.hald_normalization = (tuple(state["mean"]), tuple(state["std"]))

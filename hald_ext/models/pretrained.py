@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import os
 
+import safetensors.torch
 import torch
+from safetensors import safe_open
 from torch import nn
 
-from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD, checked
+from hald_ext.core.normalize import IMAGENET_MEAN, IMAGENET_STD, checked
 
 TV_PREFIX = "tv:"
 OFFLINE_HINT = ("download the weights on a machine with network access and give them with --pretrained-file PATH")
@@ -65,8 +67,6 @@ def _shapes_of(path: str) -> dict:
     """{key: shape} of a weights file without reading its tensors (safetensors header, or a memory
     map of a torch zip file); prefixes of DDP / torch.compile wrappers removed."""
     if path.endswith(".safetensors"):
-        from safetensors import safe_open
-
         with safe_open(path, "pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     else:
@@ -196,9 +196,7 @@ def _tv_model(name: str, num_classes: int | None, file: str | None) -> nn.Module
             raise FileNotFoundError(f"--pretrained-file {file} (model {name!r}) does not exist")
         try:
             if file.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
-                state = load_file(file)
+                state = safetensors.torch.load_file(file)
             else:
                 state = _unwrap_state(torch.load(file, map_location="cpu", weights_only=True))
         except Exception as e:  # noqa: BLE001 - any unreadable file: say which

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from hald_ext import _ext
-from hald_ext.data.device import to_device
-from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from hald_ext.core.device import to_device
+from hald_ext.core.normalize import IMAGENET_MEAN, IMAGENET_STD
+
 _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -42,7 +43,6 @@ class CropResult(NamedTuple):
 
 
 if _ext.loaded():
-
     @torch.library.register_fake("hald::crop_and_lookup")
     def _crop_fake(*args, **kwargs):
         a = dict(zip(_ext.schema_names(torch.ops.hald.crop_and_lookup.default), args), **kwargs)

@@ -9,8 +9,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from hald_ext.boxes import boxes_to_pixels, dequantize_boxes
-from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from hald_ext.core.boxes import boxes_to_pixels, dequantize_boxes
+from hald_ext.core.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 
 def crop_reference(images: torch.Tensor, image_ids: torch.Tensor, size: int, boxes: torch.Tensor,

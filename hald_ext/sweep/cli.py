@@ -12,6 +12,12 @@ import os
 import shlex
 import sys
 
+from hald_ext.sweep import config as C
+from hald_ext.sweep import drift_rule as D
+from hald_ext.sweep import plan as P
+from hald_ext.sweep import report as R
+from hald_ext.sweep.runner import Runner
+
 
 def add_arguments(p) -> None:
     p.add_argument("config", help="sweep configuration (YAML; see hald_ext/sweep/config.py)")
@@ -38,11 +44,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from hald_ext.sweep import config as C
-    from hald_ext.sweep import plan as P
-    from hald_ext.sweep import report as R
-    from hald_ext.sweep.runner import Runner
-
     try:
         cfg = C.load(args.config, args.overrides)
     except C.SweepConfigError as e:
@@ -84,8 +85,6 @@ def run(args) -> int:
 
 
 def _predict(plan, report_dir: str) -> int:
-    from hald_ext.sweep import drift_rule as D
-
     try:
         rule = D.load()
         rows = D.predict_plan(plan, rule)

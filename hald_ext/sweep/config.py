@@ -34,7 +34,7 @@ import os
 
 STAGES = ("teacher", "select", "relabel", "transform", "lvsd", "train")
 MODULES = {"teacher": "hald_ext.train.teacher", "select": "hald_ext.train.select",
-           "relabel": "hald_ext.labels.relabel", "lvsd": "hald_ext.train.lvsd", "train": "hald_ext.train.cli",
+           "relabel": "hald_ext.commands.relabel", "lvsd": "hald_ext.train.lvsd", "train": "hald_ext.train.cli",
            "transform": "hald_ext.labels.transform"}
 # Options each stage's command gets from the sweep (paths, seeds, devices, threads, output control).
 MANAGED = {
@@ -171,7 +171,6 @@ def apply_overrides(cfg, overrides: list) -> dict:
     """`--set` values: "seeds=[0]", "name=quick", "train.epochs=2" (a stage option, or an axis's value
     list "axes.relabel.sli=[1, 2]"); VALUE is read as YAML. A stage option that is also an axis is
     refused (set the axis instead), so an override never silently loses to the grid."""
-    import copy
 
     import yaml
 

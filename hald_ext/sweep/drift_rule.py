@@ -18,9 +18,13 @@ This module uses the standard library only.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+import sys
+
+from hald_ext.sweep.runner import read_done
 
 RULE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "drift_rule.json")
 _REQUIRED = ("pair", "threshold", "evidence", "tests")
@@ -136,7 +140,6 @@ def lead_lines(trace_sigma: float, temperature: float | None = None, sli: float 
 
 def lvsd_lead(args, result: dict, out=None) -> None:
     """Called at the end of `hald lvsd`: print the lead for a teacher measurement; never fails the command."""
-    import sys
 
     out = out or sys.stdout
     if result.get("trace_sigma_mean") is None:
@@ -194,7 +197,6 @@ def predict_plan(plan, rule: dict | None = None) -> list:
     """Per cell of a sweep comparing a Soft -> Hard -> Soft schedule with soft-only (the other axes
     fixed): the mean Tr(Sigma) and drift over the seeds whose lvsd stage is done, the rule's sign and
     the cell's conditions (student, IPC, epochs, split, T, SLI) against the rule's evidence."""
-    from hald_ext.sweep.runner import read_done
 
     rule = rule or load()
     pairs = _rule_pairs(plan, rule)
@@ -345,8 +347,6 @@ def score_markdown(scored: list) -> list:
 def main(argv=None) -> int:
     """python -m hald_ext.sweep.drift_rule index PRED_DIR ... --out DIR
        python -m hald_ext.sweep.drift_rule score PREDICTIONS.json RESULTS.json ... [--out FILE.md]"""
-    import argparse
-    import sys
 
     p = argparse.ArgumentParser(prog="python -m hald_ext.sweep.drift_rule", description="drift-rule predictions")
     sub = p.add_subparsers(dest="cmd", required=True)

@@ -16,11 +16,14 @@ store: the comparisons between train options are paired.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import os
 
 from hald_ext.sweep import config as C
+from hald_ext.train.config import TrainConfig
+from hald_ext.train.schedule import build_schedule
 
 
 @dataclasses.dataclass
@@ -70,8 +73,6 @@ def _default(stage: str, dest: str):
 
 def _reads_labels(tr_opts: dict) -> bool:
     """Whether a student run with these train options has soft phases (and so reads a label store)."""
-    from hald_ext.train.config import TrainConfig
-    from hald_ext.train.schedule import build_schedule
 
     default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     try:
@@ -89,7 +90,6 @@ def _existing_run(root: str, seed: int, key: str) -> str | None:
     """The folder of the same student run planned under another name (its key decides its output; its
     name comes from the axes of the sweep that first planned it): sweeps sharing an output folder with
     different axes reuse it. A finished one first, then one with a checkpoint to continue."""
-    import glob
 
     found = sorted(glob.glob(os.path.join(root, "train", f"s{seed}-*-{key}")))
     for marker in ("done.json", "last.pth"):

@@ -6,6 +6,8 @@ import json
 import math
 import os
 
+import numpy as np
+
 
 def _plt():
     import matplotlib
@@ -65,7 +67,6 @@ def paired_map(res: dict, cfg: dict, path: str) -> str:
     others = [a for a in cfg["axes"] if a not in (axis, x)]
     cols = sorted({json.dumps(p[x]) for p in res["paired"]}, key=lambda s: json.loads(s)) if x else ["null"]
     rows = list(dict.fromkeys(p["pair"] + (" | " + _series_key(p, others) if others else "") for p in res["paired"]))
-    import numpy as np
 
     grid = np.full((len(rows), len(cols)), np.nan)
     text = [["" for _ in cols] for _ in rows]
@@ -125,7 +126,6 @@ def frontier(res: dict, cfg: dict, path: str) -> str:
     """Mean accuracy over a data axis x a knowledge axis (e.g. IPC x top-k); cells that no other cell
     beats with no more data and no more knowledge are starred and joined (the frontier)."""
     plt = _plt()
-    import numpy as np
 
     dx, kx = cfg["report"]["frontier"]
     rest = [a for a in cfg["axes"] if a not in (dx, kx)]

@@ -8,7 +8,10 @@ import io
 import json
 import math
 import os
+import sys
 
+from hald_ext.core import extras
+from hald_ext.sweep import plots as P
 from hald_ext.sweep import stats
 from hald_ext.sweep.config import as_written
 from hald_ext.sweep.plan import Plan
@@ -222,9 +225,9 @@ def build(plan: Plan, out_dir: str | None = None, plots: bool = True) -> dict:
     write_json_atomic(result, os.path.join(out_dir, "results.json"))
     write_config(cfg, os.path.join(out_dir, "config.yaml"))
     figures = []
-    if plots and rows:
-        from hald_ext.sweep import plots as P
-
+    if plots and rows and not extras.available("matplotlib"):
+        print(f"[sweep] figures skipped: {extras.install_hint('matplotlib')}", file=sys.stderr)
+    elif plots and rows:
         figures = P.make_all(result, cfg, out_dir)
     result["figures"] = figures
     with open(os.path.join(out_dir, "report.md"), "w") as f:

@@ -9,6 +9,7 @@ unfinished relabel from its .partial file).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import json
 import os
 import signal
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import threading
 import time
+
+import torch
 
 from hald_ext.sweep.plan import Plan, Stage
 
@@ -66,8 +69,6 @@ def detect_gpus(device: str) -> list:
     if visible is not None:
         return [g for g in visible.split(",") if g.strip() not in ("", "-1")]
     try:
-        import torch
-
         return [str(i) for i in range(torch.cuda.device_count())]
     except Exception:  # noqa: BLE001 - no torch / no driver: no GPUs
         return []
@@ -270,8 +271,6 @@ def _die_with_parent():  # pragma: no cover - runs in the child between fork and
     """Linux: the command gets SIGTERM when the sweep dies, even by SIGKILL, so a rerun never races an
     orphaned command writing the same files."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass

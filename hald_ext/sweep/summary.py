@@ -22,7 +22,9 @@ import math
 import os
 import sys
 
+from hald_ext.core import extras
 from hald_ext.sweep import stats
+from hald_ext.sweep.plots import _plt
 from hald_ext.sweep.report import sign_rule
 from hald_ext.sweep.runner import write_json_atomic
 
@@ -232,8 +234,6 @@ def markdown(summary: dict) -> str:
 
 
 def plot(summary: dict, pts: list, path: str) -> str | None:
-    from hald_ext.sweep.plots import _plt
-
     plt = _plt()
     pairs = summary["pairs"]
     fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4.2), squeeze=False)
@@ -276,6 +276,9 @@ def build(reports: list, out_dir: str, pairs: list, plots: bool = True) -> dict:
     summary = {"sweeps": [{"name": r["name"], "file": os.path.relpath(r["_file"], out_dir)} for r in results],
                "pairs": analyse(pts, pairs), "points": pts}
     os.makedirs(out_dir, exist_ok=True)
+    if plots and not extras.available("matplotlib"):
+        print(f"[sweep-summary] figure skipped: {extras.install_hint('matplotlib')}", file=sys.stderr)
+        plots = False
     summary["figure"] = plot(summary, pts, os.path.join(out_dir, "summary.png")) if plots else None
     write_json_atomic(summary, os.path.join(out_dir, "summary.json"))
     with open(os.path.join(out_dir, "summary.md"), "w") as f:

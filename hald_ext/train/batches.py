@@ -29,14 +29,16 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from hald_ext.boxes import boxes_to_pixels, dequantize_boxes, mix_boxes_to_pixels, sample_rrc_pixels
+from hald_ext.core.boxes import boxes_to_pixels, dequantize_boxes, mix_boxes_to_pixels, sample_rrc_pixels
+from hald_ext.core.device import to_device
+from hald_ext.core.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize  # noqa: F401  (re-exported)
 from hald_ext.data.cache import ResidentImageCache, StreamingImages
 from hald_ext.data.files import ImageFiles
-from hald_ext.data.stream import FileImages, image_source
-from hald_ext.data.device import to_device
-from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize  # noqa: F401  (re-exported)
 from hald_ext.data.sources import ImageSet
-from hald_ext.reference.crop import paste_reference
+from hald_ext.data.stream import FileImages, image_source
+from hald_ext.labels import LabelStore
+from hald_ext.ops import crop_and_lookup
+from hald_ext.ops.crop import CutMix
 
 
 # --------------------------------------------------------------------------------------------------
@@ -87,7 +89,6 @@ class BatchSource(Protocol):
 
 def open_label_store(path: str) -> LabelSource:
     """The label store at `path` (validated on open: ids, codebook, boxes)."""
-    from hald_ext.labels import LabelStore
 
     return LabelStore.open(path)
 
@@ -107,6 +108,18 @@ def as_image_source(images, targets=None, device="cpu"):
         return ResidentImageCache(images.to(device).permute(0, 2, 3, 1).contiguous(), None,
                                   torch.as_tensor(targets, dtype=torch.int64).to(device))
     raise TypeError(f"images must be an image source, an ImageSet or uint8 [N, 3, H, W], got {type(images)}")
+
+
+def paste_rows(x: torch.Tensor, partner: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """CutMix paste for a batch [B, C, H, W]: row b shows row partner[b] inside boxes[b] ((y0, x0, y1,
+    x1) pixels, end exclusive), as one masked select; `x` is left as it is."""
+    H, W = x.shape[-2:]
+    y0, x0, y1, x1 = boxes.to(device=x.device, dtype=torch.int64).unbind(1)
+    ys = torch.arange(H, device=x.device)[None, :, None]
+    xs = torch.arange(W, device=x.device)[None, None, :]
+    inside = ((ys >= y0[:, None, None]) & (ys < y1[:, None, None]) &
+              (xs >= x0[:, None, None]) & (xs < x1[:, None, None]))
+    return torch.where(inside[:, None], x[partner.to(device=x.device, dtype=torch.int64)], x)
 
 
 def mix_rows(mix, image_ids: torch.Tensor, slots: torch.Tensor, size: int):
@@ -225,7 +238,7 @@ class TorchBatchSource(_SourceBase):
         flips = self.labels.flips[row_ids, row_slots].bool()
         x = crop_resize(b, pixels, flips, self.out_size)
         if mix is not None:
-            x = paste_reference(x, *mix)
+            x = paste_rows(x, *mix)
         ids, codes = self.labels.labels(image_ids, slots, device=self.device)
         return SoftBatch(normalize(x[:B], self.mean, self.std), ids, codes)
 
@@ -274,9 +287,6 @@ class FusedBatchSource(_SourceBase):
                     channels_last=self.channels_last, check=self.device.type != "cuda")
 
     def soft_batch(self, image_ids: torch.Tensor, slots: torch.Tensor) -> SoftBatch:
-        from hald_ext.ops import crop_and_lookup  # noqa: PLC0415  (needs the compiled extension)
-        from hald_ext.ops.crop import CutMix  # noqa: PLC0415
-
         ids, sl = to_device(image_ids, self.device), to_device(slots, self.device)
         B = ids.shape[0]
         row_ids, row_slots, mix = self._soft_rows(ids, sl)
@@ -293,8 +303,6 @@ class FusedBatchSource(_SourceBase):
         return SoftBatch(r.crops[:B], topk_ids, topk_codes)
 
     def hard_batch(self, image_ids: torch.Tensor, step_seed: int) -> HardBatch:
-        from hald_ext.ops import crop_and_lookup  # noqa: PLC0415
-
         ids = to_device(image_ids, self.device)
         b = self.images.batch(ids)
         # Fresh crops and CutMix in the same call, both drawn from the step's seed.

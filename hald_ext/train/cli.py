@@ -16,8 +16,15 @@ import time
 import numpy as np
 import torch
 
+from hald_ext.core import distributed as D
+from hald_ext.data import check_same_classes, image_sizes, image_source, load_image_set, open_images
+from hald_ext.labels import FingerprintMismatch
+from hald_ext.models import create_model
 from hald_ext.train import config as C
-from hald_ext.train import distributed as D
+from hald_ext.train.batches import FusedBatchSource, TorchBatchSource, open_label_store
+from hald_ext.train.evaluate import EvalData
+from hald_ext.train.schedule import build_schedule
+from hald_ext.train.trainer import Trainer
 
 
 def add_arguments(parser) -> None:
@@ -50,7 +57,6 @@ def check_store(store, images) -> None:
     identified from their bytes, without decoding them (hald_ext.data.fingerprint)."""
     if store.num_images != len(images):
         raise C.ConfigError(f"the label store labels {store.num_images} images but --data has {len(images)}")
-    from hald_ext.labels import FingerprintMismatch
 
     try:
         store.check_images(images)
@@ -62,7 +68,6 @@ def check_store(store, images) -> None:
 
 def image_shapes(images) -> set:
     """The distinct (height, width) of a set's images: decoded arrays, or a folder's file headers."""
-    from hald_ext.data import image_sizes
 
     return {tuple(int(v) for v in hw) for hw in np.unique(image_sizes(images), axis=0)}
 
@@ -82,8 +87,6 @@ def common_img_size(images, asked: int | None, flag: str = "--img-size") -> int:
 
 def eval_data_for(cfg, images, img_size: int, device):
     """The held-out set as streamed evaluation batches, with the training set's classes."""
-    from hald_ext.data import check_same_classes, load_image_set
-    from hald_ext.train.evaluate import EvalData
 
     if os.path.isdir(cfg.eval_data):  # a folder streams from its files: decoded batch by batch
         held = cfg.eval_data
@@ -96,11 +99,6 @@ def eval_data_for(cfg, images, img_size: int, device):
 
 def build_trainer(cfg: C.TrainConfig, run_dir: str | None):
     """Everything a run needs, from a validated config (raises ConfigError on bad input)."""
-    from hald_ext.data import image_source, open_images
-    from hald_ext.models import create_model
-    from hald_ext.train.batches import FusedBatchSource, TorchBatchSource, open_label_store
-    from hald_ext.train.schedule import build_schedule
-    from hald_ext.train.trainer import Trainer
 
     C.validate(cfg)
     info = D.init_from_env(resolve_device(cfg.device))

@@ -11,7 +11,9 @@ from typing import Optional
 
 import yaml
 
-from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+import hald_ext.models  # noqa: F401  (registers convnet3 with timm)
+from hald_ext.core.normalize import IMAGENET_MEAN, IMAGENET_STD
+from hald_ext.data.stream import parse_bytes
 from hald_ext.train.schedule import PRESETS, build_schedule
 
 _KNOWN_SOURCES = ("fashion-mnist", "fashion_mnist")
@@ -199,11 +201,8 @@ def validate(cfg: TrainConfig) -> None:
     """Checks that need no data loaded: names, numbers, and that every named file exists."""
     import timm
 
-    import hald_ext.models  # noqa: F401  (registers convnet3)
 
     if cfg.resident_budget is not None:
-        from hald_ext.data.stream import parse_bytes
-
         try:
             parse_bytes(cfg.resident_budget)
         except ValueError as e:

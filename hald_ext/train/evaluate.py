@@ -17,8 +17,14 @@ import os
 import torch
 from torch import nn
 
-from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
-from hald_ext.train import distributed as D
+from hald_ext.core import distributed as D
+from hald_ext.core.normalize import IMAGENET_MEAN, IMAGENET_STD
+from hald_ext.data.files import ImageFiles
+from hald_ext.data.folder import shard_range
+from hald_ext.data.loader import loader_backend, make_loader
+from hald_ext.data.sources import ImageSet
+from hald_ext.data.stream import FileImages
+from hald_ext.ops import crop_and_lookup
 
 DEFAULT_CROP_RATIO = 0.875
 
@@ -55,12 +61,6 @@ class EvalData:
 
     def __init__(self, source, img_size: int, device="cpu", batch_size: int = 256, loader: str = "auto",
                  crop_ratio: float | None = None, workers: int | None = None):
-        from hald_ext.data.files import ImageFiles
-        from hald_ext.data.folder import shard_range
-        from hald_ext.data.loader import loader_backend, make_loader
-        from hald_ext.data.sources import ImageSet
-        from hald_ext.data.stream import FileImages
-
         self.device = torch.device(device)
         self.img_size = int(img_size)
         if isinstance(source, str) and os.path.isdir(source):
@@ -96,7 +96,6 @@ class EvalData:
 
     def batches(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         """(normalised crops [B, 3, S, S], int64 targets [B], sample ids [B]) per batch of this rank."""
-        from hald_ext.ops import crop_and_lookup  # noqa: PLC0415  (needs the compiled extension)
 
         for b in self._image_batches():
             sizes = b.image_sizes if b.image_sizes is not None else \

@@ -17,8 +17,16 @@ import sys
 
 import torch
 
-from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from hald_ext.core.normalize import IMAGENET_MEAN, IMAGENET_STD, normalization_of
+from hald_ext.data import image_sizes, image_source, open_images
 from hald_ext.data.stream import add_source_arguments
+from hald_ext.models import create_model, for_classes, pretrained_model
+from hald_ext.models.factory import load_checkpoint_state
+from hald_ext.models.pretrained import add_pretrained_arguments
+from hald_ext.ops import crop_and_lookup
+from hald_ext.sweep.drift_rule import lvsd_lead
+from hald_ext.train import checkpoint as ckpt
+from hald_ext.train.batches import as_image_source
 
 
 def random_crops(images, per_image: int, size: int, scale=(0.08, 1.0), seed: int = 0, mean=IMAGENET_MEAN,
@@ -26,8 +34,6 @@ def random_crops(images, per_image: int, size: int, scale=(0.08, 1.0), seed: int
     """Normalised float [n * per_image, 3, size, size], image-major: seeded random-resized crops +
     flips of the images `image_ids` (default: all) of an image source (or ImageSet / ImageFiles), cut by
     crop_and_lookup within each image's true size."""
-    from hald_ext.ops import crop_and_lookup
-    from hald_ext.train.batches import as_image_source
 
     src = as_image_source(images)
     if image_ids is None:
@@ -89,9 +95,6 @@ def consistency(probs: torch.Tensor) -> tuple:
 
 def load_model(path: str, num_classes: int, img_size: int, name: str | None = None):
     """A checkpoint written by `hald teacher` / `hald train` (they record model_name and img_size)."""
-    from hald_ext.models import create_model
-    from hald_ext.models.factory import load_checkpoint_state
-    from hald_ext.train import checkpoint as ckpt
 
     state = ckpt.load(path)
     name = name or state.get("model_name")
@@ -106,7 +109,6 @@ def load_teacher(args, data, natural: int):
     """(teacher, crop size): the --teacher checkpoint, or --model with its pretrained weights
     (--pretrained / --pretrained-file), read as the data's classes (--class-map when its class count
     differs); crops at --size, else the weights' input size."""
-    from hald_ext.models import for_classes, pretrained_model
 
     if args.teacher and (args.pretrained or args.pretrained_file):
         raise ValueError("give the teacher one way: --teacher CHECKPOINT, or --model with --pretrained / "
@@ -123,8 +125,6 @@ def load_teacher(args, data, natural: int):
 
 
 def add_arguments(parser) -> None:
-    from hald_ext.models.pretrained import add_pretrained_arguments
-
     parser.add_argument("--data", required=True, help="image set (e.g. the selected IPC images)")
     parser.add_argument("--teacher", default=None, help="teacher checkpoint: per-image Tr(Sigma)")
     parser.add_argument("--student", default=None, help="student checkpoint: crop consistency")
@@ -147,9 +147,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from hald_ext.data import image_sizes, image_source, open_images
-    from hald_ext.data.normalize import normalization_of
-
     with_teacher = bool(args.teacher or args.pretrained or args.pretrained_file)
     if not (with_teacher or args.student):
         print("hald lvsd: error: give --teacher (or --model with --pretrained / --pretrained-file: Tr(Sigma)) "
@@ -189,6 +186,5 @@ def run(args) -> int:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
     if args.teacher:  # what the drift rule predicts from this Tr(Sigma), with the evidence it rests on
-        from hald_ext.sweep.drift_rule import lvsd_lead
         lvsd_lead(args, result)
     return 0

@@ -4,8 +4,12 @@ produces the same files as an uninterrupted one."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import sys
+
+from hald_ext.core import extras
 
 COLUMNS = ["epoch", "phase", "lr", "train_loss", "train_samples", "eval_top1", "eval_top5", "eval_loss",
            "epoch_time"]
@@ -19,8 +23,6 @@ def _write_text(path: str, text: str) -> None:
 
 
 def write_csv(history: list, path: str) -> None:
-    import io
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -36,13 +38,16 @@ def write_json(obj, path: str) -> None:
 def plot_curves(history: list, boundaries: list, path: str, title: str = "") -> None:
     """Training loss and held-out loss / accuracy against epochs; dashed lines where a phase starts,
     soft phases shaded blue and hard phases orange."""
+    if not history:
+        return
+    if not extras.available("matplotlib"):  # the curves are a convenience: training has finished
+        print(f"{path} not drawn: {extras.install_hint('matplotlib')}", file=sys.stderr)
+        return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not history:
-        return
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ep = [r["epoch"] for r in history]
     for kind, color in (("soft", "tab:blue"), ("hard", "tab:orange")):

@@ -23,38 +23,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
 from hald_ext.data import ImageFiles, ImageSet, open_images, write_image_folder
 from hald_ext.data.decode import decode_file
+from hald_ext.data.select import select_per_class, subset
 
 FILE_MODES = ("copy", "hardlink", "symlink")
-
-
-def select_per_class(images: ImageSet, ipc: int, seed: int = 0) -> np.ndarray:
-    """Indices of `ipc` images of every class, drawn without replacement with a seeded generator;
-    classes in order, indices ascending within a class. THE IPC selection: `hald select`, `relabel
-    --ipc` and `train` all call it, so one (ipc, seed) means the same images everywhere."""
-    if ipc <= 0:
-        raise ValueError(f"--ipc must be positive, got {ipc}")
-    gen = torch.Generator().manual_seed(seed)
-    picked = []
-    for c in range(images.num_classes):
-        members = np.flatnonzero(images.labels == c)
-        if len(members) < ipc:
-            raise ValueError(f"class {images.classes[c]!r} has {len(members)} images, fewer than --ipc {ipc}")
-        order = torch.randperm(len(members), generator=gen)[:ipc].numpy()
-        picked.append(np.sort(members[order]))
-    return np.concatenate(picked)
-
-
-def subset(images, idx: np.ndarray):
-    """The images `idx` of an ImageSet or an ImageFiles (the same kind back)."""
-    if isinstance(images, ImageFiles):
-        return images.subset(idx)
-    files = None if images.files is None else images.files.subset(idx)
-    return ImageSet([images.images[i] for i in idx], images.labels[idx], list(images.classes),
-                    [images.names[i] for i in idx], kind=images.kind, files=files)
 
 
 def with_ordered_class_names(images: ImageSet) -> ImageSet:

@@ -3,11 +3,16 @@ seconds on a CPU. The class is the colour of a large blob on a noisy background,
 random-resized crops and a small network learns it in a few epochs."""
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import torch
 from torch import nn
 
 from hald_ext.data import ImageSet
+from hald_ext.labels.relabel import relabel
+from hald_ext.train.batches import IMAGENET_MEAN, IMAGENET_STD
 
 CLASS_COLORS = np.array([[230, 40, 40], [40, 200, 40], [40, 60, 230], [220, 220, 40], [200, 40, 200],
                          [40, 200, 200], [140, 90, 30], [240, 240, 240]], dtype=np.float32)
@@ -53,11 +58,7 @@ def color_blob_labels(images: ImageSet, sli: int = 2, k: int = 3, temperature: f
                       path: str | None = None):
     """A real label store for `images`, written by `relabel` with ColorTeacher as the teacher (top-k of
     `sli` seeded crops per image); in a fresh temporary folder unless `path` is given."""
-    import os
-    import tempfile
 
-    from hald_ext.labels.relabel import relabel
-    from hald_ext.train.batches import IMAGENET_MEAN, IMAGENET_STD
 
     if path is None:
         path = os.path.join(tempfile.mkdtemp(prefix="hald-blobs-"), "labels.safetensors")

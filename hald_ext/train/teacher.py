@@ -24,16 +24,22 @@ import time
 import torch
 from torch import nn
 
-from hald_ext.data.device import to_device
-from hald_ext.data.normalize import IMAGENET_MEAN, IMAGENET_STD, checked
+from hald_ext.core.device import to_device
+from hald_ext.core.normalize import IMAGENET_MEAN, IMAGENET_STD, checked
+from hald_ext.data import check_same_classes, image_source, load_image_set, open_images
+from hald_ext.data.select import subset
 from hald_ext.data.stream import add_source_arguments
+from hald_ext.models import create_model
+from hald_ext.models.pretrained import add_pretrained_arguments
+from hald_ext.ops import crop_and_lookup
 from hald_ext.train import checkpoint as ckpt
+from hald_ext.train.batches import as_image_source
+from hald_ext.train.cli import common_img_size
+from hald_ext.train.evaluate import EvalData, evaluate
 from hald_ext.train.optim import HalfCosineLR, create_optimizer
 
 
 def add_arguments(parser) -> None:
-    from hald_ext.models.pretrained import add_pretrained_arguments
-
     parser.add_argument("--data", default="fashion-mnist", help="full labelled training set (default: fashion-mnist)")
     parser.add_argument("--eval-data", default=None, help="held-out set (default: the test split of a named set)")
     parser.add_argument("--model", default="convnet3",
@@ -127,8 +133,6 @@ def train_teacher(model: nn.Module, images, targets=None, *, epochs: int, batch_
     (with "model" and "epoch") continues the run exactly where that epoch ended."""
     from tqdm.auto import tqdm
 
-    from hald_ext.ops import crop_and_lookup
-    from hald_ext.train.batches import as_image_source
 
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
@@ -187,7 +191,6 @@ _DECIDES = {"data", "model", "pretrained", "pretrained_file", "epochs", "train_i
 
 def held_out_for(args):
     """The held-out set of a teacher run: a folder path (streamed), an ImageSet, or None."""
-    from hald_ext.data import load_image_set
 
     if args.eval_data:
         held = args.eval_data if os.path.isdir(args.eval_data) else load_image_set(args.eval_data, split="test",
@@ -200,12 +203,6 @@ def held_out_for(args):
 
 
 def run(args) -> int:
-    from hald_ext.data import check_same_classes, image_source, open_images
-    from hald_ext.models import create_model
-    from hald_ext.train.cli import common_img_size
-    from hald_ext.train.evaluate import EvalData, evaluate
-    from hald_ext.train.select import subset
-
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         if args.save_every < 0:

@@ -13,10 +13,10 @@ import time
 import torch
 from torch import nn
 
+from hald_ext.core import distributed as D
 from hald_ext.labels.compat import check_store_use
 from hald_ext.ops import soft_hard_loss
 from hald_ext.train import checkpoint as ckpt
-from hald_ext.train import distributed as D
 from hald_ext.train import metrics
 from hald_ext.train.batches import BatchSource
 from hald_ext.train.config import TrainConfig, check_label_budget
