@@ -354,7 +354,7 @@ def measure_relabel(spec) -> dict:
 
         images = open_images(spec["folder"])
         t_load = time.perf_counter() - t0
-        store, _ = relabel_with_stats(images, teacher, out, slots=sli, k=K, temperature=T, size=size, batch_size=B,
+        store, _ = relabel_with_stats(images, teacher, out, sli=sli, k=K, temperature=T, size=size, batch_size=B,
                                       device="cpu", cutmix_alpha=1.0, progress=False, teacher_name=spec["teacher"],
                                       teacher_sha256="untrained-seed0", save_every_s=1e9, workers=spec["workers"])
         crops, extra = store.num_labels, {"decode_s": t_load, "bytes": store.nbytes}

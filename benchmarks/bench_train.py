@@ -61,7 +61,7 @@ def make_store(path, n_images, slots, num_classes, k, src, seed=0):
     q = Quantizer("power", 8)
     probs = torch.softmax(torch.randn(n_images * slots, k, generator=g) * 2, 1).sort(1, descending=True).values
     codes = torch.bucketize(probs, q.thresholds()).clamp_max(255).to(torch.uint8)
-    header = Header(num_images=n_images, slots=slots, num_classes=num_classes, k=k, temperature=20.0, quantizer=q)
+    header = Header(num_images=n_images, sli=slots, num_classes=num_classes, k=k, temperature=20.0, quantizer=q)
     id_dtype = torch.uint16 if num_classes <= 65535 else torch.int32
     return LabelStore.create(path, header, boxes, flips, ids.view(n_images, slots, k).to(id_dtype),
                              codes.view(n_images, slots, k))

@@ -110,7 +110,7 @@ def test_fkd_files_import_and_rows_equal_the_baselines_decode(image_dir, tmp_pat
     n, crops_per_image, k = C * IPC, 3, 5
     assert fkd.relabel(image_dir, save_path, teacher(), num_crops=crops_per_image, input_size=CROP) == n * crops_per_image
     store = import_fkd(save_path, str(tmp_path / "f.safetensors"), C, quantizer="fp16", bits=16).store
-    assert (store.num_images, store.slots, store.k) == (n, crops_per_image, k)
+    assert (store.num_images, store.sli, store.k) == (n, crops_per_image, k)
     ds = fkd.ImageFolder_FKD(num_crops=crops_per_image, softlabel_path=save_path, root=image_dir)
     for i, (path, _) in enumerate(ds.samples):
         coords, flips, labels = torch.load(fkd.label_path(save_path, path), weights_only=False)

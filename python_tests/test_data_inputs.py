@@ -80,7 +80,7 @@ def test_last_batch_of_one_joins_the_previous_one(tmp_path):
                       ["a", "b", "c"], [f"t:{i}" for i in range(15)])
     torch.manual_seed(0)
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 12 * 12, 3))
-    store = relabel(images, teacher, str(tmp_path / "l.safetensors"), slots=1, k=2, size=12, device="cpu",
+    store = relabel(images, teacher, str(tmp_path / "l.safetensors"), sli=1, k=2, size=12, device="cpu",
                     progress=False)
     cfg = TrainConfig(epochs=2, batch_size=7, eval_every=0, progress=False)
     model = create_model("convnet3", 3, img_size=12, width=8)

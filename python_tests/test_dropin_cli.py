@@ -61,7 +61,7 @@ def big_store(path):
     from hald_ext.labels.quantizer import Quantizer
     from hald_ext.labels.store import LabelStore
 
-    h = Header(num_images=2, slots=1, num_classes=30000, k=1, temperature=1.0, quantizer=Quantizer("fp16", None))
+    h = Header(num_images=2, sli=1, num_classes=30000, k=1, temperature=1.0, quantizer=Quantizer("fp16", None))
     LabelStore.create(path, h, torch.full((2, 1, 4), 1000, dtype=torch.uint16), torch.zeros(2, 1, dtype=torch.bool),
                       torch.zeros(2, 1, 1, dtype=torch.uint16), torch.ones(2, 1, 1, dtype=torch.float16))
 

@@ -26,7 +26,7 @@ def _sources(cutmix_alpha=1.0):
     image_set = ImageSet(list(hwc.numpy()), targets.numpy(), [str(c) for c in range(10)],
                          [f"t:{i}" for i in range(N)])
     path = tempfile.mkdtemp(prefix="hald-crop-") + "/labels.safetensors"
-    labels = relabel(image_set, teacher, path, slots=3, k=4, size=S, seed=1, device="cpu", progress=False)
+    labels = relabel(image_set, teacher, path, sli=3, k=4, size=S, seed=1, device="cpu", progress=False)
     kw = dict(out_size=S, cutmix_alpha=cutmix_alpha)
     return TorchBatchSource(images, targets, labels, **kw), FusedBatchSource(images, targets, labels, **kw)
 

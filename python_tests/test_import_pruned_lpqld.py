@@ -173,7 +173,7 @@ def test_lpld_pruned_files_are_refused_without_a_fill_and_import_with_one(tmp_pa
     rep = import_quietly_or_warned(partial, root=str(tmp_path / "l"), out=str(tmp_path / "s"), num_classes=C,
                                    flavor="lpld", temperature=T, crop_size=32, fill_missing="repeat")
     s = LabelStore.open(rep.store.path)
-    assert s.slots == len(kept) and s.num_images == n
+    assert s.sli == len(kept) and s.num_images == n
     filled = 0
     for e in kept:
         for i in range(n):
@@ -205,7 +205,7 @@ def test_lpqld_files_import_and_decode_as_their_training_code_does(rule, tmp_pat
     rep = import_quietly_or_warned(partial, root=str(tmp_path / "q"), out=str(tmp_path / "s"), num_classes=C,
                                    flavor="lpqld", temperature=T, crop_size=32, lpqld_decode=rule)
     s = LabelStore.open(rep.store.path)
-    assert (s.num_images, s.slots, s.k, s.quantizer.kind) == (n, len(kept), k, "fp16")
+    assert (s.num_images, s.sli, s.k, s.quantizer.kind) == (n, len(kept), k, "fp16")
     assert s.default_decode == {"MR": "renorm", "MS": "truncate", "MRS": "marginal"}[rule]
     worst = 0.0
     for (i, e), (full, sample_min, values, indices, partner) in truth.items():
@@ -252,7 +252,7 @@ def test_lpqld_pruned_files_import_with_fill(tmp_path):
     s = import_quietly_or_warned(partial, root=str(tmp_path / "q"), out=str(tmp_path / "s"), num_classes=C,
                                  flavor="lpqld", temperature=20.0, crop_size=32, lpqld_decode="MR",
                                  fill_missing="repeat").store
-    assert s.num_images == n and s.slots == len(kept) and s.header.stats["filled_labels"] == 4 * s.slots
+    assert s.num_images == n and s.sli == len(kept) and s.header.stats["filled_labels"] == 4 * s.sli
     for (i, e), (full, sample_min, values, indices, partner) in truth.items():
         if e in kept:
             want = lpqld_decode("MR", values[None], indices[None], None, 20.0, C)[0]

@@ -8,7 +8,7 @@ from python_tests.test_label_store import make_arrays, rewrite
 
 
 def header(N=5, S=2, C=12, k=12, q=None, **kw):
-    return Header(num_images=N, slots=S, num_classes=C, k=k, temperature=20.0, quantizer=q or Quantizer("fp16"),
+    return Header(num_images=N, sli=S, num_classes=C, k=k, temperature=20.0, quantizer=q or Quantizer("fp16"),
                   images={"count": N, "sha256": "ab" * 32}, crops={"rule": "test"}, **kw)
 
 

@@ -205,7 +205,7 @@ def test_fkd_import_matches_files_to_images_by_name(tmp_path):
     images = ImageSet([np.zeros((4, 4, 3), np.uint8)] * 4, np.array(labels), ["c0", "c1"], names)
     rep = import_fkd(str(tmp_path / "fkd"), str(tmp_path / "s"), 10, images=images)
     s = LabelStore.open(rep.store.path, images=images)
-    assert (s.num_images, s.slots, s.k) == (4, 3, 5)
+    assert (s.num_images, s.sli, s.k) == (4, 3, 5)
     for i, n in enumerate(names):
         coords, flip, probs = truth[f"/data/set/train/{n}"]
         assert torch.equal(s.boxes[i], quantize_boxes(coords.double()))
@@ -276,7 +276,7 @@ def test_sre2l_order_rebuilt_from_its_seed(tmp_path):
     rep = import_batches(str(tmp_path / "s"), str(tmp_path / "st"), 5, values="logits", temperature=4.0,
                          crop_size=32, order=order)
     s = LabelStore.open(rep.store.path)
-    assert (s.num_images, s.slots, s.k) == (10, 3, 5) and s.topk_ids is None and s.header.mix
+    assert (s.num_images, s.sli, s.k) == (10, 3, 5) and s.topk_ids is None and s.header.mix
     _check_rows(s, truth, lambda z: torch.softmax(z.float() / 4.0, 0).half())
     assert s.header.stats["kl_to_teacher"] < 1e-5 < s.header.stats["kl_uniform"]  # fp16 rounding only
     # Without an order or a sampler file CutMix files are refused (their partners would be wrong) ...
@@ -308,7 +308,7 @@ def test_hald_epoch_files_import_losslessly(tmp_path):
     rep = import_batches(str(tmp_path / "h"), str(tmp_path / "st"), 10, values="probs", temperature=20.0,
                          crop_size=32, flavor="hald")
     s = LabelStore.open(rep.store.path)
-    assert (s.num_images, s.slots, s.k, s.quantizer.kind) == (20, 3, 10, "fp16") and s.topk_ids is None
+    assert (s.num_images, s.sli, s.k, s.quantizer.kind) == (20, 3, 10, "fp16") and s.topk_ids is None
     # The float16 probabilities come back bit for bit, in image order (via sampler_indices_dict.pt).
     _check_rows(s, truth, lambda p: p)
     assert s.header.stats["kl_to_teacher"] == 0

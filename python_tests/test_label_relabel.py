@@ -43,7 +43,7 @@ def batches_done(partial) -> int:
 def test_relabel_store_and_replay(images, tmp_path):
     model = teacher()
     s = run(images, tmp_path / "s.safetensors", model)
-    assert (s.num_images, s.slots, s.num_classes, s.k) == (30, 2, 10, 5)
+    assert (s.num_images, s.sli, s.num_classes, s.k) == (30, 2, 10, 5)
     assert s.bytes_per_label == 24
     s.check_images(images)
     assert s.header.crops["size"] == [28, 28] and s.header.teacher["name"] == "ConvNet"
@@ -141,5 +141,5 @@ def test_cli_on_fashion_mnist_arrays(tmp_path, capsys):
     assert hald(["relabel", "fashion-mnist", "--split", "test", "--ipc", "1", "--out", str(out), "--model", "convnet3",
                  "--checkpoint", ckpt, "--k", "3", "--bits", "16", "--no-progress"]) == 0
     s = LabelStore.open(out, images=select_ipc(load_image_set("fashion-mnist", split="test"), 1))
-    assert (s.num_images, s.slots, s.k, s.codes.dtype) == (10, 1, 3, torch.uint16)
+    assert (s.num_images, s.sli, s.k, s.codes.dtype) == (10, 1, 3, torch.uint16)
     assert s.bytes_per_label == 8 + 1 + 3 * 4

@@ -19,14 +19,14 @@ from hald_ext.ops import label_encode, soft_hard_loss
 
 
 def make_header(N=6, S=3, C=10, k=5, bits=8, mix=False, **kw):
-    return Header(num_images=N, slots=S, num_classes=C, k=k, temperature=4.0, quantizer=Quantizer("log", bits),
+    return Header(num_images=N, sli=S, num_classes=C, k=k, temperature=4.0, quantizer=Quantizer("log", bits),
                   teacher={"name": "convnet3", "checkpoint_sha256": "0" * 64},
                   images={"count": N, "sha256": "ab" * 32}, crops={"rule": "test"}, seed=1, mix=mix, **kw)
 
 
 def make_arrays(h: Header, seed=0):
     g = torch.Generator().manual_seed(seed)
-    N, S = h.num_images, h.slots
+    N, S = h.num_images, h.sli
     yx = torch.rand(N, S, 2, generator=g) * 0.5
     hw = torch.rand(N, S, 2, generator=g) * 0.5 + 0.01
     from hald_ext.core.boxes import quantize_boxes
@@ -159,11 +159,25 @@ def test_truncated(store_path, tmp_path):
 def test_not_a_store_and_wrong_version(store_path, tmp_path):
     with pytest.raises(LabelStoreError, match="wrong magic"):
         LabelStore.open(rewrite(store_path, tmp_path / "a", metadata={MAGIC_KEY: "something-else"}))
-    with pytest.raises(LabelStoreError, match="unsupported label store version '2'"):
-        LabelStore.open(rewrite(store_path, tmp_path / "b", metadata={VERSION_KEY: "2"}))
+    with pytest.raises(LabelStoreError, match="unsupported label store version '3'"):
+        LabelStore.open(rewrite(store_path, tmp_path / "b", metadata={VERSION_KEY: "3"}))
     (tmp_path / "c").write_bytes(b"PK\x03\x04" + b"\0" * 100)  # a zip (torch.save) file
     with pytest.raises(LabelStoreError, match="corrupt header length"):
         LabelStore.open(tmp_path / "c")
+
+
+def test_a_version_1_store_opens(store_path, tmp_path):
+    """Version 1 wrote SLI as the header field "slots"; such a file reads as the same store."""
+    new = LabelStore.open(store_path)
+    d = json.loads(new.header.to_json())
+    d["slots"] = d.pop("sli")
+    d["version"] = 1
+    old = LabelStore.open(rewrite(store_path, tmp_path / "v1", metadata={VERSION_KEY: "1", HEADER_KEY: json.dumps(d)}))
+    assert old.sli == old.slots == new.sli and old.header.to_json() == new.header.to_json()
+    assert torch.equal(old.codes, new.codes)
+    bad = dict(d, version=2)  # a version-2 header must say "sli"
+    with pytest.raises(LabelStoreError, match="'sli' is missing"):
+        LabelStore.open(rewrite(store_path, tmp_path / "v2", metadata={VERSION_KEY: "2", HEADER_KEY: json.dumps(bad)}))
 
 
 @pytest.mark.parametrize("edit,match", [

@@ -85,7 +85,7 @@ def test_full_width_fp16_store(tmp_path):
     p = torch.softmax(torch.randn(n, s, c, generator=torch.Generator().manual_seed(0)) * 2, dim=-1).half()
     boxes = torch.zeros(n, s, 4, dtype=torch.int32)
     boxes[..., 2:] = 65535
-    h = Header(num_images=n, slots=s, num_classes=c, k=c, temperature=4.0, quantizer=Q.Quantizer("fp16"))
+    h = Header(num_images=n, sli=s, num_classes=c, k=c, temperature=4.0, quantizer=Q.Quantizer("fp16"))
     src = LabelStore.create(str(tmp_path / "src.safetensors"), h, boxes.to(torch.uint16),
                             torch.zeros(n, s, dtype=torch.bool), None, p)
     v0 = src.codes.float().reshape(-1, c)

@@ -27,7 +27,7 @@ def teacher_logits(rec, net, n=9, slots=2):
 def test_stats_are_the_mean_kl_to_the_full_label(images, tmp_path):
     net = small_net()
     rec = Recorder(net)
-    store, stats = relabel_with_stats(images, rec, str(tmp_path / "k1.safetensors"), slots=2, k=1, temperature=T,
+    store, stats = relabel_with_stats(images, rec, str(tmp_path / "k1.safetensors"), sli=2, k=1, temperature=T,
                                       batch_size=4, seed=3, size=S, progress=False, device="cpu", teacher_bn="eval")
     p = torch.softmax(teacher_logits(rec, net).double() / T, 1)
     # k = 1, marginal decode: the stored probability on its class, the rest spread evenly.
@@ -39,7 +39,7 @@ def test_stats_are_the_mean_kl_to_the_full_label(images, tmp_path):
     assert stats["kl_uniform"] == pytest.approx(float(((p * p.log()).sum(1) + math.log(3)).mean()), rel=1e-9)
     assert LabelStore.open(store.path).header.stats == stats
     # A full-width fp16 label keeps (almost) everything; the top-1 label loses more.
-    _, full = relabel_with_stats(images, net, str(tmp_path / "k3.safetensors"), slots=2, k=3, temperature=T,
+    _, full = relabel_with_stats(images, net, str(tmp_path / "k3.safetensors"), sli=2, k=3, temperature=T,
                                  batch_size=4, seed=3, size=S, progress=False, device="cpu", teacher_bn="eval",
                                  quantizer="fp16")
     assert full["kl_to_teacher"] < 1e-5 < stats["kl_to_teacher"]

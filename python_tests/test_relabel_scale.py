@@ -74,11 +74,11 @@ def run(images, out, teacher, **kw):
 
 def captured_rows(rec, store, batch_size=4, seed=3):
     """Teacher inputs [N, S, 3, S, S] in (image, slot) order, from the recorded batches."""
-    plan = make_plan(store.num_images, store.slots, batch_size, seed)
+    plan = make_plan(store.num_images, store.sli, batch_size, seed)
     x = torch.cat(rec.inputs)
-    out = torch.empty(store.num_images * store.slots, *x.shape[1:])
+    out = torch.empty(store.num_images * store.sli, *x.shape[1:])
     out[plan.order] = x
-    return out.view(store.num_images, store.slots, *x.shape[1:])
+    return out.view(store.num_images, store.sli, *x.shape[1:])
 
 
 def reference_crop(images, store, i, s):
@@ -102,7 +102,7 @@ def test_labels_are_the_teachers_on_replayed_crops(images, tmp_path, cutmix_alph
     net = small_net()
     rec = Recorder(net)
     store = run(images, tmp_path / "s.safetensors", rec, cutmix_alpha=cutmix_alpha, teacher_bn="eval")
-    assert (store.num_images, store.slots, store.header.mix) == (9, 2, cutmix_alpha is not None)
+    assert (store.num_images, store.sli, store.header.mix) == (9, 2, cutmix_alpha is not None)
     assert {tuple(im.shape[:2]) for im in images.images} == set(SIZES)
     x = captured_rows(rec, store)
     ref = torch.stack([torch.stack([reference_crop(images, store, i, s) for s in range(2)]) for i in range(9)])
@@ -221,7 +221,7 @@ def test_cli_ipc_is_the_select_rule(folder, images, tmp_path, capsys):
     assert store.header.teacher["bn"] == "train"
     # The same labels through the Python API with the loaded teacher.
     net = create_model("convnet3", 3, img_size=S, checkpoint=ck)
-    api = relabel(chosen, net, str(tmp_path / "api.safetensors"), slots=2, k=2, size=S, batch_size=3,
+    api = relabel(chosen, net, str(tmp_path / "api.safetensors"), sli=2, k=2, size=S, batch_size=3,
                   cutmix_alpha=1.0, progress=False, device="cpu")
     for name in ("boxes", "flips", "topk_ids", "codes"):
         assert torch.equal(getattr(api, name), getattr(store, name)), name

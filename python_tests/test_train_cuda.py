@@ -29,7 +29,7 @@ def _set_and_store(tmp_path, cutmix_alpha=1.0):
     image_set = ImageSet(images, targets, [str(c) for c in range(4)], [f"t:{i}" for i in range(len(images))])
     torch.manual_seed(0)
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * S * S, 4))
-    store = relabel(image_set, teacher, str(tmp_path / "labels.safetensors"), slots=2, k=3, size=S, seed=1,
+    store = relabel(image_set, teacher, str(tmp_path / "labels.safetensors"), sli=2, k=3, size=S, seed=1,
                     device="cpu", cutmix_alpha=cutmix_alpha, progress=False)
     return image_set, store
 

@@ -65,7 +65,7 @@ def mixed_store(tmp_path_factory):
     logits = views.float().mean(dim=(-1, -2)).repeat(1, 1, 3)[..., :C].reshape(n * SLI, C)
     q = Quantizer("log", 8)
     ids, codes, _ = label_encode_reference(logits, K, q.thresholds(), temperature=1.0, from_logits=True)
-    header = Header(num_images=n, slots=SLI, num_classes=C, k=K, temperature=1.0, quantizer=q,
+    header = Header(num_images=n, sli=SLI, num_classes=C, k=K, temperature=1.0, quantizer=q,
                     images=image_set.fingerprint(), crops={"rule": "test cutmix"}, seed=0, mix=True)
     store = LabelStore.create(str(tmp_path_factory.mktemp("mix") / "mix.safetensors"), header, boxes, flips,
                               ids.view(n, SLI, K), codes.view(n, SLI, K),

@@ -59,7 +59,7 @@ def make_seed_stores(d: str) -> list:
     out = []
 
     def store(name, C, k, q, mix, N=5, S=2):
-        h = Header(num_images=N, slots=S, num_classes=C, k=k, temperature=4.0, quantizer=q,
+        h = Header(num_images=N, sli=S, num_classes=C, k=k, temperature=4.0, quantizer=q,
                    images={"count": N, "sha256": "ab" * 32}, crops={"rule": "fuzz"}, seed=1, mix=mix,
                    stats={"kl_to_teacher": 0.1, "kl_uniform": 1.0})
         yx = torch.rand(N, S, 2, generator=g) * 0.5
@@ -345,7 +345,7 @@ def _worker(conn, seed: int, workdir: str, marker: str) -> None:
                 s = LabelStore.open(path)
                 n = s.num_images
                 s.labels(list(range(n)), [0] * n)
-                s.crops(list(range(n)), [s.slots - 1] * n)
+                s.crops(list(range(n)), [s.sli - 1] * n)
                 list(s.iter_slots())
                 s.mix
             outcome, detail = _classify(run_case, (path,))

@@ -1,6 +1,7 @@
-"""The label store file format, version 1: one safetensors file (no pickle, memory-mappable).
+"""The label store file format, version 2: one safetensors file (no pickle, memory-mappable).
 
-Tensors, for N images x S slots (one slot = one stored crop label; a label epoch replays a slot):
+Tensors, for N images x SLI stored crops per image (S below; crop j of every image is "slot" j, and a
+label epoch replays one slot):
   boxes        uint16 [N, S, 4]  crop (y, x, h, w) as fractions * 65535 (hald_ext.core.boxes)
   flips        bool   [N, S]     horizontal flip after the crop
   topk_ids     uint16 [N, S, k]  class ids by decreasing probability (int32 when C > 65535);
@@ -12,8 +13,9 @@ Tensors, for N images x S slots (one slot = one stored crop label; a label epoch
   mix_partner  int32  [N, S]     image whose crop of the same slot was pasted in (-1: no mix)
   mix_boxes    uint16 [N, S, 4]  pasted region (y, x, h, w) as fractions of the crop
   mix_lambda   float32 [N, S]    weight of the image's own crop (1 - pasted area)
-The safetensors metadata holds MAGIC_KEY = MAGIC, VERSION_KEY = "1" and HEADER_KEY = the JSON
-header (see `Header`).
+The safetensors metadata holds MAGIC_KEY = MAGIC, VERSION_KEY = "2" and HEADER_KEY = the JSON
+header (see `Header`). Version 1 (read, never written) differs only in the header's name for SLI,
+"slots".
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from hald_ext.labels.quantizer import Quantizer
 MAGIC_KEY = "hald.format"
 MAGIC = "hald-label-store"
 VERSION_KEY = "hald.version"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: SLI was the header field "slots"
 HEADER_KEY = "hald.header"
 DECODES = ("marginal", "renorm", "truncate")
 # safetensors' own limit is 100 MB; a label store header is a few hundred bytes plus tensor entries.
@@ -52,7 +55,7 @@ def ids_dtype_name(num_classes: int) -> str:
 @dataclasses.dataclass
 class Header:
     num_images: int
-    slots: int
+    sli: int  # stored crops (labels) per image
     num_classes: int
     k: int
     temperature: float
@@ -68,6 +71,11 @@ class Header:
     # Measured quality, JSON numbers by name, e.g. {"kl_to_teacher": mean nats, "kl_uniform": mean
     # nats of a uniform label} (hald_ext.labels.quality); `hald labels info` prints it.
     stats: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def slots(self) -> int:
+        """SLI under its version-1 name."""
+        return self.sli
 
     @property
     def code_bits(self) -> int:
@@ -103,9 +111,9 @@ class Header:
             raise LabelStoreError(f"{where}: not a HALD label store (wrong magic: metadata key {MAGIC_KEY!r} is "
                                   f"{(metadata or {}).get(MAGIC_KEY)!r}, expected {MAGIC!r})")
         version = metadata.get(VERSION_KEY)
-        if version != str(VERSION):
+        if version not in {str(v) for v in READABLE_VERSIONS}:
             raise LabelStoreError(f"{where}: unsupported label store version {version!r} (this build reads "
-                                  f"version {VERSION})")
+                                  f"versions {', '.join(map(str, READABLE_VERSIONS))})")
         try:
             d = json.loads(metadata.get(HEADER_KEY, ""))
         except (json.JSONDecodeError, TypeError) as e:
@@ -140,10 +148,11 @@ def _field(d: dict, name: str, where: str, kind, check=None, what: str = ""):
 
 
 def _header_from_dict(d: dict, where: str) -> Header:
-    if d.get("version") != VERSION:
-        raise LabelStoreError(f"{where}: header version {d.get('version')!r} != {VERSION}")
+    if d.get("version") not in READABLE_VERSIONS:
+        raise LabelStoreError(f"{where}: header version {d.get('version')!r} is not one of {READABLE_VERSIONS}")
     n = _field(d, "num_images", where, int, lambda v: 0 <= v < 2**31, "an image count")
-    s = _field(d, "slots", where, int, lambda v: 1 <= v < 2**20, "slots per image >= 1")
+    s = _field(d, "sli" if d["version"] >= 2 else "slots", where, int, lambda v: 1 <= v < 2**20,
+               "stored crops per image >= 1")
     c = _field(d, "num_classes", where, int, lambda v: 1 <= v < 2**31, "class count >= 1")
     k = _field(d, "k", where, int, lambda v: 1 <= v <= c, "1 <= k <= C")
     t = _field(d, "temperature", where, (int, float), lambda v: math.isfinite(v) and v > 0, "finite, > 0")
@@ -178,14 +187,14 @@ def _header_from_dict(d: dict, where: str) -> Header:
     problem = stats_problem(stats)
     if problem:
         raise LabelStoreError(f"{where}: header field 'stats' {problem}")
-    return Header(num_images=n, slots=s, num_classes=c, k=k, temperature=float(t), quantizer=q,
+    return Header(num_images=n, sli=s, num_classes=c, k=k, temperature=float(t), quantizer=q,
                   default_decode=dec, teacher=teacher, images=images, crops=crops, seed=seed, mix=mix,
                   source=source, progress=progress, stats=dict(stats))
 
 
 def expected_tensors(h: Header) -> dict:
     """name -> (safetensors dtype, shape) that a store with header `h` must hold."""
-    N, S, k = h.num_images, h.slots, h.k
+    N, S, k = h.num_images, h.sli, h.k
     out = {"boxes": ("U16", [N, S, 4]), "flips": ("BOOL", [N, S])}
     if not h.full_width:
         out["topk_ids"] = (ids_dtype_name(h.num_classes), [N, S, k])

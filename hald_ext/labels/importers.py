@@ -59,7 +59,7 @@ class ImportReport:
         h = self.store.header
         line = (f"imported {self.files} files, {self.bytes_before} bytes -> {self.store.path}: {self.bytes_after} "
                 f"bytes ({self.bytes_before / max(self.bytes_after, 1):.1f}x smaller), "
-                f"{self.store.num_images} images x {self.store.slots} slots, "
+                f"{self.store.num_images} images x SLI {self.store.sli}, "
                 f"{self.store.bytes_per_label:.1f} bytes/label; "
                 f"T = {h.temperature:g}, crop size {h.crops.get('crop_size') or 'not recorded'}, "
                 f"decode {h.default_decode}, values {h.quantizer.kind}")
@@ -384,7 +384,7 @@ def import_fkd(root: str, out: str, num_classes: int, *, bits: int | None = None
     n_slots, k = shape[0], shape[2]
     if k > num_classes:
         raise LabelImportError(f"{root}: k = {k} exceeds C = {num_classes}")
-    header = Header(num_images=len(files), slots=n_slots, num_classes=num_classes, k=k,
+    header = Header(num_images=len(files), sli=n_slots, num_classes=num_classes, k=k,
                     temperature=float(temperature), quantizer=q, teacher=teacher or {},
                     images=fingerprint(images) if images is not None else None,
                     crops={"rule": "imported from FKD", "crop_size": crop_size}, source="import-fkd")
@@ -683,7 +683,7 @@ def import_batches(root: str, out: str, num_classes: int, *, values: str | None 
     crops = {"rule": f"imported from {flavor}", "crop_size": crop_size}
     if lpqld:
         crops["lpqld_decode"] = lpqld_decode
-    header = Header(num_images=n, slots=len(per_epoch), num_classes=num_classes, k=k, temperature=T, quantizer=q,
+    header = Header(num_images=n, sli=len(per_epoch), num_classes=num_classes, k=k, temperature=T, quantizer=q,
                     default_decode=LPQLD_DECODES[lpqld_decode] if lpqld else "marginal", teacher=teacher or {},
                     images=fingerprint(images) if images is not None else None, crops=crops,
                     mix=bool((out_t["partner"] >= 0).any()), source=f"import-{flavor}", stats=stats)

@@ -50,6 +50,7 @@ import dataclasses
 import hashlib
 import os
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -131,26 +132,30 @@ def _crop_size(sizes: list, size) -> int:
 
 
 def relabel(images, teacher, out: str, **kw) -> LabelStore:
-    """Label `slots` crops of every image of `images` (an ImageSet) with `teacher` (a module or a
+    """Label `sli` crops of every image of `images` (an ImageSet) with `teacher` (a module or a
     list of modules, an ensemble); write `out`. Keywords: see `relabel_with_stats`."""
     return relabel_with_stats(images, teacher, out, **kw)[0]
 
 
-def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5, temperature: float = 1.0,
+def relabel_with_stats(images, teacher, out: str, *, sli: int = 1, k: int = 5, temperature: float = 1.0,
                        bits: int | None = None, quantizer: str = "power", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                        flip_prob: float = 0.5, size=None, mean=None, std=None, seed: int = 0, batch_size: int = 256,
                        device=None, teacher_name=None, teacher_sha256=None, teacher_weights=None,
                        teacher_bn: str = "train", cutmix_alpha: float | None = None, save_every_s: float = 120.0,
                        restart: bool = False, progress: bool = True, default_decode: str = "marginal",
                        max_resident_bytes: int | str | None = None, shard: bool = True, loader: str = "auto",
-                       workers: int | None = None):
+                       workers: int | None = None, slots: int | None = None):
     """(store, stats): the store on every rank (written by rank 0 under torch.distributed) and
     {"kl_to_teacher", "kl_uniform"} (mean nats over all labels, also in the store's header).
     `max_resident_bytes`: the image cache's budget on `device` (`hald_ext.data.image_source`);
     a set that does not fit is streamed from disk batch by batch (decoded by `loader` with `workers`,
     the rank's batches prefetched in plan order), so an image folder of any size relabels in bounded
     memory. `shard=False` labels every pair in this
-    process even under torch.distributed (a helper that builds a store per rank, e.g. in a test)."""
+    process even under torch.distributed (a helper that builds a store per rank, e.g. in a test).
+    `slots` is the earlier name of `sli` (deprecated)."""
+    if slots is not None:
+        warnings.warn("relabel: `slots=` is now `sli=` (stored crops per image)", DeprecationWarning, stacklevel=2)
+        sli = slots
 
     teachers = [teacher] if isinstance(teacher, nn.Module) else list(teacher)
     if not teachers or not all(isinstance(t, nn.Module) for t in teachers):
@@ -168,8 +173,8 @@ def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5,
     num_classes = images.num_classes
     if not 1 <= k <= num_classes:
         raise ValueError(f"relabel: k = {k} must be in [1, {num_classes}] (the classes)")
-    if slots < 1:
-        raise ValueError(f"relabel: slots (--sli) must be >= 1, got {slots}")
+    if sli < 1:
+        raise ValueError(f"relabel: sli (--sli) must be >= 1, got {sli}")
     sizes = [tuple(hw) for hw in image_sizes(images).tolist()]  # a folder's from its file headers
     S = _crop_size(sizes, size)
     mean, std = (list(v) for v in normalization_of(
@@ -186,7 +191,7 @@ def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5,
         "ensemble": members, "weights": weights.tolist()}
     teacher_rec["bn"] = teacher_bn
     header = Header(
-        num_images=n, slots=slots, num_classes=num_classes, k=k, temperature=float(temperature), quantizer=q,
+        num_images=n, sli=sli, num_classes=num_classes, k=k, temperature=float(temperature), quantizer=q,
         default_decode=default_decode, teacher=teacher_rec, images=fingerprint(images),
         crops={"rule": "torchvision.RandomResizedCrop", "scale": [float(s) for s in scale],
                "ratio": [float(r) for r in ratio], "flip_prob": float(flip_prob), "size": [S, S], "mean": mean,
@@ -194,8 +199,8 @@ def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5,
                "batches": "slot-major, seeded image order per slot", "cutmix_alpha": cutmix_alpha},
         seed=int(seed), mix=cutmix_alpha is not None, source="relabel")
 
-    plan = make_plan(n, slots, batch_size, seed)
-    boxes, flips = sample_crops(sizes, slots, scale, ratio, flip_prob, seed)
+    plan = make_plan(n, sli, batch_size, seed)
+    boxes, flips = sample_crops(sizes, sli, scale, ratio, flip_prob, seed)
     recipe = recipe_json(header.to_json(), rank=info.rank, world_size=info.world_size)
     partial = partial_path(out, info.rank, info.world_size)
     mine = plan.rank_batches(info.rank, info.world_size)
@@ -208,7 +213,7 @@ def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5,
 
     source = image_source(images, device, max_bytes=max_resident_bytes, loader=loader, workers=workers)
     if hasattr(source, "prefetch"):  # streaming: decode this rank's remaining batches ahead, in order
-        source.prefetch([plan.batch(b) // slots for b in mine[done:]])
+        source.prefetch([plan.batch(b) // sli for b in mine[done:]])
     thresholds = None if q.is_float else q.thresholds().to(device)
     codebook = q.codebook()
     teachers = [t.to(device) for t in teachers]
@@ -221,7 +226,7 @@ def relabel_with_stats(images, teacher, out: str, *, slots: int = 1, k: int = 5,
         with teacher_mode(teachers, teacher_bn), torch.no_grad():
             for b in mine[done:]:
                 pairs = plan.batch(b)
-                image_ids = pairs // slots
+                image_ids = pairs // sli
                 batch = source.batch(image_ids.to(device))
                 mix = sample_cutmix(len(pairs), S, cutmix_alpha, seed, b, device) if cutmix_alpha else None
                 r = crop_and_lookup(batch.images, batch.image_ids, S, image_sizes=batch.image_sizes,
@@ -286,7 +291,7 @@ def _mix_rows(mix, image_ids: torch.Tensor, S: int) -> dict:
 
 
 def _write_store(out, header, boxes, flips, res: dict, k: int):
-    n, slots = header.num_images, header.slots
+    n, slots = header.num_images, header.sli
     pairs = res["pairs"]
     if pairs.numel() != n * slots or not torch.equal(pairs.sort().values, torch.arange(n * slots)):
         raise LabelStoreError(f"{out}: the ranks' results do not cover every (image, slot) pair exactly once "

@@ -151,7 +151,7 @@ class LabelStore:
         header = Header.from_metadata(raw.get("__metadata__"), path)
         if header.progress is not None and not allow_partial:
             raise LabelStoreError(f"{path}: an unfinished relabel ({header.progress} of "
-                                  f"{header.num_images * header.slots} labels); rerun it to resume")
+                                  f"{header.num_images * header.sli} labels); rerun it to resume")
         want = fmt.expected_tensors(header)
         have = {k: v for k, v in raw.items() if k != "__metadata__"}
         missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
@@ -210,12 +210,18 @@ class LabelStore:
         return self._t["boxes"].shape[0]
 
     @property
+    def sli(self) -> int:
+        """Stored crops (labels) per image."""
+        return self.header.sli
+
+    @property
     def slots(self) -> int:
-        return self.header.slots
+        """SLI under its earlier name."""
+        return self.header.sli
 
     @property
     def num_labels(self) -> int:
-        return self.num_images * self.slots
+        return self.num_images * self.sli
 
     @property
     def num_classes(self) -> int:
@@ -286,12 +292,12 @@ class LabelStore:
         record if any)."""
         per_image = sum(t.element_size() * t[0].numel() for name, t in self._t.items() if name != "codebook"
                         ) if self.num_images else self._bytes_per_label_from_header()
-        return per_image / self.slots
+        return per_image / self.sli
 
     def _bytes_per_label_from_header(self) -> int:
         h = self.header
         ids = 0 if h.full_width else 2 if h.num_classes <= 65535 else 4
-        return (8 + 1 + h.k * (ids + h.code_bits // 8) + (16 if h.mix else 0)) * h.slots
+        return (8 + 1 + h.k * (ids + h.code_bits // 8) + (16 if h.mix else 0)) * h.sli
 
     @property
     def nbytes(self) -> int:
@@ -308,8 +314,8 @@ class LabelStore:
             if int(local.min()) < 0 or int(local.max()) >= self.num_images:
                 raise IndexError(f"image ids must be in [{self.image_offset}, {self.image_offset + self.num_images}) "
                                  f"here (the store has {self.header.num_images} images)")
-            if int(slots.min()) < 0 or int(slots.max()) >= self.slots:
-                raise IndexError(f"slots must be in [0, {self.slots})")
+            if int(slots.min()) < 0 or int(slots.max()) >= self.sli:
+                raise IndexError(f"slots must be in [0, SLI = {self.sli})")
         return local, slots
 
     def labels(self, image_ids, slots, device=None) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -330,7 +336,7 @@ class LabelStore:
         return self.boxes[local, slots], self.flips[local, slots]
 
     def iter_slots(self) -> Iterator[SlotLabels]:
-        for s in range(self.slots):
+        for s in range(self.sli):
             ids = None if self.topk_ids is None else self.topk_ids[:, s]
             yield SlotLabels(s, self.boxes[:, s], self.flips[:, s], ids, self.codes[:, s])
 
@@ -375,7 +381,7 @@ class LabelStore:
                                       f"{want['sha256'][:12]}...)")
 
     def __repr__(self) -> str:
-        return (f"LabelStore({self.path!r}, images={self.num_images}, slots={self.slots}, C={self.num_classes}, "
+        return (f"LabelStore({self.path!r}, images={self.num_images}, sli={self.sli}, C={self.num_classes}, "
                 f"k={self.k}, {self.quantizer.kind}/{self.quantizer.bits}, {self.bytes_per_label:.1f} B/label)")
 
 

@@ -63,6 +63,6 @@ def color_blob_labels(images: ImageSet, sli: int = 2, k: int = 3, temperature: f
     if path is None:
         path = os.path.join(tempfile.mkdtemp(prefix="hald-blobs-"), "labels.safetensors")
     teacher = ColorTeacher(images.num_classes, IMAGENET_MEAN, IMAGENET_STD)
-    return relabel(images, teacher, path, slots=sli, k=k, temperature=temperature, seed=seed, mean=IMAGENET_MEAN,
+    return relabel(images, teacher, path, sli=sli, k=k, temperature=temperature, seed=seed, mean=IMAGENET_MEAN,
                    std=IMAGENET_STD, device="cpu", teacher_name="color-teacher", progress=False,
                    shard=False)
