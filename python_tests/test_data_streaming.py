@@ -136,7 +136,7 @@ def mixed_store(tmp_path_factory):
     folder = write_folder(str(root / "train"), 8, 5)
     torch.manual_seed(0)
     out = str(root / "mix.safetensors")
-    relabel(open_images(folder), create_model(MODEL, 8), out, slots=2, k=3, size=SIZE, cutmix_alpha=1.0,
+    relabel(open_images(folder), create_model(MODEL, 8), out, sli=2, k=3, size=SIZE, cutmix_alpha=1.0,
             batch_size=16, device="cpu", progress=False)
     return folder, out
 
@@ -268,7 +268,7 @@ def test_a_bad_budget_is_refused_by_name(tmp_path, capsys):
 def test_a_killed_streamed_relabel_resumes(tmp_path):
     root = write_folder(str(tmp_path / "f"), 4, 5)
     files = open_images(root)
-    kw = dict(slots=2, k=2, size=SIZE, batch_size=8, seed=3, device="cpu", progress=False, max_resident_bytes=0,
+    kw = dict(sli=2, k=2, size=SIZE, batch_size=8, seed=3, device="cpu", progress=False, max_resident_bytes=0,
               loader="torch", workers=0)
     torch.manual_seed(0)
     model = create_model(MODEL, 4)
@@ -282,3 +282,22 @@ def test_a_killed_streamed_relabel_resumes(tmp_path):
     s = relabel(files, model, out, save_every_s=0, **kw)
     for n in ("boxes", "flips", "topk_ids", "codes"):
         assert torch.equal(getattr(s, n), getattr(ref, n)), n
+
+
+def test_padded_buffers_are_reused_and_capped():
+    """Padded host batches take turns in a few mapped buffers (a fresh padded batch page-faults on
+    nearly every page); a batch padded far beyond its pixels takes fresh memory instead."""
+    from hald_ext.data.stream import _padded, _PaddedBuffers
+
+    ring = _PaddedBuffers(count=2, max_waste=4.0)
+    ims = [np.full((5, 7, 3), i, np.uint8) for i in range(3)] + [np.full((6, 4, 3), 9, np.uint8)]
+    a, sa = _padded(ims, ring)
+    b, _ = _padded(ims[:2], ring)
+    c, _ = _padded(ims, ring)
+    assert a.data_ptr() == c.data_ptr() != b.data_ptr()  # the third batch reuses the first's buffer
+    assert sa.tolist() == [[5, 7]] * 3 + [[6, 4]]
+    for r, im in enumerate(ims):
+        assert np.array_equal(c[r, : im.shape[0], : im.shape[1]].numpy(), im)
+    huge = [np.zeros((2, 2, 3), np.uint8)] * 7 + [np.zeros((40, 40, 3), np.uint8)]
+    d, _ = _padded(huge, ring)  # 8 x 40 x 40 padded for 1628 pixels: over 4x
+    assert d.data_ptr() not in {s.data_ptr() for s in ring.storages if s is not None}

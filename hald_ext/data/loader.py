@@ -38,7 +38,8 @@ class FolderLoader(ShardedEpochs):
         self.device = torch.device(device)
         self.files, self.classes = files, list(files.classes)
         self.backend = backend
-        self.source = FileImages(files, self.device, backend, workers=num_threads)
+        # batches are handed to the caller, who may keep them: no reused buffers
+        self.source = FileImages(files, self.device, backend, workers=num_threads, reuse_buffers=False)
 
     @property
     def paths(self) -> list:

@@ -72,17 +72,43 @@ def _decode_batch(files: ImageFiles, ids: np.ndarray) -> tuple:
     return [decode_file(files.path(i)) for i in ids.tolist()], torch.from_numpy(ids)
 
 
-def _padded(images: list) -> tuple:
+def _padded(images: list, buffers: "_PaddedBuffers | None" = None) -> tuple:
     """(uint8 [M, Hmax, Wmax, 3], int32 [M, 2]) holding `images` top-left; the padding is left
-    unwritten (torch.empty: crop_and_lookup reads only within each image's true size), so only the
-    pages the pixels land on are touched, however large the batch's largest image."""
+    unwritten (crop_and_lookup reads only within each image's true size). The batch goes into one of
+    `buffers` when given (see _PaddedBuffers), else into fresh memory."""
     sizes = np.array([im.shape[:2] for im in images], dtype=np.int32).reshape(-1, 2)
     hmax, wmax = (int(v) for v in sizes.max(0)) if len(images) else (1, 1)
-    out = torch.empty((len(images), hmax, wmax, 3), dtype=torch.uint8)
+    shape = (len(images), hmax, wmax, 3)
+    pixels = int((sizes[:, 0].astype(np.int64) * sizes[:, 1]).sum()) * 3
+    out = buffers.take(shape, pixels) if buffers is not None else torch.empty(shape, dtype=torch.uint8)
     view = out.numpy()
     for r, im in enumerate(images):
         view[r, : im.shape[0], : im.shape[1]] = im
     return out, torch.from_numpy(sizes)
+
+
+class _PaddedBuffers:
+    """A few host buffers that padded batches take in turn. A fresh padded batch costs a page fault
+    for nearly every page of it (each image row lands in another page of the [M, Hmax, Wmax, 3]
+    layout), which on a CPU took longer than decoding the batch; reused buffers are already mapped.
+    A batch whose padding is more than `max_waste` times its pixels (one very large image among
+    small ones) takes fresh memory instead, so the buffers -- and the resident memory -- stay about
+    the size of an ordinary batch. A batch's images stay valid until `count` more batches are taken."""
+
+    def __init__(self, count: int = 3, max_waste: float = 4.0):
+        self.storages: list = [None] * count
+        self.next = 0
+        self.max_waste = max_waste
+
+    def take(self, shape: tuple, pixels: int) -> torch.Tensor:
+        n = int(np.prod(shape))
+        if n > self.max_waste * max(pixels, 1):
+            return torch.empty(shape, dtype=torch.uint8)
+        i, self.next = self.next, (self.next + 1) % len(self.storages)
+        storage = self.storages[i]
+        if storage is None or storage.numel() < n:
+            storage = self.storages[i] = torch.empty(n + n // 4, dtype=torch.uint8)  # room to vary a little
+        return storage[:n].view(shape)
 
 
 class _PlanDataset(torch.utils.data.Dataset):
@@ -175,7 +201,9 @@ class _DaliDecoder:
             return
         for _ in range(len(self.feed.plan)):
             images, ids = self.pipe.run()
-            yield ([np.array(images[i]) for i in range(len(images))],
+            # views of DALI's output (no copy): batch() copies them into the padded batch before
+            # the next run() reuses DALI's buffers
+            yield ([np.asarray(images[i]) for i in range(len(images))],
                    torch.from_numpy(np.concatenate([np.array(ids[i]) for i in range(len(ids))]).astype(np.int64)))
 
     def __iter__(self):
@@ -195,12 +223,14 @@ class _DaliDecoder:
 
 class FileImages:
     """The streaming image source of an ImageFiles (see the module docstring). `labels` (all of them)
-    live on `device`; `memory()` reports what the source holds."""
+    live on `device`; `memory()` reports what the source holds. With `reuse_buffers` (the default) a
+    batch's host images live in buffers reused three batches later (as DALI's iterators reuse theirs):
+    use a batch -- crop it, or copy it -- before taking three more."""
 
     resident = False
 
     def __init__(self, files: ImageFiles, device="cpu", backend: str = "torch", workers: int | None = None,
-                 prefetch_factor: int = 2):
+                 prefetch_factor: int = 2, reuse_buffers: bool = True):
         if backend not in STREAM_BACKENDS:
             raise ValueError(f"streaming backend must be one of {STREAM_BACKENDS}, got {backend!r}")
         self.files = files
@@ -213,6 +243,7 @@ class FileImages:
         self._it = None
         self._dali = None
         self._warned = False
+        self._buffers = _PaddedBuffers() if reuse_buffers else None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -267,7 +298,7 @@ class FileImages:
             ids = np.unique(image_ids.reshape(-1).cpu().numpy().astype(np.int64))
             got = _decode_batch(self.files, ids)
         if len(got) == 2:  # decoded arrays (torch workers, or on the spot): padded here
-            images, sizes = _padded(got[0])
+            images, sizes = _padded(got[0], self._buffers)
             unique = got[1]
             if self.device.type == "cuda":
                 images, sizes = images.pin_memory(), sizes.pin_memory()
@@ -316,7 +347,8 @@ def image_source(images, device="cpu", max_bytes=None, loader: str = "auto", wor
     """The image source of a set: a ResidentImageCache when its padded images fit in `max_bytes`
     (bytes, or "512M" / "2G"; default: half the free device memory; 0: always stream), else a streaming
     source -- StreamingImages for decoded arrays (an ImageSet), FileImages for an image folder's files
-    (an ImageFiles: decoded per batch by `loader`, DALI or torch workers, with prefetch). A folder's
+    (an ImageFiles: decoded per batch by `loader`, DALI or torch workers, with prefetch; a batch is
+    valid until three more are taken, see FileImages). A folder's
     resident size comes from its file headers, so nothing is decoded to decide. `memory()` on the result
     reports which, and the bytes taken."""
     device = torch.device(device)
