@@ -1,6 +1,6 @@
 # One entry point for a fresh machine:
 #   make test    set everything up (virtualenv, pinned deps, extension build, the embedded data set)
-#                and run every test
+#                and run every test, then build and run the package from its source distribution
 #   make demo    the main job: Fashion-MNIST teacher -> IPC 10 -> relabel -> hald, soft-only and hard-only
 #                students over 3 seeds through `hald sweep`, with paired differences
 #   make bench   the benchmarks (results land in benchmarks/results/)
@@ -49,8 +49,11 @@ $(MODE_FILE): FORCE
 build-cpu:
 	$(MAKE) build HALD_CPU_ONLY=1
 
+# The tests, then the package as an index would ship it: sdist -> wheel (C++ kernels) -> installed
+# in a scratch folder and run (scripts/check_package.py).
 test: build data
 	$(PY) -m pytest python_tests -q -p no:cacheprovider
+	$(PY) scripts/check_package.py
 
 bench: build
 	$(PY) benchmarks/bench_loss.py
