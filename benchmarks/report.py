@@ -1,7 +1,7 @@
 """Markdown tables from benchmarks/results/*.json.
 
     python benchmarks/report.py                  # print them
-    python benchmarks/report.py --update-readme  # rewrite the README's generated results block
+    python benchmarks/report.py --update-docs    # rewrite the generated block of docs/benchmarks.md
 """
 from __future__ import annotations
 
@@ -150,20 +150,23 @@ def main(argv=None):
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--update-readme", action="store_true")
+    p.add_argument("--update-docs", action="store_true", help="rewrite the generated block of docs/benchmarks.md")
+    p.add_argument("--update-readme", action="store_true", help="old name of --update-docs (the tables moved)")
     args = p.parse_args(argv)
     text = tables()
-    if not args.update_readme:
+    if args.update_readme:
+        print("report.py: --update-readme is now --update-docs (the tables live in docs/benchmarks.md)")
+    if not (args.update_docs or args.update_readme):
         print(text)
         return
-    readme = os.path.join(os.path.dirname(HERE), "README.md")
-    with open(readme) as f:
+    page = os.path.join(os.path.dirname(HERE), "docs", "benchmarks.md")
+    with open(page) as f:
         content = f.read()
     if BEGIN not in content or END not in content:
-        raise SystemExit(f"README.md has no {BEGIN} ... {END} block")
+        raise SystemExit(f"docs/benchmarks.md has no {BEGIN} ... {END} block")
     head, rest = content.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    with open(readme, "w") as f:
+    with open(page, "w") as f:
         f.write(head + BEGIN + "\n" + text + "\n" + END + tail)
 
 

@@ -1,4 +1,4 @@
-"""Importers of public soft-label files (METHOD.md section 4) into a label store, reading them as the
+"""Importers of public soft-label files (docs/importers.md) into a label store, reading them as the
 public writers write them:
 
   FKD (FKD_SLG/generate_soft_label.py)   one file per image, <class>/<name>.tar:

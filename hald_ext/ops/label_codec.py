@@ -64,7 +64,7 @@ def label_decode(codes: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 def label_decode_dense(ids: torch.Tensor | None, codes: torch.Tensor, codebook: torch.Tensor, num_classes: int,
                        decode: str = "marginal") -> torch.Tensor:
-    """Top-k labels -> the dense float32 [N, num_classes] target (METHOD.md section 3), for inspection
+    """Top-k labels -> the dense float32 [N, num_classes] target (docs/method.md, "Stored labels"), for inspection
     and evaluation; training never needs it (`soft_hard_loss` takes ids and codes directly).
     `ids=None`: `codes` [N, num_classes] are a full-width label in class order."""
     _ext.require()

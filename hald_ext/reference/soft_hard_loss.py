@@ -19,7 +19,7 @@ def dequantize(topk_values: torch.Tensor, codebook: torch.Tensor | None, dtype=t
 
 def decode_dense(topk_ids, topk_values, num_classes: int, decode: str = "marginal", codebook=None,
                  dtype=torch.float32) -> torch.Tensor:
-    """The C-wide target q of METHOD.md section 3 (what the fused kernel never builds). With
+    """The C-wide target q (docs/method.md, "Stored labels") (what the fused kernel never builds). With
     `topk_ids=None`, `topk_values` is a dense target [B, C] (a stored label with k = C)."""
     p = dequantize(topk_values, codebook, dtype)
     if topk_ids is None:

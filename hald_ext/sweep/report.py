@@ -149,7 +149,7 @@ _PAIR_KEYS = {"a", "b", "pair", "seeds", "n", "mean", "sd", "diffs", "positive",
 
 def lvsd_prediction(pairs: list) -> list:
     """Per named pair: Spearman's rank correlation, across groups, between the predicted drift
-    Tr(Sigma) / SLI (METHOD.md section 2: the drift part of the averaged label's error) and the mean
+    Tr(Sigma) / SLI (docs/method.md, "Local-view drift": the drift part of the averaged label's error) and the mean
     paired gain, and how often the sign of the gain matches the sign of (drift - median drift)."""
     out = []
     for name in dict.fromkeys(p["pair"] for p in pairs):
