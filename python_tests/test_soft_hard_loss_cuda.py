@@ -19,8 +19,11 @@ pytestmark = requires_cuda
 
 
 def to(t, device):
+    """`t` on `device`: a tensor, or every tensor in a dict / tuple / list."""
     if isinstance(t, dict):
         return {k: to(v, device) for k, v in t.items()}
+    if isinstance(t, (tuple, list)):
+        return type(t)(to(v, device) for v in t)
     return t.to(device) if torch.is_tensor(t) else t
 
 

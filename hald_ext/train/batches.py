@@ -30,7 +30,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from hald_ext.core.boxes import boxes_to_pixels, dequantize_boxes, mix_boxes_to_pixels, sample_rrc_pixels
-from hald_ext.core.device import to_device
+from hald_ext.core.device import take, to_device
 from hald_ext.core.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize  # noqa: F401  (re-exported)
 from hald_ext.data.cache import ResidentImageCache, StreamingImages
 from hald_ext.data.files import ImageFiles
@@ -136,7 +136,7 @@ def mix_rows(mix, image_ids: torch.Tensor, slots: torch.Tensor, size: int):
     mixed = partner >= 0
     row_ids = torch.cat([image_ids, torch.where(mixed, partner, image_ids)])
     row_slots = torch.cat([slots, slots])
-    paste = mix_boxes_to_pixels(mix.boxes[image_ids, slots], size)
+    paste = mix_boxes_to_pixels(take(mix.boxes, image_ids, slots), size)
     paste = torch.where(mixed[:, None], paste, torch.zeros_like(paste))
     partner_rows = torch.cat([torch.arange(B, 2 * B, device=dev), torch.arange(B, 2 * B, device=dev)])
     boxes = torch.cat([paste, torch.zeros_like(paste)])
@@ -291,7 +291,7 @@ class FusedBatchSource(_SourceBase):
         B = ids.shape[0]
         row_ids, row_slots, mix = self._soft_rows(ids, sl)
         b = self.images.batch(row_ids)
-        kw = dict(boxes=self._boxes[row_ids, row_slots], flips=self._flips[row_ids, row_slots],
+        kw = dict(boxes=take(self._boxes, row_ids, row_slots), flips=self._flips[row_ids, row_slots],
                   cutmix=None if mix is None else CutMix(*mix), **self._kw(b))
         if self._tables is not None:
             r = crop_and_lookup(b.images, b.image_ids, self.out_size, label_ids=self._tables[0],

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from hald_ext.core import distributed as D
+from hald_ext.core.device import take
 from hald_ext.core.normalize import IMAGENET_MEAN, IMAGENET_STD
 from hald_ext.data.files import ImageFiles
 from hald_ext.data.folder import shard_range
@@ -102,7 +103,7 @@ class EvalData:
                 torch.tensor(b.images.shape[1:3], dtype=torch.int32).expand(b.images.shape[0], 2)
             boxes = center_crop_boxes(sizes, self.img_size, self.crop_ratio)
             r = crop_and_lookup(b.images, b.image_ids, self.img_size, image_sizes=b.image_sizes,
-                                boxes=boxes[b.image_ids], flips=torch.zeros_like(b.image_ids, dtype=torch.bool),
+                                boxes=take(boxes, b.image_ids), flips=torch.zeros_like(b.image_ids, dtype=torch.bool),
                                 mean=mean, std=std)
             yield r.crops, self.targets[b.sample_ids], b.sample_ids
 
