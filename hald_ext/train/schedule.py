@@ -3,7 +3,7 @@ phase kind (hald_ext.train.phases: `soft` replays stored crop labels, `hard` tra
 CutMix + class labels). "Schedule" means only this order; the learning rate over the run is the LR
 schedule (hald_ext.train.lr_schedule).
 
-HALD (METHOD.md section 2) splits `E` total epochs with `E_soft` soft epochs as
+HALD (docs/schedules.md) splits `E` total epochs with `E_soft` soft epochs as
     A = floor(E_soft / 2) soft, B = E - E_soft hard, C = E_soft - A soft,
 and degenerates to soft-only when E <= E_soft. The ablation orders of the official code (hard->soft,
 soft->hard, hard->soft->hard, periodic) use the same soft / hard epoch counts, so a preset only
