@@ -159,6 +159,8 @@ def test_registry_refuses_duplicates_and_odd_names_and_lists_known_ones():
 def test_builtin_kinds():
     assert list(PHASE_KINDS) == ["soft", "hard"]
     assert PHASE_KINDS["soft"].uses_labels and not PHASE_KINDS["hard"].uses_labels
+    assert build_schedule("hald", 10, 4).label_epochs() == 4 and build_schedule("hald", 10, 4).label_kinds() == ["soft"]
+    assert build_schedule("hard-only", 10).label_epochs() == 0 and build_schedule("hard-only", 10).label_kinds() == []
     with pytest.raises(ValueError, match="cannot read schedule item 'medium:3': expected 'soft:N' or 'hard:N'"):
         parse_explicit("medium:3")
     with pytest.raises(ValueError, match="schedule phase must be 'soft' or 'hard', got 'medium'"):
@@ -183,7 +185,8 @@ def soft_all_kind():
 def test_a_new_kind_is_one_registered_class(problem, soft_all_kind):
     train, held, store = problem
     sched = build_schedule("soft-all:1,hard:1,soft:1", 3)
-    assert sched.kinds() == ["soft-all", "hard", "soft"]
+    assert sched.kinds() == ["soft-all", "hard", "soft"] and sched.label_kinds() == ["soft-all", "soft"]
+    assert sched.label_epochs() == 2
     cfg = TrainConfig(epochs=3, batch_size=8, lr=3e-3, progress=False)
     t = Trainer(cfg, create_model("convnet3", 4, img_size=SIZE, width=8), TorchBatchSource(train, None, store, SIZE),
                 sched)

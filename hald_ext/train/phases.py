@@ -10,7 +10,8 @@ loss_sum(trainer, image_ids, slots, step_seed)  the summed per-row loss of this 
     batch (`slots` None for a one-column order; `step_seed` seeds the step's random crops).
 
 and says whether it reads the label store (`uses_labels`: the trainer then needs one, checks the
-label budget over those epochs and prepares its codebook, temperature and decode).
+label budget over those epochs and prepares its codebook, temperature and decode; see
+Schedule.label_epochs) and how plots mark its epochs (`color`).
 
 soft  replays stored crops with their teacher labels (HALD's soft phase, SRe2L / FKD relabel).
 hard  fresh random-resized crops + CutMix, trained on class labels with label smoothing.
@@ -35,6 +36,7 @@ class PhaseKind:
     """The interface of a phase kind (see the module docstring); `trainer` is the running Trainer."""
 
     uses_labels = False
+    color = "tab:gray"  # how plots of a run (train.metrics) mark this kind's epochs
 
     def sample_order(self, trainer, epoch: int, gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
@@ -46,6 +48,7 @@ class PhaseKind:
 @register_phase_kind(SOFT)
 class SoftPhase(PhaseKind):
     uses_labels = True
+    color = "tab:blue"
 
     def sample_order(self, trainer, epoch, gen):
         # Which stored crops this soft epoch replays: consecutive soft epochs walk through the
@@ -70,6 +73,8 @@ class SoftPhase(PhaseKind):
 
 @register_phase_kind(HARD)
 class HardPhase(PhaseKind):
+    color = "tab:orange"
+
     def sample_order(self, trainer, epoch, gen):
         return torch.randperm(trainer.source.num_images, generator=gen)[:, None]
 

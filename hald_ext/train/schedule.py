@@ -75,6 +75,14 @@ class Schedule:
     def epochs_of(self, kind: str) -> int:
         return sum(p.epochs for p in self.phases if p.kind == kind)
 
+    def label_epochs(self) -> int:
+        """Epochs of phases whose kind reads the label store (soft): > 0 means the run needs one."""
+        return sum(p.epochs for p in self.phases if PHASE_KINDS[p.kind].uses_labels)
+
+    def label_kinds(self) -> list:
+        """The phase kinds of this schedule that read the label store, in order of first appearance."""
+        return [k for k in self.kinds() if PHASE_KINDS[k].uses_labels]
+
     def kinds(self) -> list:
         """The phase kinds this schedule uses, in order of first appearance."""
         return list(dict.fromkeys(p.kind for p in self.phases))

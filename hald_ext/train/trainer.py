@@ -63,11 +63,10 @@ class Trainer:
         self.phase_kinds = {kind: phase_kind(kind) for kind in schedule.kinds()}
 
         store = source.labels
-        label_kinds = [kind for kind, k in self.phase_kinds.items() if k.uses_labels]
-        label_epochs = sum(schedule.epochs_of(kind) for kind in label_kinds)
+        label_epochs = schedule.label_epochs()
         if label_epochs and store is None:
-            raise ValueError(f"schedule {schedule} has {'/'.join(label_kinds)} phases but the batch source has no "
-                             f"label store")
+            raise ValueError(f"schedule {schedule} has {'/'.join(schedule.label_kinds())} phases but the batch "
+                             f"source has no label store")
         if store is not None:
             self.slots_per_epoch = check_label_budget(cfg, label_epochs, store.slots)
             self.temperature = cfg.temperature if cfg.temperature is not None else store.temperature
