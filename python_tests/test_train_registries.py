@@ -15,7 +15,8 @@ from hald_ext.train.lr_schedule import LR_SCHEDULES, HalfCosineLR, LRSchedule, c
 from hald_ext.train.optim import create_optimizer
 from hald_ext.train.phases import PHASE_KINDS, PhaseKind, SoftPhase, register_phase_kind
 from hald_ext.train.registry import Registry
-from hald_ext.train.schedule import PRESETS, SCHEDULE_PRESETS, Schedule, build_schedule, parse_explicit, register_schedule
+from hald_ext.train.schedule import (PRESETS, SCHEDULE_PRESETS, Schedule, build_schedule, parse_explicit,
+                                     register_schedule)
 from hald_ext.train.synthetic import color_blob_labels, color_blobs
 from hald_ext.train.trainer import Trainer, _seed
 
