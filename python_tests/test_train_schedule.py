@@ -1,4 +1,4 @@
-"""Schedule presets and the learning-rate / weight-decay rules of METHOD.md section 2."""
+"""Schedule presets (the phase order), the LR schedule and the weight-decay rule (docs/schedules.md)."""
 import math
 
 import pytest
@@ -104,7 +104,7 @@ def test_lr_schedule_per_epoch_per_update_and_warmup():
     assert math.isclose(sched.last_lr(), 1e-5 + 0.5 * (1e-3 * half_cosine(1, 10) - 1e-5))
     sched.set_position(3.5)
     assert math.isclose(sched.last_lr(), 1e-3 * half_cosine(3.5, 10))
-    # The state is the position: a restored schedule sets the same LR.
+    # The state is the position: a restored LR schedule sets the same LR.
     state = sched.state_dict()
     opt2 = create_optimizer(_model(), lr=1e-3)
     other = HalfCosineLR(opt2, total_epochs=99)

@@ -1,5 +1,7 @@
-"""The epoch loop: whole-epoch soft / hard phases, one optimizer and one LR schedule throughout,
-evaluation, metrics files and exact resume.
+"""The epoch loop: whole-epoch phases of registered kinds (hald_ext.train.phases: soft / hard), one
+optimizer and one LR schedule (hald_ext.train.lr_schedule) throughout, evaluation, metrics files and
+exact resume. What a phase samples and how its loss is computed belong to its kind; nothing here
+depends on which kinds there are.
 
 Determinism: every random choice of the loop (sample order, hard-phase crops and CutMix) is drawn from
 a generator seeded by (seed, epoch, step), never from global state, so a resumed run replays the
@@ -15,14 +17,15 @@ from torch import nn
 
 from hald_ext.core import distributed as D
 from hald_ext.labels.compat import check_store_use
-from hald_ext.ops import soft_hard_loss
 from hald_ext.train import checkpoint as ckpt
 from hald_ext.train import metrics
 from hald_ext.train.batches import BatchSource
 from hald_ext.train.config import TrainConfig, check_label_budget
-from hald_ext.train.evaluate import EvalData, autocast, evaluate  # noqa: F401  (evaluate re-exported)
-from hald_ext.train.optim import HalfCosineLR, create_optimizer
-from hald_ext.train.schedule import SOFT, Schedule
+from hald_ext.train.evaluate import EvalData, evaluate  # noqa: F401  (evaluate re-exported)
+from hald_ext.train.lr_schedule import DEFAULT_LR_SCHEDULE, create_lr_schedule
+from hald_ext.train.optim import create_optimizer
+from hald_ext.train.phases import phase_kind
+from hald_ext.train.schedule import Schedule
 
 _MIX = 1_000_003  # a prime for mixing seeds
 
@@ -51,17 +54,21 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = create_optimizer(self.model, cfg.lr, cfg.weight_decay)
-        self.lr_schedule = HalfCosineLR(self.optimizer, schedule.epochs, cfg.eta, cfg.warmup_epochs, cfg.warmup_lr,
-                                        cfg.sched_on_updates)
+        # A config without an `lr_schedule` field is a half-cosine one (the only LR schedule it had).
+        self.lr_schedule = create_lr_schedule(getattr(cfg, "lr_schedule", DEFAULT_LR_SCHEDULE), self.optimizer,
+                                              schedule.epochs, eta=cfg.eta, warmup_epochs=cfg.warmup_epochs,
+                                              warmup_lr=cfg.warmup_lr, on_updates=cfg.sched_on_updates)
         self.history: list = []
         self.start_epoch = 0
+        self.phase_kinds = {kind: phase_kind(kind) for kind in schedule.kinds()}
 
         store = source.labels
-        soft_epochs = schedule.epochs_of(SOFT)
-        if soft_epochs and store is None:
-            raise ValueError(f"schedule {schedule} has soft phases but the batch source has no label store")
+        label_epochs = schedule.label_epochs()
+        if label_epochs and store is None:
+            raise ValueError(f"schedule {schedule} has {'/'.join(schedule.label_kinds())} phases but the batch "
+                             f"source has no label store")
         if store is not None:
-            self.slots_per_epoch = check_label_budget(cfg, soft_epochs, store.slots)
+            self.slots_per_epoch = check_label_budget(cfg, label_epochs, store.slots)
             self.temperature = cfg.temperature if cfg.temperature is not None else store.temperature
             if self.info.is_main:
                 for problem in check_store_use(store, img_size=getattr(source, "out_size", None),
@@ -80,21 +87,11 @@ class Trainer:
     # ---------------------------------------------------------------------------------- samples
     def epoch_batches(self, epoch: int) -> tuple:
         """This rank's batches of the epoch and the global batch sizes: lists of (image_ids, slots)
-        (slots None in hard phases) and of ints. Every rank draws the same global order."""
-        kind = self.schedule.kind_at(epoch)
+        (slots None for a kind that samples images only, e.g. hard) and of ints. Every rank draws the
+        same global order."""
         gen = torch.Generator().manual_seed(_seed(self.cfg.seed, epoch))
-        n = self.source.num_images
-        if kind == SOFT:
-            # Which stored crops this soft epoch replays: consecutive soft epochs walk through the
-            # slots, so with slots_per_epoch < SLI every stored crop is used before any repeats.
-            # The default (1) is HALD's soft epoch: each image once, cycling through its SLI crops.
-            soft_before = sum(1 for e in range(epoch) if self.schedule.kind_at(e) == SOFT)
-            s, sli = self.slots_per_epoch, self.source.labels.slots
-            slots = (torch.arange(s) + soft_before * s) % sli
-            pairs = torch.stack(torch.meshgrid(torch.arange(n), slots, indexing="ij"), -1).view(-1, 2)
-            order = pairs[torch.randperm(len(pairs), generator=gen)]
-        else:
-            order = torch.randperm(n, generator=gen)[:, None]
+        order = self.phase_kinds[self.schedule.kind_at(epoch)].sample_order(self, epoch, gen)
+        with_slots = order.shape[1] > 1
         chunks = list(order.split(self.cfg.batch_size))
         # A last chunk with fewer than two rows per rank joins the one before: BatchNorm in train
         # mode cannot normalise a single sample (as relabel's batch plan does).
@@ -105,26 +102,15 @@ class Trainer:
             if len(chunk) < self.info.world_size:  # too small to give every rank a row
                 continue
             mine = D.split_global_batch(chunk, self.info)
-            out.append((mine[:, 0], mine[:, 1] if kind == SOFT else None))
+            out.append((mine[:, 0], mine[:, 1] if with_slots else None))
             sizes.append(len(chunk))
         return out, sizes
 
     # ---------------------------------------------------------------------------------- one step
     def loss_sum(self, kind: str, image_ids: torch.Tensor, slots, step_seed: int) -> torch.Tensor:
-        """Summed per-row loss of this rank's piece of the batch."""
-        cfg = self.cfg
-        if kind == SOFT:
-            b = self.source.soft_batch(image_ids, slots)
-            with autocast(self.device, cfg.amp):
-                logits = self.net(b.x)
-            return soft_hard_loss(logits, b.topk_ids, b.topk_codes, codebook=self.codebook,
-                                  temperature=self.temperature, decode=self.decode, soft_loss=cfg.soft_loss,
-                                  hinton=cfg.hinton, reduction="sum")
-        b = self.source.hard_batch(image_ids, step_seed)
-        with autocast(self.device, cfg.amp):
-            logits = self.net(b.x)
-        return soft_hard_loss(logits, hard_target=b.y_a, target_b=b.y_b, mix_lambda=b.lam, soft_weight=0.0,
-                              hard_weight=1.0, label_smoothing=cfg.label_smoothing, reduction="sum")
+        """Summed per-row loss of this rank's piece of the batch, as the phase kind `kind` computes it."""
+        phase = self.phase_kinds.get(kind) or phase_kind(kind)  # a kind outside the schedule: still one step
+        return phase.loss_sum(self, image_ids, slots, step_seed)
 
     def step(self, kind: str, image_ids: torch.Tensor, slots, step_seed: int, global_size: int) -> torch.Tensor:
         """One optimisation step on this rank's piece of a global batch; returns the detached summed
