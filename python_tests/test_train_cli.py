@@ -94,7 +94,7 @@ def test_store_of_other_images_and_unknown_yaml_keys(files, capsys):
     bad_yaml = files / "typo.yaml"
     bad_yaml.write_text("data: x\nlearning_rate: 0.1\n")
     assert main(["train", "-c", str(bad_yaml)]) == 2
-    assert "unknown option(s) learning_rate" in capsys.readouterr().err
+    assert "typo.yaml: unknown option 'learning_rate' (known: " in capsys.readouterr().err
 
 
 def test_fingerprint_mismatch(files, capsys, tmp_path):
