@@ -1,9 +1,9 @@
 """The `hald` command: relabel images with a teacher, import and inspect label stores, and train and
 study students with HALD soft-label distillation.
 
-Each sub-command lives in its own module exposing `add_arguments(parser)` and `run(args)`; modules are
-imported only when their command runs. Output piped into a reader that stops early (`hald labels info
-FILE | head`) ends the command quietly."""
+Each sub-command lives in its own module of hald_ext.commands exposing `add_arguments(parser)` and
+`run(args)` (and its typed config); modules are imported only when their command runs. Output piped
+into a reader that stops early (`hald labels info FILE | head`) ends the command quietly."""
 from __future__ import annotations
 
 import argparse

@@ -20,7 +20,7 @@ import yaml
 import hald_ext.models  # noqa: F401  (registers convnet3 with timm)
 from hald_ext.core.normalize import IMAGENET_MEAN, IMAGENET_STD
 from hald_ext.data.stream import BACKENDS, parse_bytes
-from hald_ext.ops.soft_hard_loss import DECODES
+from hald_ext.labels.format import DECODES
 from hald_ext.train.schedule import PRESETS, build_schedule
 
 _KNOWN_SOURCES = ("fashion-mnist", "fashion_mnist")
