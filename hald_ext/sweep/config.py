@@ -16,13 +16,12 @@
       pairs: ["hald - soft-only", "hald - hard-only"]
     report: {x: relabel.sli}         # x axis of the plots (default: the first numeric axis)
 
-Stage options are the flags of `hald teacher|select|relabel|lvsd|train` (dashes or underscores); they
-are checked against each command's own parser, so the sweep follows the commands. Options the sweep
-sets itself (paths, seeds, devices) are refused with their key named. Sweep-only options:
-  teacher.checkpoint      use this teacher file instead of training one
-  teacher.use_epoch       label with the teacher's snapshot after this epoch (needs teacher.save_every)
-  teacher.snapshot_name   snapshot file name pattern (default "{stem}-epoch{epoch:03d}.pth", beside the teacher)
-  transform.mode          none | swap | zero (the non-top-1 entries of every stored label)
+Stage options are the options of `hald teacher|select|relabel|lvsd|train` (dashes or underscores; old
+spellings accepted with a deprecation line), checked against each command's typed config (name, type,
+choices: hald_ext.commands.*), so the sweep follows the commands. Options the sweep sets itself (paths,
+seeds, devices: each command's SWEEP_MANAGED) are refused with their key named; sweep-only options (each
+command's SWEEP_ONLY, and transform.mode) are listed in docs/cli.md. Stage keys hash the options under
+their first names, so a renamed option keeps every stage id.
 """
 from __future__ import annotations
 
@@ -42,7 +41,8 @@ MODULES = {"teacher": "hald_ext.commands.teacher", "select": "hald_ext.commands.
            "relabel": "hald_ext.commands.relabel", "lvsd": "hald_ext.commands.lvsd", "train": "hald_ext.commands.train"}
 # `transform` has no command of its own in a sweep: its one option picks hald_ext.labels.transform's mode.
 TRANSFORM_MODES = ("none", *MODES)
-TRANSFORM_ONLY = {"mode": f"{' | '.join(TRANSFORM_MODES)} (the non-top-1 entries of every stored label)"}
+TRANSFORM_ONLY = {"mode": f"{', '.join(TRANSFORM_MODES)}: what happens to the non-top-1 entries of every "
+                          "stored label"}
 DEVICES = ("auto", "cpu", "cuda")
 TOP_KEYS = {"name", "seeds", "axes", "compare", "report", "device", *STAGES}
 
