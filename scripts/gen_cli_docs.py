@@ -34,6 +34,10 @@ def _help(argv: list) -> str:
     return buf.getvalue().rstrip()
 
 
+def _section(level: str, words: list) -> list:
+    return ["", f"{level} `{' '.join(['hald', *words])}`", "", "```text", _help(words), "```"]
+
+
 def _configs():
     """(command words, config class, module) of every command that has options."""
     from hald_ext.cli import COMMANDS
@@ -82,12 +86,11 @@ def render() -> str:
             L.append(f"| {words} | {', '.join(f'`{m}`' for m in mod.SWEEP_MANAGED)} | {only} |")
     from hald_ext.sweep.config import TRANSFORM_ONLY
     L.append(f"| transform | `src`, `dst`, `seed` | {'; '.join(f'`{k}`: {v}' for k, v in TRANSFORM_ONLY.items())} |")
-    L += ["", "## `hald`", "", "```text", _help([]), "```"]
+    L += _section("##", [])
     for name in COMMANDS:
-        mod = importlib.import_module(COMMANDS[name][0])
-        L += ["", f"## `hald {name}`", "", "```text", _help([name]), "```"]
-        for sub in getattr(mod, "SUBCOMMANDS", {}):
-            L += ["", f"### `hald {name} {sub}`", "", "```text", _help([name, sub]), "```"]
+        L += _section("##", [name])
+        for sub in getattr(importlib.import_module(COMMANDS[name][0]), "SUBCOMMANDS", {}):
+            L += _section("###", [name, sub])
     return "\n".join(L) + "\n"
 
 

@@ -111,7 +111,7 @@ def build_trainer(cfg: C.TrainConfig, run_dir: str | None):
     # Resident on the device when it fits the budget, else streamed from disk with prefetch.
     cache = image_source(images, device, max_bytes=cfg.resident_budget, loader=cfg.loader, workers=cfg.workers)
     source = source_cls(cache, None, store, img_size, cfg.mean, cfg.std, device,
-                        cutmix_alpha=cfg.cutmix_alpha, rrc_scale=cfg.scale)
+                        cutmix_alpha=cfg.cutmix_alpha, rrc_scale=cfg.scale, rrc_ratio=cfg.ratio)
     eval_set = eval_data_for(cfg, images, img_size, device) if cfg.eval_data else None
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = create_model(cfg.model, images.num_classes, img_size=img_size)

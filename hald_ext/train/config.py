@@ -379,6 +379,7 @@ class TrainConfig:
     cutmix_alpha: float = _f(1.0, "hard-phase CutMix Beta(alpha, alpha); 0 turns CutMix off", group=CROPS)
     scale: tuple = _f((0.08, 1.0), "hard-phase random-resized-crop area scale range", nargs=2, group=CROPS,
                       deprecated=("rrc_scale",), key="rrc_scale")
+    ratio: tuple = _f((3 / 4, 4 / 3), "hard-phase random-resized-crop aspect ratio range", nargs=2, group=CROPS)
     # schedule
     schedule: str = _f("hald", f"phase order: {' | '.join(PRESETS)}, or an explicit list 'soft:N,hard:M,...'",
                        group=SCHED)

@@ -218,7 +218,8 @@ def run_teacher(args) -> int:
             return 2
         if resume.get("options") != decided:
             was = resume.get("options") or {}
-            diff = sorted(k for k in set(was) | set(decided) if was.get(k) != decided.get(k))
+            diff = sorted("scale" if k == "rrc_scale" else k  # the option's name today
+                          for k in set(was) | set(decided) if was.get(k) != decided.get(k))
             print(f"hald teacher: error: {partial} was written with other options ({', '.join(diff)}): delete it, "
                   "pass --restart, or rerun with the same options", file=sys.stderr)
             return 2
