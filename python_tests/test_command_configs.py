@@ -160,3 +160,20 @@ def test_label_transform_is_labels_transform(tmp_path, capsys):
     assert main(["label-transform", str(tmp_path / "missing.safetensors"), str(tmp_path / "y"), "--mode", "swap"]) == 2
     err = capsys.readouterr().err
     assert "use `hald labels transform`" in err and "hald labels transform: error:" in err
+
+
+def test_required_options_come_from_flags_or_the_config_file(tmp_path, capsys):
+    f = tmp_path / "relabel.yaml"
+    f.write_text("model: [convnet3]\ncheckpoint: [t.pth]\nout: l.safetensors\nsli: 2\n")
+    r = _parse("relabel", ["imgs", "-c", str(f), "--sli", "3"])
+    assert (r.model, r.checkpoint, r.out, r.sli) == (["convnet3"], ["t.pth"], "l.safetensors", 3)
+    with pytest.raises(C.ConfigError, match="--out is required"):
+        _parse("relabel", ["imgs", "--model", "convnet3"])
+    assert main(["select", "--data", "fashion-mnist"]) == 2
+    assert "--out is required" in capsys.readouterr().err
+
+
+def test_a_saved_run_configuration_reads_back(tmp_path):
+    cfg = parse_config(["--crops-per-epoch", "2", "--scale", "0.2", "1", "--out", "runs/x", "--decode", "renorm"])
+    cfg.save(str(tmp_path / "args.yaml"))
+    assert parse_config(["-c", str(tmp_path / "args.yaml")]) == cfg

@@ -168,16 +168,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, config_file: bool
             continue
         flags = [meta.get("flag") or _flag(name), *meta["short"]]
         base, _ = field_type(cls, name)
-        if meta["action"] is not None:
-            if meta["required"]:
+        if meta["required"]:  # given as a flag or in the --config file: resolve_config checks it
+            kw["help"] = f"{help_} (required)"
+            if not (config_file and "config" not in config_fields(cls)):
                 kw["required"] = True
+        if meta["action"] is not None:
             g.add_argument(*flags, dest=name, action=meta["action"], default=field_default(cls, name),
                            **kw)
             continue
-        if meta["required"]:
-            kw["required"] = True
-        else:
-            kw["default"] = argparse.SUPPRESS
+        kw["default"] = argparse.SUPPRESS
         if base is bool:
             g.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, **kw)
             for old in meta["deprecated"]:
@@ -299,6 +298,10 @@ def resolve_config(cls, args: argparse.Namespace, prog: str = "hald"):
         if meta["action"] is not None and v == field_default(cls, k) and k in values:
             continue  # a repeated-flag option not given on the command line keeps the YAML's value
         values[k] = v
+    for k, f in fields.items():
+        if f.metadata["required"] and values.get(k) in (None, []):
+            raise ConfigError(f"{f.metadata.get('flag') or _flag(k)} is required (as a flag, or `{k}:` in the "
+                              "--config file)")
     return cls(**{k: coerce(cls, k, v, "option ") for k, v in values.items()})
 
 
