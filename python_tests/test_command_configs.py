@@ -14,7 +14,7 @@ from hald_ext.data.stream import BACKENDS
 from hald_ext.labels.format import DECODES
 from hald_ext.labels.quantizer import KINDS as QUANTIZERS
 from hald_ext.sweep import make_plan, validate
-from hald_ext.train import config as C
+from hald_ext.train import options as C
 from hald_ext.train.config import TrainConfig, parse_config
 
 CONFIGS = {name: importlib.import_module(mod) for name, (mod, _) in COMMANDS.items()}

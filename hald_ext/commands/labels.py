@@ -23,7 +23,7 @@ from hald_ext.labels.format import LabelStoreError
 from hald_ext.labels.importers import FLAVORS, LPQLD_DECODES, LabelImportError
 from hald_ext.labels.quantizer import KINDS as QUANTIZERS
 from hald_ext.labels.transform import MODES, transform_store
-from hald_ext.train import config as C
+from hald_ext.train import options as C
 
 IPC_HELP = "with --images: the IPC images per class that `hald select --ipc` draws"
 

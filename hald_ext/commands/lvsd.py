@@ -8,10 +8,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from hald_ext.commands.options import (CROPS, DATA, LABELS, MODEL, OUTPUT, TEACHER, SourceOptions, class_map_option,
-                                       describe, pretrained_file_option, pretrained_flag, resolved)
+from hald_ext.commands.options import (CROPS, DATA, LABELS, MODEL, OUTPUT, TEACHER, SourceOptions, describe, resolved)
+from hald_ext.commands.teacher_options import class_map_option, pretrained_file_option, pretrained_flag
 from hald_ext.sweep.drift_rule import lvsd_lead
-from hald_ext.train import config as C
+from hald_ext.train import options as C
 from hald_ext.train.lvsd import run_lvsd
 
 _ROLE = "instead of --teacher: the teacher is --model with"

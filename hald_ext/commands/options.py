@@ -8,8 +8,7 @@ import sys
 from typing import Optional
 
 from hald_ext.data.stream import BACKENDS
-from hald_ext.models.pretrained import CLASS_MAP_HELP
-from hald_ext.train.config import ConfigError, add_config_arguments, option, resolve_config
+from hald_ext.train.options import ConfigError, add_config_arguments, option, resolve_config
 
 DATA, MODEL, TEACHER, LABELS, CROPS, SCHED, OPTIM, OUTPUT, DEVICES = (
     "data", "model", "teacher", "labels", "crops and augmentation", "schedule (phases and epochs)", "optimisation",
@@ -25,20 +24,6 @@ class SourceOptions:
               "from disk; 0 always streams (default: half the free device memory)", group=DATA)
     workers: Optional[int] = option(None, "decoding threads (DALI) or DataLoader workers (torch) when streaming "
                                           "(default: the cores, at most 8)", group=DATA)
-
-
-def pretrained_flag(role: str, group: str = TEACHER):
-    return option(False, f"{role} the published pretrained weights (timm: the Hugging Face hub or its cache; "
-                         "tv:NAME: torchvision's DEFAULT weights); needs network or a cached copy", group=group)
-
-
-def pretrained_file_option(role: str, group: str = TEACHER):
-    return option(None, f"{role} pretrained weights from a local file (timm: its own file mechanism, .pth / .bin / "
-                        ".safetensors; tv:NAME: a torchvision state dict)", group=group, metavar="FILE")
-
-
-def class_map_option(group: str = TEACHER):
-    return option(None, CLASS_MAP_HELP, group=group)
 
 
 def describe(parser, doc: str, cls) -> None:

@@ -11,7 +11,7 @@ import dataclasses
 
 from hald_ext.commands.options import DATA, OUTPUT, describe, resolved
 from hald_ext.data.stream import BACKENDS
-from hald_ext.train import config as C
+from hald_ext.train import options as C
 from hald_ext.train.select import FILE_MODES, FORMATS, run_select
 
 

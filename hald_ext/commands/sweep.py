@@ -20,7 +20,7 @@ from hald_ext.sweep import drift_rule as D
 from hald_ext.sweep import plan as P
 from hald_ext.sweep import report as R
 from hald_ext.sweep.runner import Runner
-from hald_ext.train import config as TC
+from hald_ext.train import options as TC
 
 
 @dataclasses.dataclass

@@ -13,7 +13,7 @@ import sys
 
 from hald_ext.commands.options import DATA, OUTPUT, describe, resolved
 from hald_ext.sweep import summary as S
-from hald_ext.train import config as C
+from hald_ext.train import options as C
 
 
 @dataclasses.dataclass

@@ -12,8 +12,9 @@ import dataclasses
 from typing import Optional
 
 from hald_ext.commands.options import (CROPS, DATA, DEVICES, MODEL, OPTIM, OUTPUT, SCHED, SourceOptions, describe,
-                                       pretrained_file_option, pretrained_flag, resolved)
-from hald_ext.train import config as C
+                                       resolved)
+from hald_ext.commands.teacher_options import pretrained_file_option, pretrained_flag
+from hald_ext.train import options as C
 from hald_ext.train.teacher import run_teacher
 
 _ROLE = "fine-tune the model (a new classifier when the class count differs) from"

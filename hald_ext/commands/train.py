@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from hald_ext.commands.options import describe
-from hald_ext.train import config as C
+from hald_ext.train import options as C
 from hald_ext.train.cli import train
 from hald_ext.train.config import TrainConfig
 
@@ -34,5 +34,5 @@ def run(args) -> int:
         return 2
     for old in ("output", "experiment"):
         if getattr(cfg, old) is not None:
-            C._deprecated("hald train", f"--{old}", "--out RUN_FOLDER (the run folder itself: PARENT/NAME)")
+            C.warn_deprecated("hald train", f"--{old}", "--out RUN_FOLDER (the run folder itself: PARENT/NAME)")
     return train(cfg)

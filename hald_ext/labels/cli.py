@@ -26,7 +26,6 @@ import torch
 
 from hald_ext.data import open_images
 from hald_ext.data.select import select_ipc
-from hald_ext.labels.format import LabelStoreError
 from hald_ext.labels.importers import LabelImportError, import_batches, import_fkd, read_epoch_count, sre2l_order
 from hald_ext.labels.store import LabelStore
 

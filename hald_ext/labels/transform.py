@@ -18,7 +18,6 @@ import os
 
 import torch
 
-from hald_ext.labels.format import LabelStoreError
 from hald_ext.labels.store import LabelStore
 
 MODES = ("swap", "zero")

@@ -31,7 +31,7 @@ import itertools
 import os
 
 from hald_ext.labels.transform import MODES
-from hald_ext.train import config as TC
+from hald_ext.train import options as TC
 
 STAGES = ("teacher", "select", "relabel", "transform", "lvsd", "train")
 # The `hald` command of each stage: its typed config (CONFIG), the fields the sweep sets itself

@@ -22,7 +22,7 @@ import json
 import os
 
 from hald_ext.sweep import config as C
-from hald_ext.train import config as TC
+from hald_ext.train import options as TC
 from hald_ext.train.config import TrainConfig
 from hald_ext.train.schedule import build_schedule
 
