@@ -1,9 +1,9 @@
 """The `hald` command: relabel images with a teacher, import and inspect label stores, and train and
 study students with HALD soft-label distillation.
 
-Each sub-command lives in its own module exposing `add_arguments(parser)` and `run(args)`; modules are
-imported only when their command runs. Output piped into a reader that stops early (`hald labels info
-FILE | head`) ends the command quietly."""
+Each sub-command lives in its own module of hald_ext.commands exposing `add_arguments(parser)` and
+`run(args)` (and its typed config); modules are imported only when their command runs. Output piped
+into a reader that stops early (`hald labels info FILE | head`) ends the command quietly."""
 from __future__ import annotations
 
 import argparse
@@ -12,32 +12,22 @@ import os
 import re
 import sys
 
-import hald_ext
 from hald_ext.core import extras
 
-# command -> (module, one-line help)
+# command -> (module, one-line help); every module is in hald_ext.commands
 COMMANDS = {
     "relabel": ("hald_ext.commands.relabel", "label SLI random-resized crops per image with a teacher -> label store"),
-    "labels": ("hald_ext.labels.cli", "inspect or import label stores (`hald labels info FILE`)"),
-    "teacher": ("hald_ext.train.teacher", "train a teacher on a full labelled set"),
-    "select": ("hald_ext.train.select", "pick IPC random real images per class"),
-    "train": ("hald_ext.train.cli", "train a student with the HALD (or a baseline) schedule"),
-    "lvsd": ("hald_ext.train.lvsd", "local-view semantic drift diagnostics"),
-    "sweep": ("hald_ext.sweep.cli", "a grid of settings over seeds: shared stages, paired statistics, report"),
-    "sweep-summary": ("hald_ext.sweep.summary", "pool several sweeps: does Tr(Sigma) predict the paired gain?"),
-    "label-transform": ("hald_ext.labels.transform", "swap or zero the non-top-1 entries of a label store"),
-    "info": ("hald_ext.cli", "which kernels this build carries"),
+    "labels": ("hald_ext.commands.labels", "inspect, import or transform label stores (`hald labels info FILE`)"),
+    "teacher": ("hald_ext.commands.teacher", "train a teacher on a full labelled set"),
+    "select": ("hald_ext.commands.select", "pick IPC random real images per class"),
+    "train": ("hald_ext.commands.train", "train a student with the HALD (or a baseline) schedule"),
+    "lvsd": ("hald_ext.commands.lvsd", "local-view semantic drift diagnostics"),
+    "sweep": ("hald_ext.commands.sweep", "a grid of settings over seeds: shared stages, paired statistics, report"),
+    "sweep-summary": ("hald_ext.commands.sweep_summary", "pool several sweeps: does Tr(Sigma) predict the paired gain?"),
+    "info": ("hald_ext.commands.info", "which kernels this build carries"),
 }
-
-
-def add_arguments(parser):  # `hald info`
-    pass
-
-
-def run(args):
-    for k, v in hald_ext.build_info().items():
-        print(f"{k}: {v}")
-    return 0
+# Old command spellings, accepted for one release: old -> (new words, what the old name stood for)
+DEPRECATED_COMMANDS = {"label-transform": ("labels", "transform")}
 
 
 # an option's help that states its own default, e.g. "(default: the store's)" or "(default 0, ...)"
@@ -81,6 +71,11 @@ def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="hald", description=description)
     sub = parser.add_subparsers(dest="command", required=True)
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DEPRECATED_COMMANDS:
+        new = DEPRECATED_COMMANDS[argv[0]]
+        print(f"hald: warning: `hald {argv[0]}` is deprecated and will be removed in the next release; use "
+              f"`hald {' '.join(new)}`", file=sys.stderr)
+        argv = [*new, *argv[1:]]
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_)
         # Only the selected command's module is imported (and so needs to exist).

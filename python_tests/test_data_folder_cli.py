@@ -70,21 +70,21 @@ def pipeline(train, val, out, loader):
         assert hald(["select", "--data", train, "--ipc", "2", "--seed", "3", "--out", dest, *common]) == 0
     labels = os.path.join(out, "labels.safetensors")
     assert hald(["relabel", sel, "--out", labels, "--model", MODEL, "--checkpoint", teacher, "--sli", "2",
-                 "--k", "2", "--size", str(SIZE), "--seed", "0", "--device", "cpu", "--no-progress",
+                 "--k", "2", "--img-size", str(SIZE), "--seed", "0", "--device", "cpu", "--no-progress",
                  *relabel_flags()]) == 0
     assert hald(["train", "--data", sel, "--labels", labels, "--eval-data", val, "--model", MODEL,
                  "--img-size", str(SIZE), "--schedule", "hald", "--epochs", "3", "--batch-size", "3",
-                 "--eval-every", "1", "--device", "cpu", "--output", out, "--experiment", "run",
+                 "--eval-every", "1", "--device", "cpu", "--out", os.path.join(out, "run"),
                  "--no-progress", *common]) == 0
     # The README's recipe: relabel the source folder with --ipc, train on the NPZ `hald select` wrote
     # (other names, the same images: the store's fingerprint must match).
     ipc_labels = os.path.join(out, "ipc.safetensors")
     assert hald(["relabel", train, "--ipc", "2", "--ipc-seed", "3", "--out", ipc_labels, "--model", MODEL,
-                 "--checkpoint", teacher, "--sli", "1", "--k", "2", "--size", str(SIZE), "--device", "cpu",
+                 "--checkpoint", teacher, "--sli", "1", "--k", "2", "--img-size", str(SIZE), "--device", "cpu",
                  "--no-progress", *common]) == 0
     assert hald(["train", "--data", sel_npz, "--labels", ipc_labels, "--eval-data", val, "--model", MODEL,
                  "--img-size", str(SIZE), "--schedule", "soft-only", "--epochs", "1", "--batch-size", "3",
-                 "--device", "cpu", "--output", out, "--experiment", "npz", "--no-progress", *common]) == 0
+                 "--device", "cpu", "--out", os.path.join(out, "npz"), "--no-progress", *common]) == 0
     run = os.path.join(out, "run")
     assert hald(["lvsd", "--data", sel, "--teacher", teacher, "--student", os.path.join(run, "last.pth"),
                  "--crops", "3", "--pairs", "1", "--out", os.path.join(run, "lvsd.json"), *common]) == 0
@@ -167,7 +167,7 @@ def test_a_val_folder_with_other_classes_is_refused(folder, tmp_path, capsys):
     shutil.copytree(folder[1], val)
     os.rename(os.path.join(val, "fox"), os.path.join(val, "wolf"))
     code = hald(["train", "--data", folder[0], "--eval-data", val, "--schedule", "hard-only", "--epochs", "1",
-                 "--model", MODEL, "--img-size", str(SIZE), "--device", "cpu", "--output", str(tmp_path),
+                 "--model", MODEL, "--img-size", str(SIZE), "--device", "cpu", "--out", str(tmp_path / "run"),
                  "--loader", "torch", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "wolf" in err and "fox" in err and "classes" in err
@@ -179,7 +179,7 @@ def test_a_store_made_on_other_images_is_refused(runs, folder, tmp_path, capsys)
     other = str(tmp_path / "other")
     assert hald(["select", "--data", folder[0], "--ipc", "2", "--seed", "4", "--out", other, "--loader", loader]) == 0
     code = hald(["train", "--data", other, "--labels", labels, "--schedule", "soft-only", "--epochs", "1",
-                 "--model", MODEL, "--img-size", str(SIZE), "--device", "cpu", "--output", str(tmp_path),
+                 "--model", MODEL, "--img-size", str(SIZE), "--device", "cpu", "--out", str(tmp_path / "run"),
                  "--loader", loader, "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "image set mismatch" in err and "relabel" in err

@@ -31,7 +31,7 @@ LAYERS = [
     (3, "labels", ("hald_ext.labels",)),
     (4, "train", ("hald_ext.train",)),
     (5, "sweep", ("hald_ext.sweep",)),
-    (6, "commands", ("hald_ext.cli",) + tuple(sorted({module for module, _ in COMMANDS.values()}))),
+    (6, "commands", ("hald_ext.cli", "hald_ext.commands") + tuple(sorted({module for module, _ in COMMANDS.values()}))),
 ]
 # Imported inside functions on purpose: optional extras, and numpy's private module names that
 # differ between numpy 1 and 2 (read by the pickle allow-list of the label importers).

@@ -26,7 +26,7 @@ if "--seed" in argv and os.environ.get("FAKE_FAIL") == f"{stage}:{flag('--seed')
     sys.exit(3)
 TOP1 = {"hald": [80.0, 82.0, 79.0], "soft-only": [78.0, 81.5, 77.0], "hard-only": [79.0, 81.0, 78.5]}
 if stage == "train":
-    run = os.path.join(flag("--output"), flag("--experiment"))
+    run = flag("--out")
     os.makedirs(run, exist_ok=True)
     sched, seed = flag("--schedule"), int(flag("--seed"))
     open(os.path.join(run, "last.pth"), "w").write("checkpoint")
@@ -38,8 +38,8 @@ if stage == "train":
     json.dump(rows, open(os.path.join(run, "metrics.json"), "w"))
 elif stage == "lvsd":
     json.dump({"trace_sigma_mean": 0.1 + 0.01 * int(flag("--seed"))}, open(flag("--out"), "w"))
-elif stage == "label-transform":
-    open(argv[2], "w").write("labels")
+elif argv[:2] == ["labels", "transform"]:
+    open(argv[3], "w").write("labels")
 else:
     open(flag("--out"), "w").write(stage)
     if stage == "teacher":

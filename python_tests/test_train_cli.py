@@ -31,12 +31,12 @@ def files(tmp_path_factory):
         "data": str(root / "train.npz"), "labels": str(root / "train.safetensors"),
         "eval_data": str(root / "held.npz"), "model": "convnet3", "schedule": "hald", "epochs": 5,
         "batch_size": 8, "lr": 0.003, "eval_every": 2, "label_smoothing": 0.1, "progress": False,
-        "output": str(root / "runs")}))
+        "out": str(root / "runs" / "tiny")}))
     return root
 
 
 def test_train_smoke_yaml_plus_flags(files, capsys):
-    rc = main(["train", "-c", str(files / "tiny.yaml"), "--epochs", "4", "--experiment", "smoke", "--threads", "1"])
+    rc = main(["train", "-c", str(files / "tiny.yaml"), "--epochs", "4", "--out", str(files / "runs" / "smoke"), "--threads", "1"])
     out = capsys.readouterr().out
     assert rc == 0, out
     run = files / "runs" / "smoke"
@@ -50,7 +50,7 @@ def test_train_smoke_yaml_plus_flags(files, capsys):
     # The run's checkpoint is a model file as well.
     create_model("convnet3", 4, img_size=16, checkpoint=str(run / "last.pth"))
     # Re-running into the same folder without --resume is refused; --resume of a finished run is a no-op.
-    assert main(["train", "-c", str(files / "tiny.yaml"), "--epochs", "4", "--experiment", "smoke"]) == 2
+    assert main(["train", "-c", str(files / "tiny.yaml"), "--epochs", "4", "--out", str(files / "runs" / "smoke")]) == 2
     assert "already holds a checkpoint" in capsys.readouterr().err
     assert main(["train", "-c", str(files / "tiny.yaml"), "--epochs", "4", "--resume", str(run)]) == 0
 
@@ -58,7 +58,7 @@ def test_train_smoke_yaml_plus_flags(files, capsys):
 @pytest.mark.parametrize("flags,message", [
     (["--model", "resnet-nonexistent"], "unknown model 'resnet-nonexistent'"),
     (["--schedule", "soft-only", "--no-reuse-labels"], "label store holds SLI=2"),
-    (["--slots-per-epoch", "3"], "exceeds the label store's 2 crops per image"),
+    (["--crops-per-epoch", "3"], "exceeds the label store's 2 crops per image"),
     (["--data", "/nonexistent/set.npz"], "--data '/nonexistent/set.npz' does not exist"),
     (["--labels", "/nonexistent/x.safetensors"], "--labels '/nonexistent/x.safetensors' does not exist"),
     (["--resume", "/nonexistent/last.pth"], "--resume '/nonexistent/last.pth' does not exist"),
@@ -68,7 +68,7 @@ def test_train_smoke_yaml_plus_flags(files, capsys):
     (["-c", "/nonexistent.yaml"], "config file '/nonexistent.yaml' does not exist"),
 ])
 def test_bad_configuration_is_a_clear_error(files, capsys, flags, message):
-    rc = main(["train", "-c", str(files / "tiny.yaml"), "--experiment", "bad"] + flags)
+    rc = main(["train", "-c", str(files / "tiny.yaml"), "--out", str(files / "runs" / "bad")] + flags)
     err = capsys.readouterr().err
     assert rc == 2 and message in err, err
     assert not (files / "runs" / "bad").exists()
@@ -76,10 +76,10 @@ def test_bad_configuration_is_a_clear_error(files, capsys, flags, message):
 
 def test_store_of_other_images_and_unknown_yaml_keys(files, capsys):
     rc = main(["train", "-c", str(files / "tiny.yaml"), "--data", str(files / "held.npz"),
-               "--labels", str(files / "train.safetensors"), "--experiment", "bad"])
+               "--labels", str(files / "train.safetensors"), "--out", str(files / "runs" / "bad")])
     assert rc == 2 and "labels 24 images but --data has 40" in capsys.readouterr().err
     rc = main(["train", "-c", str(files / "tiny.yaml"), "--labels", str(files / "held.safetensors"),
-               "--experiment", "bad"])
+               "--out", str(files / "runs" / "bad")])
     assert rc == 2 and "labels 40 images but --data has 24" in capsys.readouterr().err
     # YAML 1.1 reads 1e-3 as a string: it must still be a number, and a non-number a clear error.
     from hald_ext.train.config import parse_config
@@ -94,7 +94,7 @@ def test_store_of_other_images_and_unknown_yaml_keys(files, capsys):
     bad_yaml = files / "typo.yaml"
     bad_yaml.write_text("data: x\nlearning_rate: 0.1\n")
     assert main(["train", "-c", str(bad_yaml)]) == 2
-    assert "unknown option(s) learning_rate" in capsys.readouterr().err
+    assert "typo.yaml: unknown option 'learning_rate' (known: " in capsys.readouterr().err
 
 
 def test_fingerprint_mismatch(files, capsys, tmp_path):
@@ -102,7 +102,7 @@ def test_fingerprint_mismatch(files, capsys, tmp_path):
     other = color_blobs(6, seed=7)
     write_npz(other, tmp_path / "other.npz")
     rc = main(["train", "-c", str(files / "tiny.yaml"), "--data", str(tmp_path / "other.npz"),
-               "--output", str(tmp_path)])
+               "--out", str(tmp_path / "run")])
     assert rc == 2 and "image set mismatch" in capsys.readouterr().err
 
 
@@ -224,7 +224,7 @@ def test_teacher_resumes_a_killed_run_exactly(files, tmp_path, capsys, monkeypat
     uninterrupted run has; a resume file written with other options is refused by name."""
     import hald_ext.train.teacher as T
 
-    flags = ["--data", str(files / "train.npz"), "--epochs", "3", "--batch-size", "8", "--rrc-scale", "0.3", "1",
+    flags = ["--data", str(files / "train.npz"), "--epochs", "3", "--batch-size", "8", "--scale", "0.3", "1",
              "--no-progress"]
     assert main(["teacher", *flags, "--out", str(tmp_path / "straight.pth")]) == 0
     assert not (tmp_path / "straight.pth.partial").exists()
@@ -245,7 +245,7 @@ def test_teacher_resumes_a_killed_run_exactly(files, tmp_path, capsys, monkeypat
     monkeypatch.setattr(T, "train_teacher", real)
     capsys.readouterr()
     assert main(["teacher", *(f if f != "0.3" else "0.5" for f in flags), "--out", out]) == 2
-    assert "resumed.pth.partial was written with other options (rrc_scale)" in capsys.readouterr().err
+    assert "resumed.pth.partial was written with other options (scale)" in capsys.readouterr().err
     assert main(["teacher", *flags, "--out", out]) == 0
     assert "resuming from" in capsys.readouterr().out and not os.path.exists(out + ".partial")
     a, b = torch.load(tmp_path / "straight.pth", weights_only=True), torch.load(out, weights_only=True)

@@ -318,16 +318,6 @@ class FileImages:
                 "images": len(self), "bytes": 0}
 
 
-def add_source_arguments(parser) -> None:
-    """--resident-budget and --workers, the same in every command that reads images."""
-    parser.add_argument("--resident-budget",
-                        help="bytes the decoded images may take on the device (e.g. 512M, 8G); a set that does not "
-                             "fit streams from disk; 0 always streams (default: half the free device memory)")
-    parser.add_argument("--workers", type=int,
-                        help="decoding threads (DALI) or DataLoader workers (torch) when streaming (default: the "
-                             "cores, at most 8)")
-
-
 def parse_bytes(value) -> int | None:
     """A memory budget given as bytes or with a unit ("512M", "2G", "0"); None stays None."""
     if value is None or isinstance(value, int):

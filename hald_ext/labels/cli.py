@@ -1,4 +1,5 @@
-"""`hald labels`: inspect label stores and import public soft-label formats.
+"""The bodies of `hald labels` info / import-fkd / import-sre2l (their options: hald_ext.commands.labels):
+inspect label stores and import public soft-label formats.
 
   hald labels info FILE [--json]
   hald labels import-fkd DIR --out FILE --num-classes C
@@ -25,79 +26,8 @@ import torch
 
 from hald_ext.data import open_images
 from hald_ext.data.select import select_ipc
-from hald_ext.labels import transform
-from hald_ext.labels.format import LabelStoreError
 from hald_ext.labels.importers import LabelImportError, import_batches, import_fkd, read_epoch_count, sre2l_order
 from hald_ext.labels.store import LabelStore
-
-
-def add_arguments(p) -> None:
-    sub = p.add_subparsers(dest="labels_command", required=True)
-    info = sub.add_parser("info", help="header, counts, bytes per label, size, top-1 class histogram")
-    info.add_argument("file")
-    info.add_argument("--json", action="store_true", help="machine-readable output")
-    info.add_argument("--images", help="also check the store against this image set (fingerprint)")
-    info.add_argument("--ipc", type=int, help="with --images: the IPC images per class that `hald select --ipc` draws")
-    info.add_argument("--ipc-seed", type=int, default=0, help="seed of the --ipc selection (default 0, as hald select)")
-
-    def common(q, default_quantizer):
-        q.add_argument("input", help="directory of files (or one file)")
-        q.add_argument("--out", "-o", required=True, help="label store to write")
-        q.add_argument("--num-classes", "-C", type=int, required=True)
-        q.add_argument("--bits", type=int, choices=(8, 16), help="code bits of power / uniform / log (8 unless given)")
-        q.add_argument("--quantizer", choices=("power", "uniform", "log", "fp16"), default=default_quantizer,
-                       help=f"how probabilities are stored (default {default_quantizer}: float16 values; power / "
-                            "uniform / log: 8- or 16-bit codes)")
-        q.add_argument("--images", help="the image set the labels belong to (recorded as its fingerprint)")
-        q.add_argument("--split", default="train")
-        q.add_argument("--ipc", type=int, help="with --images: the IPC images per class that `hald select --ipc` draws")
-        q.add_argument("--ipc-seed", type=int, default=0, help="seed of the --ipc selection (default 0, as hald select)")
-        q.add_argument("--teacher", help="teacher name to record")
-
-    fkd = sub.add_parser("import-fkd", help="FKD per-image soft label files -> store")
-    common(fkd, "fp16")
-    fkd.add_argument("--temperature", "-T", type=float,
-                     help="temperature the labels were made at (FKD's generator: 1, used when not given)")
-    fkd.add_argument("--crop-size", type=int, help="the generator's --input-size, recorded for hald train's check")
-    b = sub.add_parser("import-sre2l", help="SRe2L / LPLD / HALD per-batch soft label files -> store")
-    common(b, "fp16")
-    b.add_argument("--flavor", choices=("sre2l", "lpld", "lpqld", "hald"), default="sre2l",
-                   help="sre2l / lpld files store logits, lpqld top-k logits with int16 class ids; hald files "
-                        "store softmax(logits / 20)")
-    b.add_argument("--temperature", "-T", type=float,
-                   help="the stored labels are softmax(logits / T): required for logits (sre2l, lpld, lpqld); "
-                        "hald files are softmax(logits / 20)")
-    b.add_argument("--recipe-temperature", action="store_true",
-                   help="take T from the flavor's published recipe (20 for all four), and print it")
-    b.add_argument("--k", type=int, help="classes kept per label (all C unless given: full width, lossless with fp16)")
-    b.add_argument("--crop-size", type=int,
-                   help="the writer's --input-size, which the CutMix boxes are pixels of (SRe2L / LPLD / LPQLD on "
-                        "ImageNet: 224); required for files with CutMix records")
-    b.add_argument("--order", help="NPY file: image id of every row, [N] or [epochs, N]")
-    b.add_argument("--sampler", help="sampler file (found in the input folder when not given: "
-                                     "sampler_indices_dict.pt / sampler_indices_epoch.json)")
-    b.add_argument("--sampler-seed", type=int, help="rebuild SRe2L's image order from its --fkd-seed (42)")
-    b.add_argument("--file-order", action="store_true",
-                   help="with no sampler order, take row r of each epoch to label image r even for CutMix files "
-                        "(refused otherwise: partners would point at the wrong images)")
-    b.add_argument("--fill-missing", choices=("repeat",),
-                   help="epochs that label only some images (--prune_ratio > 0): give each missing (image, epoch) "
-                        "a copy of the image's label from the nearest epoch (refused unless given)")
-    b.add_argument("--lpqld-decode", choices=tuple(("MR", "MS", "MRS")),
-                   help="lpqld: the --label_quantization rule the labels are trained with (MR-k, MS-k, MRS-k)")
-
-    transform.add_arguments(sub.add_parser("transform", help="swap or zero the non-top-1 entries (as `hald "
-                                                             "label-transform`)"))
-
-
-def run(args) -> int:
-    try:
-        if args.labels_command == "transform":
-            return transform.run(args, prog="hald labels transform")
-        return {"info": _info, "import-fkd": _import_fkd, "import-sre2l": _import_sre2l}[args.labels_command](args)
-    except (LabelStoreError, LabelImportError, ValueError) as e:  # bad files and bad flag values
-        print(f"hald labels {args.labels_command}: error: {e}", file=sys.stderr)
-        return 2
 
 
 def sizes(store) -> dict:
@@ -148,7 +78,7 @@ def store_summary(store) -> dict:
     }
 
 
-def _info(args) -> int:
+def run_info(args) -> int:
     images = _load_images(args)
     s = store_summary(LabelStore.open(args.file, images=images))
     if args.json:
@@ -201,7 +131,7 @@ def _load_images(args):
     return select_ipc(images, args.ipc, args.ipc_seed) if args.ipc else images
 
 
-def _import_fkd(args) -> int:
+def run_import_fkd(args) -> int:
     rep = import_fkd(args.input, args.out, args.num_classes, bits=args.bits, quantizer=args.quantizer,
                      temperature=args.temperature, images=_load_images(args), crop_size=args.crop_size,
                      teacher={"name": args.teacher} if args.teacher else None)
@@ -209,7 +139,7 @@ def _import_fkd(args) -> int:
     return 0
 
 
-def _import_sre2l(args) -> int:
+def run_import_sre2l(args) -> int:
 
 
 

@@ -9,17 +9,15 @@ each stored label's top-1 class and probability and change the rest, written as 
 Boxes, flips, CutMix records, the quantiser and the image fingerprint are copied, so the new store
 replays exactly the same crops as the source.
 
-    hald label-transform labels.safetensors swapped.safetensors --mode swap --seed 0
+    hald labels transform labels.safetensors swapped.safetensors --mode swap --seed 0
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 import torch
 
-from hald_ext.labels.format import LabelStoreError
 from hald_ext.labels.store import LabelStore
 
 MODES = ("swap", "zero")
@@ -108,21 +106,3 @@ def transform_store(src: str, dst: str, mode: str, seed: int = 0):
         header = dataclasses.replace(header, stats={})
     return LabelStore.create(dst, header, store.boxes.clone(), store.flips.clone(), new_ids, new_codes,
                              codebook=None if codebook is None else codebook.clone(), mix=store.mix)
-
-
-def add_arguments(p) -> None:
-    p.add_argument("src", help="label store to read")
-    p.add_argument("dst", help="label store to write (.safetensors)")
-    p.add_argument("--mode", choices=MODES, required=True,
-                   help="swap: move the non-top-1 probabilities to random other classes; zero: set them to 0")
-    p.add_argument("--seed", type=int, default=0, help="seed of the swap permutations")
-
-
-def run(args, prog: str = "hald label-transform") -> int:
-    try:
-        store = transform_store(args.src, args.dst, args.mode, seed=args.seed)
-    except (FileNotFoundError, ValueError, LabelStoreError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.mode}: {store!r}")
-    return 0

@@ -242,19 +242,6 @@ CLASS_MAP_HELP = ("read a pretrained teacher of another class count (ImageNet-1k
                   "CLASS_NAME INDEX (docs/teachers.md)")
 
 
-def add_pretrained_arguments(parser, role: str, class_map: bool = True, actions=("store_true", "store")) -> None:
-    """--pretrained, --pretrained-file FILE (and --class-map) of a command; `role` says what the
-    weights are for (e.g. "the teacher: --model with"); `actions` for relabel's ordered ones."""
-    parser.add_argument("--pretrained", action=actions[0],
-                        help=f"{role} the published pretrained weights (timm: the Hugging Face hub or its cache; "
-                             "tv:NAME: torchvision's DEFAULT weights); needs network or a cached copy")
-    parser.add_argument("--pretrained-file", action=actions[1], default=[] if actions[1] != "store" else None,
-                        metavar="FILE", help=f"{role} pretrained weights from a local file (timm: its own file "
-                                             "mechanism, .pth / .bin / .safetensors; tv:NAME: a torchvision state dict)")
-    if class_map:
-        parser.add_argument("--class-map", default=None, help=CLASS_MAP_HELP)
-
-
 def pretrained_model(name: str, file: str | None = None, num_classes: int | None = None, **kwargs) -> nn.Module:
     """`name` (timm, or torchvision as tv:NAME) with pretrained weights: its hub's (file None) or a
     local file's. `num_classes` None keeps the weights' classifier (a teacher); another count replaces

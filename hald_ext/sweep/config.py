@@ -16,117 +16,122 @@
       pairs: ["hald - soft-only", "hald - hard-only"]
     report: {x: relabel.sli}         # x axis of the plots (default: the first numeric axis)
 
-Stage options are the flags of `hald teacher|select|relabel|lvsd|train` (dashes or underscores); they
-are checked against each command's own parser, so the sweep follows the commands. Options the sweep
-sets itself (paths, seeds, devices) are refused with their key named. Sweep-only options:
-  teacher.checkpoint      use this teacher file instead of training one
-  teacher.use_epoch       label with the teacher's snapshot after this epoch (needs teacher.save_every)
-  teacher.snapshot_name   snapshot file name pattern (default "{stem}-epoch{epoch:03d}.pth", beside the teacher)
-  transform.mode          none | swap | zero (the non-top-1 entries of every stored label)
+Stage options are the options of `hald teacher|select|relabel|lvsd|train` (dashes or underscores; old
+spellings accepted with a deprecation line), checked against each command's typed config (name, type,
+choices: hald_ext.commands.*), so the sweep follows the commands. Options the sweep sets itself (paths,
+seeds, devices: each command's SWEEP_MANAGED) are refused with their key named; sweep-only options (each
+command's SWEEP_ONLY, and transform.mode) are listed in docs/cli.md. Stage keys hash the options under
+their first names, so a renamed option keeps every stage id.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib
 import itertools
 import os
 
+from hald_ext.labels.transform import MODES
+from hald_ext.train import options as TC
+
 STAGES = ("teacher", "select", "relabel", "transform", "lvsd", "train")
-MODULES = {"teacher": "hald_ext.train.teacher", "select": "hald_ext.train.select",
-           "relabel": "hald_ext.commands.relabel", "lvsd": "hald_ext.train.lvsd", "train": "hald_ext.train.cli",
-           "transform": "hald_ext.labels.transform"}
-# Options each stage's command gets from the sweep (paths, seeds, devices, threads, output control).
-MANAGED = {
-    "teacher": {"out", "device", "progress"},
-    "select": {"out", "seed", "format"},
-    "relabel": {"images", "out", "checkpoint", "seed", "device", "progress", "restart"},
-    "transform": {"src", "dst", "seed"},
-    "lvsd": {"data", "teacher", "student", "out", "seed"},
-    "train": {"data", "labels", "output", "experiment", "seed", "resume", "device", "threads", "progress", "config"},
-}
-# Options that exist only in the sweep (not passed to the command).
-SWEEP_ONLY = {"teacher": {"checkpoint", "use_epoch", "snapshot_name"}, "transform": {"mode"}}
+# The `hald` command of each stage: its typed config (CONFIG), the fields the sweep sets itself
+# (SWEEP_MANAGED: paths, seeds, devices, output control) and the sweep-only options (SWEEP_ONLY, with their
+# help). Read by name when first needed: the commands sit above the sweep, which never imports them.
+MODULES = {"teacher": "hald_ext.commands.teacher", "select": "hald_ext.commands.select",
+           "relabel": "hald_ext.commands.relabel", "lvsd": "hald_ext.commands.lvsd", "train": "hald_ext.commands.train"}
+# `transform` has no command of its own in a sweep: its one option picks hald_ext.labels.transform's mode.
+TRANSFORM_MODES = ("none", *MODES)
+TRANSFORM_ONLY = {"mode": f"{', '.join(TRANSFORM_MODES)}: what happens to the non-top-1 entries of every "
+                          "stored label"}
+DEVICES = ("auto", "cpu", "cuda")
 TOP_KEYS = {"name", "seeds", "axes", "compare", "report", "device", *STAGES}
-TRANSFORM_MODES = ("none", "swap", "zero")
 
 
 class SweepConfigError(ValueError):
     """A bad sweep configuration; the message names the key."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise SweepConfigError(message)
-
-    def exit(self, status=0, message=None):
-        raise SweepConfigError(message or f"exit {status}")
-
-
 class CommandSpec:
-    """The options of one `hald` command, read from its own argparse parser."""
+    """The options of one stage's `hald` command, read from its typed config."""
 
     def __init__(self, stage: str):
         self.stage = stage
-        self.parser = _Parser(prog=f"hald {stage}", add_help=False)
-        importlib.import_module(MODULES[stage]).add_arguments(self.parser)
-        self.actions = {a.dest: a for a in self.parser._actions}
-        self.positionals = [a.dest for a in self.parser._actions if not a.option_strings]
+        if stage == "transform":
+            self.config, self.managed, self.sweep_only = None, frozenset(), dict(TRANSFORM_ONLY)
+            return
+        mod = importlib.import_module(MODULES[stage])
+        self.config = mod.CONFIG
+        self.managed = frozenset(mod.SWEEP_MANAGED)
+        self.sweep_only = dict(mod.SWEEP_ONLY)
 
-    def has(self, dest: str) -> bool:
-        return dest in self.actions
+    @property
+    def fields(self) -> dict:
+        return {} if self.config is None else TC.config_fields(self.config)
 
-    def flags(self, dest: str, value) -> list:
+    def name(self, key, where: str) -> str:
+        """A preset's key (dashes or underscores, current or deprecated) as the field's name; errors name it."""
+        key = _norm(key)
+        if key in self.sweep_only:
+            return key
+        name = None if self.config is None else TC.canonical_name(self.config, key, f"{self.stage}.", "hald sweep")
+        if name is None:
+            known = sorted(set(self.fields) - self.managed | set(self.sweep_only))
+            raise SweepConfigError(f"{where}: unknown option {self.stage}.{key} (known: {', '.join(known)})")
+        if name in self.managed:
+            raise SweepConfigError(f"{where}: {self.stage}.{key} is set by the sweep itself; remove it")
+        return name
+
+    def has(self, name: str) -> bool:
+        return name in self.fields
+
+    def default(self, name: str):
+        return TC.field_default(self.config, name)
+
+    def stable(self, options: dict) -> dict:
+        """Options keyed by the names stage hashes were first computed with (--img-size was --size,
+        crops_per_epoch was slots_per_epoch, ...): a renamed option keeps every stage's identity."""
+        return {(TC.stable_key(self.config, k) if k in self.fields else k): v for k, v in options.items()}
+
+    def flags(self, name: str, value) -> list:
         """argv for one option; [] for a value that means "leave the default"."""
-        a = self.actions[dest]
-        if not a.option_strings:
+        meta = self.fields[name].metadata
+        if meta["positional"]:
             return [str(value)]
-        long = [s for s in a.option_strings if s.startswith("--")]
-        opt = long[0] if long else a.option_strings[0]
-        if isinstance(a, argparse.BooleanOptionalAction):
+        opt = "--" + name.replace("_", "-")
+        base, _ = TC.field_type(self.config, name)
+        if base is bool:
             if not isinstance(value, bool):
-                raise SweepConfigError(f"{self.stage}.{dest} must be true or false, got {value!r}")
+                raise SweepConfigError(f"{self.stage}.{name} must be true or false, got {value!r}")
+            if meta["action"] is not None:  # a store-true flag (relabel's ordered --pretrained)
+                return [opt] if value else []
             return [opt] if value else ["--no-" + opt[2:]]
-        if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            if not isinstance(value, bool):
-                raise SweepConfigError(f"{self.stage}.{dest} must be true or false, got {value!r}")
-            want = isinstance(a, argparse._StoreTrueAction)
-            return [opt] if value == want else []
         if value is None:
             return []
         if isinstance(value, (list, tuple)):
+            if meta["action"] is not None:  # a repeated flag
+                return [a for v in value for a in (opt, _text(v))]
             return [opt] + [_text(v) for v in value]
         return [opt, _text(value)]
 
     def argv(self, options: dict) -> list:
         out = []
-        for dest in self.positionals:
-            if dest in options:
-                out += self.flags(dest, options[dest])
-        for dest, v in options.items():
-            if dest not in self.positionals:
-                out += self.flags(dest, v)
+        for name, v in options.items():
+            if self.fields[name].metadata["positional"]:
+                out += self.flags(name, v)
+        for name, v in options.items():
+            if not self.fields[name].metadata["positional"]:
+                out += self.flags(name, v)
         return out
 
     def check(self, options: dict, where: str) -> None:
-        """Parse the argv the options make with the command's parser; an error names the key."""
-        for dest in options:
+        """Every value is read as its field's type and checked against its choices; an error names the key."""
+        for name, v in options.items():
+            if name in self.sweep_only or v is None:
+                continue
             try:
-                argv = self.argv({d: options[d] for d in self.positionals if d in options}
-                                 | {dest: options[dest]})
-                self.parser.parse_args(argv + self._required_stubs(options))
-            except SweepConfigError as e:
-                raise SweepConfigError(f"{where}.{dest}: {e}") from None
-
-    def _required_stubs(self, options: dict) -> list:
-        out = []
-        for a in self.parser._actions:
-            if a.required and a.dest not in options:
-                if a.option_strings:
-                    out += [a.option_strings[-1], "x"]
-                else:
-                    out += ["x"]
-        return out
+                TC.coerce(self.config, name, v, "")
+            except TC.ConfigError as e:
+                raise SweepConfigError(f"{where}.{e}") from None
 
 
 def _text(v) -> str:
@@ -213,17 +218,10 @@ def _stage_options(stage: str, opts, where: str) -> dict:
         raise SweepConfigError(f"{where}: {stage} must be a mapping of options, got {type(opts).__name__}")
     out = {}
     for k, v in opts.items():
-        dest = _norm(k)
-        if dest in MANAGED.get(stage, ()):
-            raise SweepConfigError(f"{where}: {stage}.{k} is set by the sweep itself; remove it")
-        if dest in SWEEP_ONLY.get(stage, ()):
-            out[dest] = v
-            continue
-        if stage == "transform" or not spec(stage).has(dest):
-            known = sorted((set(spec(stage).actions) if stage != "transform" else set())
-                           - MANAGED.get(stage, set()) - {"help"} | SWEEP_ONLY.get(stage, set()))
-            raise SweepConfigError(f"{where}: unknown option {stage}.{k} (known: {', '.join(known)})")
-        out[dest] = v
+        name = spec(stage).name(k, where)
+        if name in out:
+            raise SweepConfigError(f"{where}: {stage}.{k} is given twice (under its old and its new name)")
+        out[name] = v
     return out
 
 
@@ -236,7 +234,7 @@ def validate(cfg, where: str = "sweep config") -> dict:
             raise SweepConfigError(f"{where}: unknown key {k!r} (known: {', '.join(sorted(TOP_KEYS))})")
     out = {"name": str(cfg.get("name") or os.path.splitext(os.path.basename(where))[0]),
            "device": cfg.get("device", "auto")}
-    if out["device"] not in ("auto", "cpu", "cuda"):
+    if out["device"] not in DEVICES:
         raise SweepConfigError(f"{where}: device must be auto, cpu or cuda, got {out['device']!r}")
     seeds = cfg.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
@@ -267,27 +265,25 @@ def validate(cfg, where: str = "sweep config") -> dict:
             raise SweepConfigError(f"{where}: axes.{name}: unknown stage {stage!r} (known: {', '.join(STAGES)})")
         if stage in ("lvsd", "transform") and out[stage] is None:
             out[stage] = {}
-        _stage_options(stage, {opt: None}, f"{where}: axes")
+        opt = spec(stage).name(opt, f"{where}: axes")
         if not isinstance(values, list) or not values:
             raise SweepConfigError(f"{where}: axes.{name} must be a non-empty list of values")
         if len({repr(v) for v in values}) != len(values):
             raise SweepConfigError(f"{where}: axes.{name} has duplicate values: {values}")
-        key = f"{stage}.{_norm(opt)}"
+        key = f"{stage}.{opt}"
         if key in out["axes"]:
             raise SweepConfigError(f"{where}: axes.{name} is given twice")
         out["axes"][key] = values
-    # Every value the grid can produce must parse with the command's own parser.
+    # Every value the grid can produce must read as its option's type and be one of its choices.
     for stage in STAGES:
         if out[stage] is None or stage == "transform":
             continue
-        opts = {k: v for k, v in out[stage].items() if k not in SWEEP_ONLY.get(stage, ())}
-        spec(stage).check(opts, f"{where}: {stage}")
+        spec(stage).check(out[stage], f"{where}: {stage}")
         for key, values in out["axes"].items():
             st, opt = key.split(".")
-            if st != stage or opt in SWEEP_ONLY.get(stage, ()):
-                continue
-            for v in values:
-                spec(stage).check(opts | {opt: v}, f"{where}: axes.{stage}")
+            if st == stage:
+                for v in values:
+                    spec(stage).check({opt: v}, f"{where}: axes.{stage}")
     if out["transform"] is not None:
         modes = [out["transform"].get("mode", "none")] + list(out["axes"].get("transform.mode", []))
         for m in modes:
@@ -315,8 +311,8 @@ def _check_use_epoch(out: dict, where: str) -> None:
     """A snapshot exists for epoch e when `hald teacher --save-every N` wrote it: e a multiple of N and at
     most the teacher's epochs (checked before hours of teacher training, not when relabel misses it)."""
     teacher = spec("teacher")
-    epochs = _values(out, "teacher", "epochs", teacher.actions["epochs"].default)
-    every = _values(out, "teacher", "save_every", teacher.actions["save_every"].default)
+    epochs = _values(out, "teacher", "epochs", teacher.default("epochs"))
+    every = _values(out, "teacher", "save_every", teacher.default("save_every"))
     for e in _values(out, "teacher", "use_epoch", None):
         if e is None:
             continue

@@ -22,6 +22,7 @@ import json
 import os
 
 from hald_ext.sweep import config as C
+from hald_ext.train import options as TC
 from hald_ext.train.config import TrainConfig
 from hald_ext.train.schedule import build_schedule
 
@@ -67,14 +68,26 @@ def _key(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def _default(stage: str, dest: str):
-    return C.spec(stage).actions[dest].default
+def _default(stage: str, name: str):
+    return C.spec(stage).default(name)
+
+
+def _ident(stage: str, opts: dict) -> dict:
+    """A stage's options as its key hashes them: under the names the options had when stage keys were
+    first computed (an option renamed since, e.g. train.slots_per_epoch -> crops_per_epoch, keeps the
+    stage's key, so finished and resumable runs stay found), and as the preset wrote the values."""
+    return C.spec(stage).stable(opts)
+
+
+def _axis_name(axis: str) -> str:
+    stage, opt = axis.split(".")
+    return next(iter(C.spec(stage).stable({opt: None}))) if stage != "transform" else opt
 
 
 def _reads_labels(tr_opts: dict) -> bool:
     """Whether a student run with these train options has soft phases (and so reads a label store)."""
 
-    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    default = {f.name: TC.field_default(TrainConfig, f.name) for f in dataclasses.fields(TrainConfig)}
     try:
         sched = build_schedule(*(tr_opts.get(k, default[k]) for k in ("schedule", "epochs", "soft_epochs", "period")))
     except ValueError:  # a bad schedule: planned as reading labels; `hald train` names the error
@@ -131,12 +144,12 @@ def make_plan(cfg: dict, root: str, device: str | None = None) -> Plan:
                 t_file = os.path.abspath(str(given))
                 t_ident = {"file": t_file}
             else:
-                tid = f"teacher/{_key(t_opts)}"
+                tid = f"teacher/{_key(_ident('teacher', t_opts))}"
                 t_out = path(tid, "teacher.pth")
                 argv = ["teacher", *C.spec("teacher").argv(t_opts), "--out", t_out, "--no-progress"]
                 if device != "auto":
                     argv += ["--device", device]
-                teacher = add(Stage(tid, "teacher", argv, [], t_out, t_opts)).id
+                teacher = add(Stage(tid, "teacher", argv, [], t_out, _ident("teacher", t_opts))).id
                 t_file = t_out
                 t_ident = {"teacher": tid}
                 if use_epoch is not None:
@@ -144,28 +157,28 @@ def make_plan(cfg: dict, root: str, device: str | None = None) -> Plan:
                     t_ident = {"teacher": tid, "epoch": use_epoch}
             # ---- select (per seed)
             s_opts = dict(opts["select"])
-            sid = f"select/s{seed}-{_key([s_opts, seed])}"
+            sid = f"select/s{seed}-{_key([_ident('select', s_opts), seed])}"
             s_out = path(sid, "images.npz")
             sel = add(Stage(sid, "select", ["select", *C.spec("select").argv(s_opts), "--seed", str(seed),
-                                            "--out", s_out], [], s_out, {**s_opts, "seed": seed})).id
+                                            "--out", s_out], [], s_out, {**_ident("select", s_opts), "seed": seed})).id
             # ---- relabel
             r_opts = dict(opts["relabel"])
             r_opts.setdefault("model", t_model)
-            rid = f"relabel/s{seed}-{_key([t_ident, sid, r_opts, seed])}"
+            rid = f"relabel/s{seed}-{_key([t_ident, sid, _ident('relabel', r_opts), seed])}"
             r_out = path(rid, "labels.safetensors")
             argv = ["relabel", *C.spec("relabel").argv({"images": s_out} | r_opts), "--checkpoint", t_file,
                     "--seed", str(seed), "--out", r_out, "--no-progress"]
             if device != "auto":
                 argv += ["--device", device]
             rel = add(Stage(rid, "relabel", argv, [d for d in (teacher, sel) if d], r_out,
-                            {**r_opts, "seed": seed, **t_ident})).id
+                            {**_ident("relabel", r_opts), "seed": seed, **t_ident})).id
             labels_id, labels_file = rel, r_out
             # ---- transform (optional)
             mode = (opts["transform"] or {}).get("mode", "none")
             if mode != "none":
                 xid = f"transform/s{seed}-{_key([rid, mode, seed])}"
                 x_out = path(xid, "labels.safetensors")
-                add(Stage(xid, "transform", ["label-transform", r_out, x_out, "--mode", mode, "--seed", str(seed)],
+                add(Stage(xid, "transform", ["labels", "transform", r_out, x_out, "--mode", mode, "--seed", str(seed)],
                           [rel], x_out, {"mode": mode, "seed": seed}))
                 labels_id, labels_file = xid, x_out
             # ---- lvsd (optional): Tr(Sigma) of the labels' teacher over crops of the selected images
@@ -173,27 +186,28 @@ def make_plan(cfg: dict, root: str, device: str | None = None) -> Plan:
             if opts["lvsd"] is not None:
                 l_opts = dict(opts["lvsd"])
                 l_opts.setdefault("temperature", r_opts.get("temperature", _default("relabel", "temperature")))
-                lid = f"lvsd/s{seed}-{_key([t_ident, sid, l_opts, seed])}"
+                lid = f"lvsd/s{seed}-{_key([t_ident, sid, _ident('lvsd', l_opts), seed])}"
                 l_out = path(lid, "lvsd.json")
                 lv = add(Stage(lid, "lvsd", ["lvsd", "--data", s_out, "--teacher", t_file,
                                              *C.spec("lvsd").argv(l_opts), "--seed", str(seed), "--out", l_out],
-                               [d for d in (teacher, sel) if d], l_out, {**l_opts, "seed": seed, **t_ident})).id
+                               [d for d in (teacher, sel) if d], l_out,
+                               {**_ident("lvsd", l_opts), "seed": seed, **t_ident})).id
             # ---- train
             tr_opts = dict(opts["train"])
             reads_labels = _reads_labels(tr_opts)
             named = {k: v for k, v in cell.items() if reads_labels or not k.startswith(_LABEL_STAGES)}
-            name = "-".join(_slug(v if k.startswith("train.") else f"{k.split('.')[1]}{v}")
+            name = "-".join(_slug(v if k.startswith("train.") else f"{_axis_name(k)}{v}")
                             for k, v in named.items()) or "run"
-            key = [labels_id, sid, tr_opts, seed] if reads_labels else [sid, tr_opts, seed]
+            tr_ident = _ident("train", tr_opts)
+            key = [labels_id, sid, tr_ident, seed] if reads_labels else [sid, tr_ident, seed]
             trid = _existing_run(root, seed, _key(key)) or f"train/s{seed}-{name}-{_key(key)}"
             run_dir = os.path.join(root, trid)
             argv = ["train", "--data", s_out, *(["--labels", labels_file] if reads_labels else []),
-                    *C.spec("train").argv(tr_opts), "--seed", str(seed), "--output", os.path.dirname(run_dir),
-                    "--experiment", os.path.basename(run_dir), "--no-progress"]
+                    *C.spec("train").argv(tr_opts), "--seed", str(seed), "--out", run_dir, "--no-progress"]
             if device != "auto":
                 argv += ["--device", device]
             deps = [labels_id, sel] if reads_labels else [sel]
-            tr = add(Stage(trid, "train", argv, deps, run_dir, {**tr_opts, "seed": seed})).id
+            tr = add(Stage(trid, "train", argv, deps, run_dir, {**tr_ident, "seed": seed})).id
             runs.append(Run(cell=cell, seed=seed, train=tr, labels=labels_id, select=sel, relabel=rel, lvsd=lv,
                             teacher=teacher))
     order = {"teacher": 0, "select": 1, "relabel": 2, "transform": 3, "lvsd": 4, "train": 5}

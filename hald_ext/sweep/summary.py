@@ -1,4 +1,4 @@
-"""`hald sweep-summary REPORT_DIR ... --out DIR`: pool the paired runs of several sweeps (for example
+"""The library side of `hald sweep-summary` (its options: hald_ext.commands.sweep_summary): pool the paired runs of several sweeps (for example
 the SLI, teacher-strength and smoothing maps) and ask whether a cheap diagnostic measured before any
 student trains, Tr(Sigma) of the labels' teacher over crops (`hald lvsd`), predicts the sign and size
 of a schedule's paired gain across every cell of the map.
@@ -33,14 +33,6 @@ PREDICTORS = {"lvsd_drift": "Tr(Sigma) / SLI", "lvsd_trace_sigma": "Tr(Sigma)"}
 
 class SummaryError(ValueError):
     pass
-
-
-def add_arguments(p) -> None:
-    p.add_argument("reports", nargs="+", help="report folders (or their results.json) written by `hald sweep`")
-    p.add_argument("--out", required=True, help="folder for summary.md, summary.json and summary.png")
-    p.add_argument("--pairs", nargs="+", default=["hald - soft-only", "hald - hard-only"],
-                   help="paired differences 'A - B' to pool (default: hald - soft-only, hald - hard-only)")
-    p.add_argument("--no-plots", action="store_true", help="skip the figure")
 
 
 def _pair(text: str) -> tuple:
@@ -284,17 +276,3 @@ def build(reports: list, out_dir: str, pairs: list, plots: bool = True) -> dict:
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write(markdown(summary))
     return summary
-
-
-def run(args) -> int:
-    try:
-        s = build(args.reports, args.out, args.pairs, plots=not args.no_plots)
-    except SummaryError as e:
-        print(f"hald sweep-summary: error: {e}", file=sys.stderr)
-        return 2
-    for e in s["pairs"]:
-        q = e["predictors"]["lvsd_drift"]
-        print(f"{e['pair']}: {len(e['cells'])} cells, {e['points']} seed pairs; Tr(Sigma)/SLI vs gain: "
-              f"Spearman {_f(q['cells']['rho'], '{:+.2f}')} (p = {_f(q['cells']['p'], '{:.2g}')})")
-    print(f"[sweep-summary] {os.path.join(args.out, 'summary.md')}")
-    return 0

@@ -1,8 +1,5 @@
-"""`hald train`: a student from an image set + label store with the HALD (or a baseline) schedule.
-
-    hald train --data sel.npz --labels sel.labels --eval-data fashion-mnist --model convnet3 \
-        --schedule hald --epochs 300 --output runs --experiment hald-ipc10
-    torchrun --nproc_per_node=2 -m hald_ext.cli train -c examples/configs/fmnist_hald.yaml
+"""The library side of `hald train` (its options and entry point: hald_ext.commands.train): a student
+from an image set + label store with the HALD (or a baseline) schedule, from a validated TrainConfig.
 
 The run folder holds args.yaml (the resolved configuration), summary.csv, metrics.json, curves.png
 and last.pth (resumable; also loadable by hald_ext.models.create_model(..., checkpoint=...)).
@@ -27,10 +24,6 @@ from hald_ext.train.schedule import build_schedule
 from hald_ext.train.trainer import Trainer
 
 
-def add_arguments(parser) -> None:
-    C.add_arguments(parser)
-
-
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -40,6 +33,10 @@ def resolve_device(device: str) -> str:
 
 
 def run_dir_for(cfg: C.TrainConfig) -> str:
+    """--out; else the deprecated --output PARENT (default runs) and --experiment NAME; else a resumed
+    run's folder; else runs/<time>-<schedule>-<model>."""
+    if cfg.out:
+        return cfg.out
     if cfg.experiment:
         name = cfg.experiment
     elif cfg.resume and os.path.isdir(cfg.resume):
@@ -49,7 +46,7 @@ def run_dir_for(cfg: C.TrainConfig) -> str:
     else:
         sched = cfg.schedule.replace(":", "").replace(",", "-")
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{sched}-{cfg.model}"
-    return os.path.join(cfg.output, name)
+    return os.path.join(cfg.output or "runs", name)
 
 
 def check_store(store, images) -> None:
@@ -114,7 +111,7 @@ def build_trainer(cfg: C.TrainConfig, run_dir: str | None):
     # Resident on the device when it fits the budget, else streamed from disk with prefetch.
     cache = image_source(images, device, max_bytes=cfg.resident_budget, loader=cfg.loader, workers=cfg.workers)
     source = source_cls(cache, None, store, img_size, cfg.mean, cfg.std, device,
-                        cutmix_alpha=cfg.cutmix_alpha, rrc_scale=cfg.rrc_scale)
+                        cutmix_alpha=cfg.cutmix_alpha, rrc_scale=cfg.scale, rrc_ratio=cfg.ratio)
     eval_set = eval_data_for(cfg, images, img_size, device) if cfg.eval_data else None
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = create_model(cfg.model, images.num_classes, img_size=img_size)
@@ -130,15 +127,6 @@ def build_trainer(cfg: C.TrainConfig, run_dir: str | None):
     return trainer
 
 
-def run(args) -> int:
-    try:
-        cfg = C.resolve(args)
-    except (C.ConfigError, TypeError) as e:
-        print(f"hald train: error: {e}", file=sys.stderr)
-        return 2
-    return train(cfg)
-
-
 def train(cfg: C.TrainConfig) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -146,7 +134,7 @@ def train(cfg: C.TrainConfig) -> int:
         run_dir = run_dir_for(cfg)
         if not cfg.resume and os.path.exists(os.path.join(run_dir, "last.pth")):
             raise C.ConfigError(f"run folder {run_dir} already holds a checkpoint: pass --resume {run_dir} "
-                                "to continue it, or another --experiment")
+                                "to continue it, or another --out")
         trainer = build_trainer(cfg, run_dir)
     except (C.ConfigError, FileNotFoundError, ValueError, RuntimeError, ImportError) as e:
         print(f"hald train: error: {e}", file=sys.stderr)

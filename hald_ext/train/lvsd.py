@@ -19,12 +19,9 @@ import torch
 
 from hald_ext.core.normalize import IMAGENET_MEAN, IMAGENET_STD, normalization_of
 from hald_ext.data import image_sizes, image_source, open_images
-from hald_ext.data.stream import add_source_arguments
 from hald_ext.models import create_model, for_classes, pretrained_model
 from hald_ext.models.factory import load_checkpoint_state
-from hald_ext.models.pretrained import add_pretrained_arguments
 from hald_ext.ops import crop_and_lookup
-from hald_ext.sweep.drift_rule import lvsd_lead
 from hald_ext.train import checkpoint as ckpt
 from hald_ext.train.batches import as_image_source
 
@@ -108,7 +105,7 @@ def load_model(path: str, num_classes: int, img_size: int, name: str | None = No
 def load_teacher(args, data, natural: int):
     """(teacher, crop size): the --teacher checkpoint, or --model with its pretrained weights
     (--pretrained / --pretrained-file), read as the data's classes (--class-map when its class count
-    differs); crops at --size, else the weights' input size."""
+    differs); crops at --img-size, else the weights' input size."""
 
     if args.teacher and (args.pretrained or args.pretrained_file):
         raise ValueError("give the teacher one way: --teacher CHECKPOINT, or --model with --pretrained / "
@@ -117,36 +114,16 @@ def load_teacher(args, data, natural: int):
         raise ValueError("--pretrained (the hub's weights) and --pretrained-file (a local file): give one")
     if args.teacher:
         model, size = load_model(args.teacher, data.num_classes, natural, args.model)
-        return model, args.size or size
+        return model, args.img_size or size
     if not args.model:
         raise ValueError("--pretrained / --pretrained-file need --model NAME (a timm model, or tv:NAME)")
     model = for_classes(pretrained_model(args.model, args.pretrained_file), list(data.classes), args.class_map)
-    return model, args.size or int(model.hald_pretrained.get("input_size", natural))
+    return model, args.img_size or int(model.hald_pretrained.get("input_size", natural))
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--data", required=True, help="image set (e.g. the selected IPC images)")
-    parser.add_argument("--teacher", default=None, help="teacher checkpoint: per-image Tr(Sigma)")
-    parser.add_argument("--student", default=None, help="student checkpoint: crop consistency")
-    parser.add_argument("--model", default=None,
-                        help="model name when a checkpoint does not record it; with --pretrained / --pretrained-file "
-                             "the teacher (a timm model, or tv:NAME for torchvision's)")
-    add_pretrained_arguments(parser, "instead of --teacher: the teacher is --model with")
-    parser.add_argument("--size", type=int, default=None,
-                        help="teacher crop size (default: the checkpoint's img_size, or the pretrained weights' "
-                             "input size)")
-    parser.add_argument("--crops", type=int, default=32, help="crops per image for Tr(Sigma) (default: 32)")
-    parser.add_argument("--pairs", type=int, default=4, help="crop pairs per image for consistency (default: 4)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="teacher soft-label temperature (default: 1)")
-    parser.add_argument("--scale", type=float, nargs=2, default=(0.08, 1.0), help="RRC scale range")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto",
-                        help="image decoder for a folder: DALI when installed (auto), or torch")
-    add_source_arguments(parser)
-    parser.add_argument("--out", default=None, help="write per-image values and means as JSON")
-
-
-def run(args) -> int:
+def run_lvsd(args, report=None) -> int:
+    """`hald lvsd` from its resolved options (hald_ext.commands.lvsd.LvsdConfig); `report(args, result)`
+    runs after the result is written."""
     with_teacher = bool(args.teacher or args.pretrained or args.pretrained_file)
     if not (with_teacher or args.student):
         print("hald lvsd: error: give --teacher (or --model with --pretrained / --pretrained-file: Tr(Sigma)) "
@@ -185,6 +162,6 @@ def run(args) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
-    if args.teacher:  # what the drift rule predicts from this Tr(Sigma), with the evidence it rests on
-        lvsd_lead(args, result)
+    if report is not None:
+        report(args, result)
     return 0

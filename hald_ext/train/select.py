@@ -1,4 +1,4 @@
-"""`hald select`: IPC random real images per class, the baseline of "A Label is Worth a Thousand
+"""The library side of `hald select` (its options: hald_ext.commands.select): IPC random real images per class, the baseline of "A Label is Worth a Thousand
 Images" (random real images + expert soft labels).
 
     hald select --data fashion-mnist --ipc 10 --seed 0 --out data/fmnist-ipc10.npz
@@ -29,6 +29,7 @@ from hald_ext.data.decode import decode_file
 from hald_ext.data.select import select_per_class, subset
 
 FILE_MODES = ("copy", "hardlink", "symlink")
+FORMATS = ("auto", "npz", "folder")
 
 
 def with_ordered_class_names(images: ImageSet) -> ImageSet:
@@ -89,22 +90,8 @@ def decoded(files: ImageFiles) -> ImageSet:
                     files.relative_names(), kind="folder", files=files)
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--data", default="fashion-mnist", help="full labelled set (default: fashion-mnist)")
-    parser.add_argument("--split", default="train", help="split of a named set (default: train)")
-    parser.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto",
-                        help="image decoder for a folder: DALI when installed (auto), or torch")
-    parser.add_argument("--ipc", type=int, default=10, help="images per class (default: 10)")
-    parser.add_argument("--seed", type=int, default=0, help="selection seed (default: 0)")
-    parser.add_argument("--out", required=True, help="output: a .npz file, or a folder for an image folder")
-    parser.add_argument("--format", choices=("auto", "npz", "folder"), default="auto",
-                        help="auto: npz when --out ends with .npz, else an image folder (the chosen files of a "
-                             "folder as they are; PNGs of arrays)")
-    parser.add_argument("--file-mode", choices=FILE_MODES, default="copy",
-                        help="from an image folder: copy the chosen files (default), or make hard / symbolic links")
-
-
-def run(args) -> int:
+def run_select(args) -> int:
+    """`hald select` from its resolved options (hald_ext.commands.select.SelectConfig)."""
     try:
         full = open_images(args.data, split=args.split, loader=args.loader)
         idx = select_per_class(full, args.ipc, args.seed)

@@ -1,10 +1,10 @@
-"""`hald teacher`: train a teacher on a full labelled set and save a checkpoint that
+"""The library side of `hald teacher` (its options: hald_ext.commands.teacher): train a teacher on a full labelled set and save a checkpoint that
 hald_ext.models.create_model(name, num_classes, img_size=..., checkpoint=PATH) loads (and so
 `hald relabel`).
 
     hald teacher --data fashion-mnist --model convnet3 --epochs 1 --out runs/teacher/convnet3.pth
     hald teacher --data imagenet/train --eval-data imagenet/val --model resnet18 --img-size 224 \
-        --rrc-scale 0.08 1 --epochs 30 --save-every 5 --out runs/teacher/r18.pth   (+ r18-epoch005.pth, ...)
+        --scale 0.08 1 --epochs 30 --save-every 5 --out runs/teacher/r18.pth   (+ r18-epoch005.pth, ...)
 
 Images go through the same path as every command (loader -> resident cache or streaming source ->
 crop_and_lookup), so a folder of mixed-size JPEGs trains as it is; evaluation streams the held-out set
@@ -28,57 +28,13 @@ from hald_ext.core.device import to_device
 from hald_ext.core.normalize import IMAGENET_MEAN, IMAGENET_STD, checked
 from hald_ext.data import check_same_classes, image_source, load_image_set, open_images
 from hald_ext.data.select import subset
-from hald_ext.data.stream import add_source_arguments
 from hald_ext.models import create_model
-from hald_ext.models.pretrained import add_pretrained_arguments
 from hald_ext.ops import crop_and_lookup
 from hald_ext.train import checkpoint as ckpt
 from hald_ext.train.batches import as_image_source
 from hald_ext.train.cli import common_img_size
 from hald_ext.train.evaluate import EvalData, evaluate
 from hald_ext.train.optim import HalfCosineLR, create_optimizer
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--data", default="fashion-mnist", help="full labelled training set (default: fashion-mnist)")
-    parser.add_argument("--eval-data", default=None, help="held-out set (default: the test split of a named set)")
-    parser.add_argument("--model", default="convnet3",
-                        help="timm model name, or tv:NAME for a torchvision one (default: convnet3)")
-    add_pretrained_arguments(parser, "fine-tune the model (a new classifier when the class count differs) from",
-                             class_map=False)
-    parser.add_argument("--img-size", type=int, default=None,
-                        help="input size (default: the images' size when they all have one square size)")
-    parser.add_argument("--epochs", type=int, default=1, help="epochs (default: 1)")
-    parser.add_argument("--train-images", type=int, default=None,
-                        help="train on a seeded random subset of this many images (default: all)")
-    parser.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate, cosine to 0 (default: 2e-3)")
-    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
-    parser.add_argument("--rrc-scale", type=float, nargs=2, default=None,
-                        help="random-resized crops with this area range (default: the whole image, resized)")
-    parser.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto",
-                        help="image decoder: DALI when installed (auto), or torch")
-    parser.add_argument("--eval-crop-ratio", type=float, default=None,
-                        help="evaluation resize S / ratio + center crop S (default: 0.875 folders, 1 arrays)")
-    parser.add_argument("--stream", action="store_true",
-                        help="always stream the images from disk, decoded batch by batch every epoch (the same as "
-                             "--resident-budget 0)")
-    add_source_arguments(parser)
-    parser.add_argument("--save-every", type=int, default=0,
-                        help="also keep the expert of every N-th epoch as <out>-epochNNN.pth (earlier-epoch "
-                             "experts label better at small IPC); 0: only the last")
-    parser.add_argument("--mean", type=float, nargs=3, default=None,
-                        help="input normalisation mean, recorded in the checkpoint (default: the pretrained weights', "
-                             "else ImageNet's)")
-    parser.add_argument("--std", type=float, nargs=3, default=None,
-                        help="input normalisation std, recorded in the checkpoint (default: the pretrained weights', "
-                             "else ImageNet's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    parser.add_argument("--restart", action="store_true",
-                        help="ignore <out>.partial (the state after the last finished epoch) and start again")
-    parser.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
-    parser.add_argument("--out", default="runs/teacher/teacher.pth", help="checkpoint path")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def epoch_checkpoint_path(out: str, epoch: int) -> str:
@@ -189,6 +145,11 @@ _DECIDES = {"data", "model", "pretrained", "pretrained_file", "epochs", "train_i
             "weight_decay", "rrc_scale", "img_size", "seed", "mean", "std", "loader"}
 
 
+def _options(args) -> dict:
+    """The options by the names resume files record (--scale was --rrc-scale)."""
+    return {("rrc_scale" if k == "scale" else k): v for k, v in vars(args).items()}
+
+
 def held_out_for(args):
     """The held-out set of a teacher run: a folder path (streamed), an ImageSet, or None."""
 
@@ -202,7 +163,8 @@ def held_out_for(args):
     return held
 
 
-def run(args) -> int:
+def run_teacher(args) -> int:
+    """`hald teacher` from its resolved options (hald_ext.commands.teacher.TeacherConfig)."""
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         if args.save_every < 0:
@@ -244,7 +206,8 @@ def run(args) -> int:
 
     # The state after each finished epoch, so a killed run continues instead of starting again.
     partial = args.out + ".partial"
-    decided = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(vars(args).items()) if k in _DECIDES}
+    decided = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(_options(args).items())
+               if k in _DECIDES}
     resume = None
     if os.path.exists(partial) and not args.restart:
         try:
@@ -255,7 +218,8 @@ def run(args) -> int:
             return 2
         if resume.get("options") != decided:
             was = resume.get("options") or {}
-            diff = sorted(k for k in set(was) | set(decided) if was.get(k) != decided.get(k))
+            diff = sorted("scale" if k == "rrc_scale" else k  # the option's name today
+                          for k in set(was) | set(decided) if was.get(k) != decided.get(k))
             print(f"hald teacher: error: {partial} was written with other options ({', '.join(diff)}): delete it, "
                   "pass --restart, or rerun with the same options", file=sys.stderr)
             return 2
@@ -275,7 +239,7 @@ def run(args) -> int:
         return 2
     train_teacher(model, source, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   weight_decay=args.weight_decay, seed=args.seed, img_size=img_size,
-                  rrc_scale=args.rrc_scale, mean=mean, std=std, device=device, progress=args.progress,
+                  rrc_scale=args.scale, mean=mean, std=std, device=device, progress=args.progress,
                   on_epoch=on_epoch, resume=resume)
     train_time = time.perf_counter() - t0
     result = {**meta, "epochs": args.epochs, "train_seconds": round(train_time, 1)}

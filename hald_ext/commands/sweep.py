@@ -7,43 +7,57 @@ resumable, with a results table, statistics, plots and a markdown report.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import shlex
 import sys
+from typing import Optional
+
+from hald_ext.commands.options import DEVICES, OUTPUT, describe, resolved
 
 from hald_ext.sweep import config as C
 from hald_ext.sweep import drift_rule as D
 from hald_ext.sweep import plan as P
 from hald_ext.sweep import report as R
 from hald_ext.sweep.runner import Runner
+from hald_ext.train import options as TC
+
+
+@dataclasses.dataclass
+class SweepCommandConfig:
+    config: str = TC.option(None, "sweep configuration (YAML; docs/sweeps.md, hald_ext/sweep/config.py)",
+                            group="sweep", positional=True)
+    overrides: list = TC.option(None, "override the configuration (YAML value): seeds=[0], train.epochs=2, "
+                                      "axes.relabel.sli=[1], name=quick; repeatable. Give a quick look its own --out",
+                                group="sweep", action="append", factory=list, metavar="KEY=VALUE", item=str,
+                                flag="--set")
+    plan: bool = TC.option(False, "print the planned stages and exit", group="sweep")
+    predict: bool = TC.option(False, "run every stage but the student trainings (teacher, selections, relabels, "
+                                     "lvsd), then write the drift rule's sign of `hald - soft-only` per cell "
+                                     "(predictions.{json,md} in --report-dir): commit them before the students "
+                                     "train", group="sweep")
+    out: Optional[str] = TC.option(None, "output folder (default: runs/sweep-<name>)", group=OUTPUT, short=("-o",))
+    report_only: bool = TC.option(False, "write the tables, plots and report from finished runs", group=OUTPUT)
+    report_dir: Optional[str] = TC.option(None, "where results.{csv,json}, report.md and the plots go (default: "
+                                                "--out); several configurations may share one --out (and so their "
+                                                "common stages) with their own reports", group=OUTPUT)
+    plots: bool = TC.option(True, "the matplotlib figures", group=OUTPUT)
+    jobs: int = TC.option(1, "stages run in parallel", group=DEVICES, short=("-j",))
+    threads: int = TC.option(0, "CPU threads per job (default: CPU cores / jobs)", group=DEVICES)
+    device: Optional[str] = TC.option(None, "device of every stage (default: the config's, else auto: one GPU per "
+                                            "job when there are GPUs)", group=DEVICES, choices=C.DEVICES)
+    cli: Optional[str] = TC.option(None, "tests: a stand-in for `python -m hald_ext.cli`", group=DEVICES,
+                                   hidden=True)
 
 
 def add_arguments(p) -> None:
-    p.add_argument("config", help="sweep configuration (YAML; see hald_ext/sweep/config.py)")
-    p.add_argument("--out", default=None, help="output folder (default: runs/sweep-<name>)")
-    p.add_argument("--jobs", "-j", type=int, default=1, help="stages run in parallel (default: 1)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads per job (default: CPU cores / jobs)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
-                   help="device of every stage (default: the config's, else auto: one GPU per job when there are GPUs)")
-    p.add_argument("--plan", action="store_true", help="print the planned stages and exit")
-    p.add_argument("--predict", action="store_true",
-                   help="run every stage but the student trainings (teacher, selections, relabels, lvsd), then "
-                        "write the drift rule's sign of `hald - soft-only` per cell (predictions.{json,md} in "
-                        "--report-dir): commit them before the students train")
-    p.add_argument("--report-only", action="store_true", help="write the tables, plots and report from finished runs")
-    p.add_argument("--report-dir", default=None,
-                   help="where results.{csv,json}, report.md and the plots go (default: --out); several "
-                        "configurations may share one --out (and so their common stages) with their own reports")
-    p.add_argument("--no-plots", action="store_true", help="skip the matplotlib figures")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override the configuration (YAML value): seeds=[0], train.epochs=2, "
-                        "axes.relabel.sli=[1], name=quick; repeatable. Give a quick look its own --out")
-    p.add_argument("--cli", default=None, help=argparse.SUPPRESS)  # tests: a stand-in for `python -m hald_ext.cli`
+    describe(p, __doc__, SweepCommandConfig)
 
 
 def run(args) -> int:
+    args = resolved(SweepCommandConfig, args, "hald sweep")
+    if args is None:
+        return 2
     try:
         cfg = C.load(args.config, args.overrides)
     except C.SweepConfigError as e:
@@ -76,7 +90,7 @@ def run(args) -> int:
     report_dir = args.report_dir or plan.root
     if args.predict:
         return _predict(plan, report_dir) or rc
-    res = R.build(plan, out_dir=report_dir, plots=not args.no_plots)
+    res = R.build(plan, out_dir=report_dir, plots=args.plots)
     for line in res["explanation"]:
         print(line)
     print(f"[sweep] report: {os.path.join(report_dir, 'report.md')} ({res['runs_done']} run(s) done, "
