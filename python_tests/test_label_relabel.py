@@ -30,7 +30,7 @@ def teacher(seed=0):
 
 
 def run(images, out, model=None, **kw):
-    kw = {"slots": 2, "k": 5, "temperature": 4.0, "batch_size": 16, "seed": 7, "progress": False, "device": "cpu",
+    kw = {"sli": 2, "k": 5, "temperature": 4.0, "batch_size": 16, "seed": 7, "progress": False, "device": "cpu",
           **kw}
     return relabel(images, model or teacher(), str(out), **kw)
 

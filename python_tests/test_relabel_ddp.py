@@ -14,7 +14,7 @@ from hald_ext.labels import LabelStore
 
 S = 12
 # 10 images x SLI 3 in batches of 4 (+ a batch of 2 per slot): 9 batches, 5 on rank 0 and 4 on rank 1.
-KW = {"slots": 3, "k": 3, "temperature": 2.0, "batch_size": 4, "seed": 5, "size": S, "progress": False,
+KW = {"sli": 3, "k": 3, "temperature": 2.0, "batch_size": 4, "seed": 5, "size": S, "progress": False,
       "device": "cpu", "cutmix_alpha": 1.0, "teacher_bn": "train"}
 
 

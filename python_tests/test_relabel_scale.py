@@ -67,7 +67,7 @@ class Recorder(nn.Module):
 
 
 def run(images, out, teacher, **kw):
-    kw = {"slots": 2, "k": 2, "temperature": 2.0, "batch_size": 4, "seed": 3, "size": S, "progress": False,
+    kw = {"sli": 2, "k": 2, "temperature": 2.0, "batch_size": 4, "seed": 3, "size": S, "progress": False,
           "device": "cpu", **kw}
     return relabel(images, teacher, str(out), **kw)
 

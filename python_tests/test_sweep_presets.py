@@ -18,14 +18,19 @@ PRESETS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 
                                                               recursive=True))
 
 
-def test_every_preset_is_pinned():
-    assert PRESETS and set(PRESETS) == set(PINNED)
+def test_every_pinned_preset_is_still_there():
+    """A pinned preset (or a committed report's config.yaml) may not disappear; a new one plans below
+    and is pinned when its results are committed."""
+    assert PRESETS and set(PINNED) <= set(PRESETS), sorted(set(PINNED) - set(PRESETS))
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_plans_the_pinned_stages(preset):
     plan = P.make_plan(C.load(os.path.join(ROOT, preset)), "/tmp/hald-sweep-root")
     ids = sorted(plan.stages)
+    assert ids, f"{preset} plans no stage"
+    if preset not in PINNED:
+        return
     want = PINNED[preset]
     assert [ids[0], ids[len(ids) // 2], ids[-1]] == want["sample"]
     assert (len(ids), hashlib.sha256("\n".join(ids).encode()).hexdigest()) == (want["stages"], want["sha256"])

@@ -25,7 +25,7 @@ def train_weights(out_path=None):
     images = color_blobs(7, num_classes=4, size=SIZE, seed=0)
     held = color_blobs(5, num_classes=4, size=SIZE, seed=1, prefix="held")
     store = color_blob_labels(images, sli=2, k=3)
-    cfg = TrainConfig(epochs=2, batch_size=BATCH, lr=3e-3, eval_every=1, progress=False, slots_per_epoch=0)
+    cfg = TrainConfig(epochs=2, batch_size=BATCH, lr=3e-3, eval_every=1, progress=False, crops_per_epoch=0)
     source = TorchBatchSource(images, None, store, SIZE)
     torch.manual_seed(0)
     model = create_model("convnet3", 4, img_size=SIZE, width=16)

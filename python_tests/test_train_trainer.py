@@ -59,7 +59,7 @@ def test_short_run_lowers_the_loss_and_beats_chance(problem, tmp_path):
 
 
 def test_all_slots_per_soft_epoch_stays_an_option(problem):
-    t = make_trainer(problem, schedule="soft-only", epochs=2, slots_per_epoch=0)
+    t = make_trainer(problem, schedule="soft-only", epochs=2, crops_per_epoch=0)
     batches, sizes = t.epoch_batches(1)
     pairs = sorted(zip(torch.cat([b[0] for b in batches]).tolist(), torch.cat([b[1] for b in batches]).tolist()))
     assert pairs == [(i, s) for i in range(32) for s in range(2)] and sum(sizes) == 64
@@ -74,7 +74,7 @@ def test_soft_epoch_replays_each_pair_once_and_walks_slots(problem):
         assert sorted(ids.tolist()) == list(range(32)) and set(slots.tolist()) == {slot}
         assert sum(sizes) == 32
     with pytest.raises(ConfigError, match="SLI=2"):
-        make_trainer(problem, schedule="soft-only", epochs=3, slots_per_epoch=1, reuse_labels=False)
+        make_trainer(problem, schedule="soft-only", epochs=3, crops_per_epoch=1, reuse_labels=False)
 
 
 def test_hard_batches_are_reproducible_from_the_step_seed(problem):

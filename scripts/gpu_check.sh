@@ -313,11 +313,11 @@ PYEOF
       local epochs=$TRAIN_CUDA_EPOCHS; [[ $d == cpu ]] && epochs=$TRAIN_CPU_EPOCHS
       if [[ $d == cuda && $cuda_ok != 1 ]]; then
         dry_parse -m hald_ext.cli train --data "$data" --labels "$labels" $TRAIN_ARGS --epochs "$epochs" --device cuda \
-          --output "$WORK/runs" --experiment cuda || return 1
+          --out "$WORK/runs/cuda" || return 1
         continue
       fi
       "$PY" -m hald_ext.cli train --data "$data" --labels "$labels" $TRAIN_ARGS --epochs "$epochs" --device "$d" \
-        --output "$WORK/runs" --experiment "$d" || return 1
+        --out "$WORK/runs/$d" || return 1
     done
     "$PY" - "$WORK/runs" "$OUT/train_cli_epochs.json" "$cuda_ok" <<'PYEOF'
 import json, os, sys

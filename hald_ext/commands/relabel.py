@@ -133,7 +133,7 @@ def _run(args, weights) -> int:
     device = distributed.device_for(args.device or ("cuda" if torch.cuda.is_available() else "cpu"), info)
     t0 = time.time()
     store, stats = relabel_with_stats(
-        images, teachers, args.out, slots=args.sli, k=min(5, images.num_classes) if args.k is None else args.k,
+        images, teachers, args.out, sli=args.sli, k=min(5, images.num_classes) if args.k is None else args.k,
         temperature=args.temperature, bits=args.bits,
         quantizer=args.quantizer, scale=tuple(args.scale), ratio=tuple(args.ratio), flip_prob=args.flip_prob,
         size=size, mean=args.mean, std=args.std, seed=args.seed, batch_size=args.batch_size, device=device,
@@ -142,7 +142,7 @@ def _run(args, weights) -> int:
         save_every_s=args.save_every_s, restart=args.restart, progress=args.progress,
         default_decode=args.decode, max_resident_bytes=args.resident_budget, loader=args.loader, workers=args.workers)
     if info.is_main:
-        print(f"wrote {args.out}: {store.num_images} images x {store.slots} slots = {store.num_labels} labels, "
+        print(f"wrote {args.out}: {store.num_images} images x SLI {store.sli} = {store.num_labels} labels, "
               f"{store.bytes_per_label:.1f} bytes/label, {store.nbytes} bytes, {time.time() - t0:.1f} s; "
               f"KL(teacher || stored label) {stats['kl_to_teacher']:.4f} nats (a uniform label: "
               f"{stats['kl_uniform']:.4f})")

@@ -37,7 +37,7 @@ def sizes(store) -> dict:
     return {
         "total_mb": store.nbytes / 1e6,
         "bytes_per_label": store.bytes_per_label,
-        "sli": store.slots,
+        "sli": store.sli,
         "slc": labels / h.num_classes,
         # SRe2L / LPLD: float32 coords (16) + flip (1) + int64 mix index (8) + fp16 logits (2 C)
         "sre2l_mb": labels * (2 * h.num_classes + 25) / 1e6,
@@ -69,7 +69,7 @@ def store_summary(store) -> dict:
         "file": store.path,
         "header": json.loads(store.header.to_json()),
         "images": store.num_images,
-        "slots": store.slots,
+        "sli": store.sli,
         "labels": store.num_labels,
         "bytes_per_label": store.bytes_per_label,
         "nbytes": store.nbytes,

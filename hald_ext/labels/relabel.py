@@ -119,15 +119,15 @@ def _as_list(v, n: int, what: str) -> list:
 def _crop_size(sizes: list, size) -> int:
     if size is None:
         if len(set(sizes)) != 1 or sizes[0][0] != sizes[0][1]:
-            raise ValueError("relabel: images are not all of one square size; give the crop output size (--size)")
+            raise ValueError("relabel: images are not all of one square size; give the crop output size (--img-size)")
         return int(sizes[0][0])
     if not isinstance(size, int):
         size = [int(s) for s in size]
         if len(size) not in (1, 2) or size[0] != size[-1]:
-            raise ValueError(f"relabel: crops are square (crop_and_lookup); got --size {size}")
+            raise ValueError(f"relabel: crops are square (crop_and_lookup); got --img-size {size}")
         size = size[0]
     if size < 1:
-        raise ValueError(f"relabel: --size must be >= 1, got {size}")
+        raise ValueError(f"relabel: --img-size must be >= 1, got {size}")
     return int(size)
 
 

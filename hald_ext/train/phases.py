@@ -56,7 +56,7 @@ class SoftPhase(PhaseKind):
         # The default (1) is HALD's soft epoch: each image once, cycling through its SLI crops.
         n = trainer.source.num_images
         soft_before = sum(1 for e in range(epoch) if trainer.schedule.kind_at(e) == SOFT)
-        s, sli = trainer.slots_per_epoch, trainer.source.labels.slots
+        s, sli = trainer.slots_per_epoch, trainer.source.labels.sli
         slots = (torch.arange(s) + soft_before * s) % sli
         pairs = torch.stack(torch.meshgrid(torch.arange(n), slots, indexing="ij"), -1).view(-1, 2)
         return pairs[torch.randperm(len(pairs), generator=gen)]

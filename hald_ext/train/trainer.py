@@ -68,7 +68,7 @@ class Trainer:
             raise ValueError(f"schedule {schedule} has {'/'.join(schedule.label_kinds())} phases but the batch "
                              f"source has no label store")
         if store is not None:
-            self.slots_per_epoch = check_label_budget(cfg, label_epochs, store.slots)
+            self.slots_per_epoch = check_label_budget(cfg, label_epochs, store.sli)
             self.temperature = cfg.temperature if cfg.temperature is not None else store.temperature
             if self.info.is_main:
                 for problem in check_store_use(store, img_size=getattr(source, "out_size", None),
