@@ -17,7 +17,7 @@ import dataclasses
 import sys
 from typing import Optional
 
-from hald_ext.commands.options import DATA, LABELS, OUTPUT, TEACHER, describe
+from hald_ext.commands.options import DATA, LABELS, OUTPUT, TEACHER
 from hald_ext.labels import cli as L
 from hald_ext.labels.format import LabelStoreError
 from hald_ext.labels.importers import FLAVORS, LPQLD_DECODES, LabelImportError

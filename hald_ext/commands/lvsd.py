@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from hald_ext.commands.options import (CROPS, DATA, LABELS, MODEL, OUTPUT, TEACHER, SourceOptions, describe, resolved)
+from hald_ext.commands.options import CROPS, DATA, LABELS, MODEL, OUTPUT, TEACHER, SourceOptions, describe, resolved
 from hald_ext.commands.teacher_options import class_map_option, pretrained_file_option, pretrained_flag
 from hald_ext.sweep.drift_rule import lvsd_lead
 from hald_ext.train import options as C

@@ -13,11 +13,11 @@ from typing import Optional
 
 import torch
 
+from hald_ext.commands.options import CROPS, DATA, DEVICES, LABELS, OUTPUT, TEACHER, SourceOptions, describe
+from hald_ext.commands.teacher_options import class_map_option
 from hald_ext.core import distributed
 from hald_ext.data import image_sizes, open_images
 from hald_ext.data.select import select_ipc
-from hald_ext.commands.options import (CROPS, DATA, DEVICES, LABELS, OUTPUT, TEACHER, SourceOptions, describe)
-from hald_ext.commands.teacher_options import class_map_option
 from hald_ext.labels.format import DECODES, LabelStoreError
 from hald_ext.labels.quantizer import KINDS as QUANTIZERS
 from hald_ext.labels.relabel import _crop_size, relabel_with_stats, sha256_file
@@ -30,7 +30,6 @@ from hald_ext.labels.relabel_teacher import (
     teacher_weight_specs,
 )
 from hald_ext.train import options as C
-
 
 _ROLE = "weights of the --model before it:"
 

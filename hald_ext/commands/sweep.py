@@ -14,7 +14,6 @@ import sys
 from typing import Optional
 
 from hald_ext.commands.options import DEVICES, OUTPUT, describe, resolved
-
 from hald_ext.sweep import config as C
 from hald_ext.sweep import drift_rule as D
 from hald_ext.sweep import plan as P

@@ -11,8 +11,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from hald_ext.commands.options import (CROPS, DATA, DEVICES, MODEL, OPTIM, OUTPUT, SCHED, SourceOptions, describe,
-                                       resolved)
+from hald_ext.commands.options import (
+    CROPS,
+    DATA,
+    DEVICES,
+    MODEL,
+    OPTIM,
+    OUTPUT,
+    SCHED,
+    SourceOptions,
+    describe,
+    resolved,
+)
 from hald_ext.commands.teacher_options import pretrained_file_option, pretrained_flag
 from hald_ext.train import options as C
 from hald_ext.train.teacher import run_teacher

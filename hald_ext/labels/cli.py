@@ -12,7 +12,7 @@ are refused unless --file-order / --fill-missing repeat say otherwise (docs/impo
 
 Sizes are reported in the papers' units: total MB (10^6 bytes), SLI (stored labels per image), SLC
 (stored labels per class = SLI x IPC), and what the same labels take as SRe2L / LPLD / HALD write
-them (fp16 C-wide: 2*C + 25 bytes per label, METHOD.md; HALD's float16 coords: 2*C + 17) and as
+them (fp16 C-wide: 2*C + 25 bytes per label, docs/label-store.md; HALD's float16 coords: 2*C + 17) and as
 FKD's generator writes them (float32 numpy: coords 16 + flip 1 + 2 x k x 4 bytes per label).
 """
 from __future__ import annotations

@@ -26,6 +26,7 @@ import os
 import struct
 
 from hald_ext.labels.quantizer import Quantizer
+from hald_ext.ops.soft_hard_loss import DECODES  # noqa: F401  (the decode modes, defined once with the loss)
 
 MAGIC_KEY = "hald.format"
 MAGIC = "hald-label-store"
@@ -33,7 +34,6 @@ VERSION_KEY = "hald.version"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: SLI was the header field "slots"
 HEADER_KEY = "hald.header"
-DECODES = ("marginal", "renorm", "truncate")
 # safetensors' own limit is 100 MB; a label store header is a few hundred bytes plus tensor entries.
 MAX_HEADER_BYTES = 1 << 20
 

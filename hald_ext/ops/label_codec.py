@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 
 from hald_ext import _ext
+from hald_ext.ops.soft_hard_loss import DECODES
 
-_DECODES = ("marginal", "renorm", "truncate")
+_DECODES = DECODES  # the decode modes, defined once (ops.soft_hard_loss)
 
 if _ext.loaded():
 

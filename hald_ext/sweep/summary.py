@@ -6,7 +6,7 @@ of a schedule's paired gain across every cell of the map.
 A run shared by two sweeps (same output folder, same key) counts once. For each named pair it
 reports, over cells (mean gain per cell) and over single (cell, seed) pairs:
 - Spearman's rho between the predictor and the gain, with a p-value (exact permutation test for up to
-  8 cells, else the t approximation), for the drift Tr(Sigma) / SLI (METHOD.md section 2) and for
+  8 cells, else the t approximation), for the drift Tr(Sigma) / SLI (docs/method.md, "Local-view drift") and for
   Tr(Sigma) alone;
 - the sign rule "gain > 0 when drift > threshold": in-sample (an optimistic figure) and leave one cell
   out (the threshold fitted on the other cells predicts the held-out cell), against the majority sign.

@@ -15,8 +15,15 @@ import hald_ext.models  # noqa: F401  (registers convnet3 with timm)
 from hald_ext.core.normalize import IMAGENET_MEAN, IMAGENET_STD
 from hald_ext.data.stream import BACKENDS, parse_bytes
 from hald_ext.labels.format import DECODES
-from hald_ext.train.options import (ConfigError, accept_deprecated_kwargs, add_config_arguments, check_choices,
-                                    config_dict, option, resolve_config)
+from hald_ext.train.options import (
+    ConfigError,
+    accept_deprecated_kwargs,
+    add_config_arguments,
+    check_choices,
+    config_dict,
+    option,
+    resolve_config,
+)
 from hald_ext.train.schedule import PRESETS, build_schedule
 
 SOFT_LOSSES = ("kl", "ce")

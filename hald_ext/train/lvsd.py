@@ -1,4 +1,4 @@
-"""`hald lvsd`: local-view semantic drift diagnostics (METHOD.md section 5).
+"""`hald lvsd`: local-view semantic drift diagnostics (docs/method.md, "Local-view drift").
 
 - Tr(Sigma) per image: the trace of the covariance of the teacher's soft label over `m` random
   crops. High values mean a few stored crop labels are a noisy estimate of what the image is.
