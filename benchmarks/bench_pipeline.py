@@ -552,7 +552,9 @@ def drive(args) -> int:
         loads.append(os.getloadavg())
         if ipc == min(ipcs):  # the model rows and storage once, on the smallest set
             model_specs = {}
-            for kind, tools in (("soft", ("ours", "hald", "sre2l")), ("hard", ("ours", "hald"))):
+            # --quick: one baseline with the model (the model's time is the same for every pipeline)
+            soft_tools = ("ours", "hald") if args.quick else ("ours", "hald", "sre2l")
+            for kind, tools in (("soft", soft_tools), ("hard", ("ours", "hald"))):
                 for tool in tools:
                     model_specs[f"{kind}+model/{tool}"] = {**base, "what": "epoch_ours" if tool == "ours" else
                                                            "epoch_theirs", "kind": kind, "pipeline": tool,
@@ -590,13 +592,20 @@ def storage(labels, store_path, imp, timeout, log) -> dict:
     return out
 
 
+def relabel_teachers(args) -> tuple:
+    """The relabel teachers measured: a ResNet-18, and a linear probe (the data path's own cost);
+    --quick measures the ResNet-18 only (each run is a fresh process: the probe's 15 s would take the
+    quick mode past two minutes)."""
+    return ("resnet18",) if args.quick else ("resnet18", "probe")
+
+
 def relabel_bench(args, folder, work, timeout, log) -> dict:
     import shutil
 
     out = {"images": C * args.relabel_ipc, "sli": args.relabel_sli, "size": MODEL_SIZE, "batch": 128}
-    for teacher in ("resnet18", "probe"):
+    for teacher in relabel_teachers(args):
         specs = {}
-        for tool in ("ours", "hald", "sre2l"):
+        for tool in ("ours", "hald") if args.quick else ("ours", "hald", "sre2l"):
             path = os.path.join(work, f"relabel_{tool}" + (".safetensors" if tool == "ours" else ""))
             specs[tool] = {"what": "relabel", "pipeline": tool, "folder": folder, "out": path, "size": MODEL_SIZE,
                            "batch": 128, "sli": args.relabel_sli, "ipc": args.relabel_ipc, "workers": args.workers,
@@ -659,8 +668,8 @@ def summarize(result) -> dict:
                                           "target": TARGETS["open_over_read"],
                                           "met": ours["open_s"] / ours["read_s"] <= TARGETS["open_over_read"]}
     rl = result["relabel"]
-    for teacher in ("resnet18", "probe"):
-        for tool in ("hald", "sre2l"):
+    for teacher in [t for t in ("resnet18", "probe") if t in rl]:
+        for tool in [t for t in ("hald", "sre2l") if t in rl[teacher]]:
             o, t = rl[teacher]["ours"]["median"], rl[teacher][tool]["median"]
             row = {"kind": "relabel", "teacher": teacher, "vs": tool, "ours_crops_per_s": o["crops_per_s"],
                    "theirs_crops_per_s": t["crops_per_s"], "speedup": o["crops_per_s"] / t["crops_per_s"],
