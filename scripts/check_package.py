@@ -52,7 +52,8 @@ def main() -> int:
         with tarfile.open(sdist) as tar:
             tar.extractall(os.path.join(tmp, "src"), filter="data")
         (src,) = glob.glob(os.path.join(tmp, "src", "hald_ext-*"))
-        env = dict(os.environ, HALD_CPU_ONLY="1", MAX_JOBS=str(os.cpu_count() or 1))
+        # C++ kernels only, unoptimised (-O0): this checks what the package holds, not its speed
+        env = dict(os.environ, HALD_CPU_ONLY="1", HALD_DEBUG="1", MAX_JOBS=str(os.cpu_count() or 1))
         step("wheel from the sdist alone (C++ kernels)",
              [py, "-m", "pip", "wheel", "-q", "--no-build-isolation", "--no-deps", "-w", os.path.join(tmp, "wheel"),
               src], env=env)
