@@ -14,6 +14,7 @@ Environment switches:
 import glob
 import os
 import re
+import runpy
 import shutil
 
 from setuptools import find_packages, setup
@@ -98,11 +99,12 @@ else:
         py_limited_api=True,
     )
 
-EXTRAS = {
-    "train": ["torchvision", "timm", "PyYAML", "tqdm"],
-    "plots": ["matplotlib"],
-    "dali": ["nvidia-dali-cuda130"],
-}
+# The extras come from the table the package names a missing extra with (hald_ext/core/extras.py,
+# read as a file: the package itself cannot be imported before it is built).
+_EXTRA_OF = runpy.run_path(os.path.join(ROOT, "hald_ext", "core", "extras.py"))["EXTRA_OF"]
+EXTRAS = {}
+for _package, _extra in _EXTRA_OF.values():
+    EXTRAS.setdefault(_extra, []).append(_package)
 EXTRAS["all"] = sorted({d for deps in EXTRAS.values() for d in deps})
 
 setup(

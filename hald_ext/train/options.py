@@ -261,12 +261,6 @@ def normalise_keys(cls, values: dict, where: str, prog: str) -> dict:
     return out
 
 
-def from_mapping(cls, values: dict, where: str = "config", prog: str = "hald"):
-    """A config from a mapping of option: value (old names accepted), every value coerced and checked."""
-    values = normalise_keys(cls, values, where, prog)
-    return cls(**{k: coerce(cls, k, v, f"{where}: ") for k, v in values.items()})
-
-
 def resolve_config(cls, args: argparse.Namespace, prog: str = "hald"):
     """Dataclass defaults, then the YAML file named by --config, then the flags that were given."""
     values = {}
