@@ -328,6 +328,11 @@ def streaming_api():
     return (data.open_images, data.image_source, crop_and_lookup), None
 
 
+def _layout(b) -> dict:
+    """crop_and_lookup's image layout keywords of a batch (builds before packed batches: sizes only)."""
+    return b.crop_kwargs() if hasattr(b, "crop_kwargs") else {"image_sizes": b.image_sizes}
+
+
 def ours_crops(api, folder: str, ids, workers: int, batch: int, loader: str):
     import inspect
 
@@ -348,7 +353,7 @@ def ours_crops(api, folder: str, ids, workers: int, batch: int, loader: str):
     count, t1 = 0, None
     for step, ids_b in enumerate(plan):
         b = src.batch(ids_b)
-        r = crop_and_lookup(b.images, b.image_ids, CROP, image_sizes=b.image_sizes, seed=step, offset=0,
+        r = crop_and_lookup(b.images, b.image_ids, CROP, **_layout(b), seed=step, offset=0,
                             scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_prob=0.5,
                             mean=IMAGENET_MEAN, std=IMAGENET_STD)
         out = r.crops

@@ -24,6 +24,23 @@ def padded_batch(n, max_h, max_w, seed=0, equal=False):
     return images, torch.stack([hs, ws], 1)
 
 
+def packed_batch(images, sizes, seed=0):
+    """The images of a padded batch packed into one flat buffer, in a shuffled order with garbage
+    bytes between them (to catch a wrong stride or offset): (flat uint8, int64 offsets, int32 sizes)."""
+    g = torch.Generator().manual_seed(seed)
+    n, hmax, wmax = images.shape[:3]
+    sizes = torch.tensor([[hmax, wmax]] * n) if sizes is None else sizes
+    parts, offsets, pos = [], [0] * n, 0
+    for i in torch.randperm(n, generator=g).tolist():
+        gap = torch.randint(0, 256, (int(torch.randint(0, 9, (1,), generator=g)),), dtype=torch.uint8, generator=g)
+        h, w = (int(v) for v in sizes[i])
+        parts += [gap, images[i, :h, :w].reshape(-1)]
+        offsets[i] = pos + gap.numel()
+        pos += gap.numel() + h * w * 3
+    parts.append(torch.randint(0, 256, (5,), dtype=torch.uint8, generator=g))
+    return torch.cat(parts), torch.tensor(offsets, dtype=torch.int64), sizes.to(torch.int32)
+
+
 def random_boxes(B, seed=0):
     """(y, x, h, w) fractions inside the unit square, including tiny and full boxes."""
     g = torch.Generator().manual_seed(seed)
@@ -236,6 +253,8 @@ def test_opcheck():
     args = (images, sizes, torch.tensor([0, 2, 1]), 12, None, None, None, None, None, None, None, 1, 0,
             [0.08, 1.0], [0.75, 4 / 3], 0.5, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], True, torch.float32, False, True)
     torch.library.opcheck(torch.ops.hald.crop_and_lookup.default, args)
+    flat, offsets, true = packed_batch(images, sizes)  # the packed layout (image_offsets, last)
+    torch.library.opcheck(torch.ops.hald.crop_and_lookup.default, (flat, true) + args[2:] + (offsets,))
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -391,3 +410,83 @@ def test_reused_output_buffers_are_not_shared():
     del c
     d = crop_and_lookup(images, ids, 224, seed=3)  # a view keeps its buffer alive
     assert d.crops.data_ptr() != ptr and torch.equal(view, a_copy[:3])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Packed images (image_offsets): the same crops as the padded batch they were cut from.
+
+@pytest.mark.parametrize("op", ["crop_and_lookup", "_crop_and_lookup_band"])
+@pytest.mark.parametrize("case", ["fresh", "replay", "labels_cutmix", "upscale_bf16_cl", "no_antialias_equal"])
+def test_packed_images_give_the_padded_batch_crops(op, case):
+    images, sizes = padded_batch(6, 70, 90, seed=21, equal=case == "no_antialias_equal")
+    flat, offsets, true = packed_batch(images, sizes, seed=3)
+    ids = torch.tensor([5, 0, 3, 3, 1, 2, 4, 0, 5])
+    kw = dict(size=24, seed=7, offset=3, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3], flip_prob=0.5,
+              mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], antialias=True, out_dtype=torch.float32,
+              channels_last=False, check=True, boxes=None, flips=None, label_ids=None, label_values=None,
+              slots=None, mix_partner=None, mix_boxes=None)
+    if case == "replay":
+        kw.update(boxes=random_boxes(len(ids), seed=4), flips=torch.tensor([1, 0, 1, 1, 0, 0, 1, 0, 1], dtype=torch.bool))
+    if case == "labels_cutmix":
+        lid = torch.randint(0, 50, (6, 2, 3))
+        kw.update(label_ids=lid, label_values=torch.rand(6, 2, 3), slots=torch.randint(0, 2, (9,)),
+                  mix_partner=torch.randperm(9), mix_boxes=torch.tensor([[2, 3, 15, 20]] * 9, dtype=torch.int32))
+    if case == "upscale_bf16_cl":
+        kw.update(size=120, out_dtype=torch.bfloat16, channels_last=True)
+    if case == "no_antialias_equal":
+        kw.update(antialias=False)
+    fn = getattr(torch.ops.hald, op).default
+    padded = fn(images=images, image_sizes=sizes, image_ids=ids, **kw)
+    packed = fn(images=flat, image_sizes=true, image_ids=ids, image_offsets=offsets, **kw)
+    for name, a, b in zip(("crops", "boxes", "flips", "label_ids", "label_values"), padded, packed):
+        assert torch.equal(a, b), name
+
+
+def test_packed_images_through_the_python_wrapper():
+    images, sizes = padded_batch(4, 40, 30, seed=5)
+    flat, offsets, true = packed_batch(images, sizes, seed=6)
+    ids = torch.tensor([3, 1, 1, 0, 2])
+    a = crop_and_lookup(images, ids, 16, image_sizes=sizes, seed=1, offset=2)
+    b = crop_and_lookup(flat, ids, 16, image_sizes=true, image_offsets=offsets, seed=1, offset=2)
+    assert torch.equal(a.crops, b.crops) and torch.equal(a.boxes, b.boxes) and torch.equal(a.flips, b.flips)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda f, o, s: (f.view(-1, 3), o, s), "one flat uint8 buffer"),
+    (lambda f, o, s: (f, o, None), "image_offsets need image_sizes"),
+    (lambda f, o, s: (f, o.float(), s), "image_offsets must be an integer tensor"),
+    (lambda f, o, s: (f, o[:-1], s), r"image_sizes must be \[2, 2\]"),
+    (lambda f, o, s: (f, o.view(3, 1), s), "image_offsets must be 1-D"),
+    (lambda f, o, s: (f, o - o.max() - 1, s), "image_offsets out of range"),
+    (lambda f, o, s: (f, o + (f.numel() - o.max() - 2), s), "a packed image ends at byte"),
+    (lambda f, o, s: (f, o, s * 0), r"image_sizes out of range"),
+    (lambda f, o, s: (f.float(), o, s), "images must be uint8"),
+])
+def test_packed_images_bad_input_named(change, match):
+    images, sizes = padded_batch(3, 12, 10, seed=8)
+    flat, offsets, true = packed_batch(images, sizes, seed=9)
+    f, o, s = change(flat, offsets, true)
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        crop_and_lookup(f, torch.tensor([0, 1, 2]), 8, image_sizes=s, image_offsets=o)
+
+
+def test_packed_images_out_of_the_buffer_without_checks_read_nothing_outside():
+    """check=False skips the range checks; an image said to lie past the buffer's end then gets a 1 x 1
+    crop at a clamped offset (the kernels never read outside), the others their true crops."""
+    images, sizes = padded_batch(3, 12, 10, seed=12)
+    flat, offsets, true = packed_batch(images, sizes, seed=13)
+    bad = offsets.clone()
+    bad[1] = flat.numel() + 10_000_000
+    ids = torch.tensor([0, 1, 2])
+    for op in (torch.ops.hald.crop_and_lookup.default, torch.ops.hald._crop_and_lookup_band.default):
+        def run(offs, check):
+            return op(images=flat, image_sizes=true, image_ids=ids, size=8, boxes=None, flips=None, label_ids=None,
+                      label_values=None, slots=None, mix_partner=None, mix_boxes=None, seed=2, offset=0,
+                      scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3], flip_prob=0.5, mean=[0.485, 0.456, 0.406],
+                      std=[0.229, 0.224, 0.225], antialias=True, out_dtype=torch.float32, channels_last=False,
+                      check=check, image_offsets=offs)
+        good, out = run(offsets, True), run(bad, False)
+        assert torch.isfinite(out[0]).all()
+        assert torch.equal(out[0][0], good[0][0]) and torch.equal(out[0][2], good[0][2])
+        assert out[1][1].tolist() == [0.0, 0.0, 0.0, 0.0]
+        assert out[0][1].flatten(1).std(1).max() == 0  # one pixel, spread over the crop

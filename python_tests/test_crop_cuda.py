@@ -9,7 +9,8 @@ from hald_ext.ops import CutMix, crop_and_lookup
 from hald_ext.ops.crop import sample_cutmix
 from hald_ext.reference import crop_reference, cutmix_lambda_reference, gather_labels_reference
 from conftest import requires_cuda
-from test_crop import ATOL, BAND_CASES, STD, band_case, band_crop, padded_batch, pixel_boxes, random_boxes
+from test_crop import (ATOL, BAND_CASES, STD, band_case, band_crop, packed_batch, padded_batch, pixel_boxes,
+                       random_boxes)
 
 pytestmark = requires_cuda
 
@@ -305,3 +306,35 @@ def test_band_kernel_large_batch_at_224():
     assert torch.equal(dev.boxes.cpu(), cpu.boxes)
     torch.testing.assert_close(dev.crops.cpu().float(), band.float(), atol=ATOL[torch.bfloat16], rtol=0)
     torch.testing.assert_close(dev.crops.cpu().float(), cpu.crops.float(), atol=ATOL[torch.bfloat16], rtol=0)
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_packed_images_match_the_padded_batch_on_cuda(check):
+    """Packed images (image_offsets) on CUDA: the CUDA crops of the padded batch they came from,
+    and the CPU kernel's boxes and flips."""
+    images, sizes = padded_batch(6, 70, 90, seed=31)
+    flat, offsets, true = packed_batch(images, sizes, seed=32)
+    ids = torch.tensor([5, 0, 3, 3, 1, 2, 4, 0, 5])
+    c = torch.device("cuda")
+    padded = crop_and_lookup(images.to(c), ids.to(c), 24, image_sizes=sizes.to(c), seed=7, offset=3, check=check)
+    packed = crop_and_lookup(flat.to(c), ids.to(c), 24, image_sizes=true.to(c), image_offsets=offsets.to(c),
+                             seed=7, offset=3, check=check)
+    cpu = crop_and_lookup(flat, ids, 24, image_sizes=true, image_offsets=offsets, seed=7, offset=3)
+    torch.cuda.synchronize()
+    assert torch.equal(packed.crops, padded.crops)
+    assert_same_geometry(cpu, packed)
+    assert_crops_close(packed.crops, cpu.crops)
+
+
+def test_packed_images_out_of_the_buffer_stay_in_bounds_on_cuda():
+    """check=False with a packed image said to lie past the buffer: clamped, never read outside
+    (compute-sanitizer memcheck runs this test)."""
+    images, sizes = padded_batch(3, 12, 10, seed=33)
+    flat, offsets, true = packed_batch(images, sizes, seed=34)
+    offsets[1] = flat.numel() + 10_000_000
+    offsets[2] = -7
+    c = torch.device("cuda")
+    out = crop_and_lookup(flat.to(c), torch.tensor([0, 1, 2], device=c), 8, image_sizes=true.to(c),
+                          image_offsets=offsets.to(c), check=False)
+    torch.cuda.synchronize()
+    assert torch.isfinite(out.crops).all()

@@ -38,19 +38,19 @@ def assert_same_batches(a, b):
     for x, y in zip(a, b):
         assert torch.equal(x.sample_ids, y.sample_ids)
         assert torch.equal(x.image_sizes, y.image_sizes)
-        for r, (h, w) in enumerate(x.image_sizes.tolist()):  # the pixels; a folder batch's padding is unwritten
-            assert torch.equal(x.images[r, :h, :w], y.images[r, :h, :w])
+        for r in range(len(x.image_sizes)):  # the pixels (a folder batch is packed: no padding)
+            assert torch.equal(x.image(r), y.image(r))
 
 
 def check_against_source(batches, image_set, folder_order, zero_padding=True):
     """Every sample's pixels equal the decoded source image (and the padding is zero for arrays; a
-    streamed folder batch leaves its padding unwritten: crop_and_lookup never reads it)."""
+    streamed folder batch is packed, with no padding)."""
     for b in batches:
         for i, sid in enumerate(b.sample_ids.tolist()):
             im = image_set.images[folder_order[sid]]
             h, w = b.image_sizes[i].tolist()
             assert (h, w) == im.shape[:2]
-            assert np.array_equal(b.images[i, :h, :w].numpy(), im)
+            assert np.array_equal(b.image(i).numpy(), im)
             if zero_padding:
                 assert int(b.images[i, h:].sum()) == 0 and int(b.images[i, :, w:].sum()) == 0
 

@@ -13,8 +13,8 @@ from PIL import Image
 
 from conftest import interrupt_on_call, requires_cuda
 from hald_ext.cli import main as hald
-from hald_ext.data import (FileImages, ImageFiles, dali_available, fingerprint, image_source, load_image_set,
-                           open_images)
+from hald_ext.data import (FileImages, ImageBatch, ImageFiles, dali_available, fingerprint, image_source,
+                           load_image_set, open_images)
 from hald_ext.labels import FingerprintMismatch, LabelStore
 from hald_ext.labels.relabel import relabel
 from hald_ext.models import create_model
@@ -192,7 +192,7 @@ def test_a_batch_outside_the_plan_is_decoded_on_the_spot(mixed_store):
         b = src.batch(torch.tensor([7, 7, 0]))
     assert b.image_ids.tolist() == [1, 1, 0] and b.sample_ids.tolist() == [7, 7, 0]
     want = load_image_set(mixed_store[0])
-    assert np.array_equal(b.images[0, :want.images[0].shape[0], :want.images[0].shape[1]].numpy(), want.images[0])
+    assert np.array_equal(b.image(0).numpy(), want.images[0])
 
 
 def test_the_pipeline_streams_with_the_resident_results(imagenet, teacher_ckpt, tmp_path):
@@ -284,20 +284,22 @@ def test_a_killed_streamed_relabel_resumes(tmp_path):
         assert torch.equal(getattr(s, n), getattr(ref, n)), n
 
 
-def test_padded_buffers_are_reused_and_capped():
-    """Padded host batches take turns in a few mapped buffers (a fresh padded batch page-faults on
-    nearly every page); a batch padded far beyond its pixels takes fresh memory instead."""
-    from hald_ext.data.stream import _padded, _PaddedBuffers
+def test_packed_batches_take_turns_in_buffers_and_hold_only_pixels():
+    """Host batches are packed (no padding: one 40 x 40 image among 2 x 2 ones costs its own pixels,
+    not 8 x 40 x 40) and take turns in a few mapped buffers (a fresh one page-faults on every page)."""
+    from hald_ext.data.stream import _packed, _PackedBuffers
 
-    ring = _PaddedBuffers(count=2, max_waste=4.0)
+    ring = _PackedBuffers(count=2)
     ims = [np.full((5, 7, 3), i, np.uint8) for i in range(3)] + [np.full((6, 4, 3), 9, np.uint8)]
-    a, sa = _padded(ims, ring)
-    b, _ = _padded(ims[:2], ring)
-    c, _ = _padded(ims, ring)
+    a, _, _ = _packed(ims, ring)
+    b, _, _ = _packed(ims[:2], ring)
+    c, oc, sc = _packed(ims, ring)
     assert a.data_ptr() == c.data_ptr() != b.data_ptr()  # the third batch reuses the first's buffer
-    assert sa.tolist() == [[5, 7]] * 3 + [[6, 4]]
+    assert sc.tolist() == [[5, 7]] * 3 + [[6, 4]]
+    assert oc.tolist() == [0, 105, 210, 315] and c.numel() == 315 + 72
+    batch = ImageBatch(c, sc, torch.arange(4), image_offsets=oc)
     for r, im in enumerate(ims):
-        assert np.array_equal(c[r, : im.shape[0], : im.shape[1]].numpy(), im)
+        assert np.array_equal(batch.image(r).numpy(), im)
     huge = [np.zeros((2, 2, 3), np.uint8)] * 7 + [np.zeros((40, 40, 3), np.uint8)]
-    d, _ = _padded(huge, ring)  # 8 x 40 x 40 padded for 1628 pixels: over 4x
-    assert d.data_ptr() not in {s.data_ptr() for s in ring.storages if s is not None}
+    d, _, _ = _packed(huge, ring)
+    assert d.numel() == (7 * 4 + 1600) * 3

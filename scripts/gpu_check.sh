@@ -60,6 +60,8 @@ MEMCHECK_TESTS=(
   "python_tests/test_crop_cuda.py::test_fused_batch_matches_cpu[dtype1-True-False]"
   "python_tests/test_crop_cuda.py::test_fused_batch_matches_cpu[dtype2-False-False]"
   "python_tests/test_crop_cuda.py::test_bad_values_with_check_false_stay_in_bounds"
+  "python_tests/test_crop_cuda.py::test_packed_images_out_of_the_buffer_stay_in_bounds_on_cuda"
+  "python_tests/test_crop_cuda.py::test_packed_images_match_the_padded_batch_on_cuda[False]"
   "python_tests/test_crop_cuda.py::test_uint16_codes_replay_like_fractions"
   "python_tests/test_crop_cuda.py::test_label_rows_gathered"
   "python_tests/test_label_codec_cuda.py::test_decode_and_dense_decode_match_cpu_and_reference[8-marginal]"

@@ -51,22 +51,66 @@ std::array<double, 2> pair_arg(const std::vector<double>& v, const char* name) {
 }
 
 
+// Packed images: one flat uint8 buffer, image n's H_n x W_n x 3 bytes at image_offsets[n] (no padding),
+// image_sizes required. The largest height and width are read on the host (on CUDA: one wait for the
+// device, even with check=False); every image must lie inside the buffer (checked with check=True;
+// with check=False the kernels clamp instead of reading outside).
+void prepare_packed(const CropOpArgs& in, CropArgs& a) {
+  const at::Tensor& images = in.images;
+  const at::Tensor& off = *in.image_offsets;
+  TORCH_CHECK(images.dim() == 1 && images.numel() >= 3, kOp,
+              "with image_offsets, images must be one flat uint8 buffer [total bytes] holding at least one "
+              "pixel, got shape ", images.sizes());
+  check_device(images, off, "image_offsets");
+  check_integer(off, "image_offsets");
+  TORCH_CHECK(off.dim() == 1 && off.size(0) > 0, kOp, "image_offsets must be 1-D [N] (one per image), got ",
+              off.sizes());
+  TORCH_CHECK(in.image_sizes.has_value(), kOp, "image_offsets need image_sizes [N, 2] (packed images have no "
+              "common shape)");
+  const at::Tensor& s = *in.image_sizes;
+  check_device(images, s, "image_sizes");
+  check_integer(s, "image_sizes");
+  const int64_t N = off.size(0);
+  TORCH_CHECK(s.dim() == 2 && s.size(0) == N && s.size(1) == 2, kOp, "image_sizes must be [", N,
+              ", 2] (height, width of each packed image), got ", s.sizes());
+  a.images = images.contiguous();
+  a.offsets = off.to(at::kLong).contiguous();
+  a.sizes = s.to(at::kInt).contiguous();
+  a.N = N;
+  const at::Tensor mx = std::get<0>(at::max(a.sizes, 0)).cpu();
+  a.Hmax = std::max<int64_t>(mx[0].item<int32_t>(), 1);
+  a.Wmax = std::max<int64_t>(mx[1].item<int32_t>(), 1);
+  TORCH_CHECK(a.Hmax < (1 << 24) && a.Wmax < (1 << 24), kOp, "images are too large");
+  if (in.check) {
+    check_range(a.sizes, 1, int64_t(1) << 24, "image_sizes", "heights and widths of the packed images");
+    const at::Tensor end = a.offsets + a.sizes.select(1, 0).to(at::kLong) * a.sizes.select(1, 1).to(at::kLong) * 3;
+    check_range(a.offsets, 0, a.images.numel(), "image_offsets", "byte offsets into images");
+    const int64_t last = end.max().item<int64_t>();
+    TORCH_CHECK(last <= a.images.numel(), kOp, "image_offsets / image_sizes: a packed image ends at byte ", last,
+                " but images holds ", a.images.numel(), " bytes");
+  }
+}
+
 // images, output size / dtype / layout, the samples' image ids and the images' true sizes.
 void prepare_images(const CropOpArgs& in, CropArgs& a) {
   const at::Tensor& images = in.images;
   TORCH_CHECK(images.scalar_type() == at::kByte, kOp, "images must be uint8, got ", images.scalar_type());
-  TORCH_CHECK(images.dim() == 4 && images.size(3) == 3, kOp,
-              "images must be [N, H, W, 3] (NHWC RGB), got shape ", images.sizes());
-  TORCH_CHECK(images.size(0) > 0 && images.size(1) > 0 && images.size(2) > 0, kOp, "images must not be empty, got ",
-              images.sizes());
-  TORCH_CHECK(images.size(1) < (1 << 24) && images.size(2) < (1 << 24), kOp, "images are too large");
   TORCH_CHECK(in.size > 0 && in.size <= 8192, kOp, "size must be in [1, 8192], got ", in.size);
+  if (in.image_offsets.has_value()) {
+    prepare_packed(in, a);
+  } else {
+    TORCH_CHECK(images.dim() == 4 && images.size(3) == 3, kOp,
+                "images must be [N, H, W, 3] (NHWC RGB), got shape ", images.sizes());
+    TORCH_CHECK(images.size(0) > 0 && images.size(1) > 0 && images.size(2) > 0, kOp,
+                "images must not be empty, got ", images.sizes());
+    TORCH_CHECK(images.size(1) < (1 << 24) && images.size(2) < (1 << 24), kOp, "images are too large");
+    a.images = images.contiguous();
+    a.N = images.size(0);
+    a.Hmax = images.size(1);
+    a.Wmax = images.size(2);
+  }
   TORCH_CHECK(in.out_dtype == at::kFloat || in.out_dtype == at::kHalf || in.out_dtype == at::kBFloat16, kOp,
               "out_dtype must be float32, float16 or bfloat16, got ", in.out_dtype);
-  a.images = images.contiguous();
-  a.N = images.size(0);
-  a.Hmax = images.size(1);
-  a.Wmax = images.size(2);
   a.S = in.size;
   a.antialias = in.antialias;
   a.out_dtype = in.out_dtype;
@@ -79,7 +123,7 @@ void prepare_images(const CropOpArgs& in, CropArgs& a) {
   a.image_ids = in.image_ids.to(at::kLong).contiguous();
   if (in.check) check_range(a.image_ids, 0, a.N, "image_ids", "indices into images");
 
-  if (in.image_sizes.has_value()) {
+  if (in.image_sizes.has_value() && !a.offsets.defined()) {
     const at::Tensor& s = *in.image_sizes;
     check_device(images, s, "image_sizes");
     check_integer(s, "image_sizes");
@@ -247,7 +291,8 @@ CropArgs crop_and_lookup_checked(const CropOpArgs& in) {
 }  // namespace hald
 
 TORCH_LIBRARY_FRAGMENT(hald, m) {
-  // Crops B samples out of uint8 NHWC images (a padded batch when image_sizes is given), resizes
+  // Crops B samples out of uint8 NHWC images (a padded batch when image_sizes is given; packed images,
+  // one flat buffer with image n at byte image_offsets[n], when image_offsets is given), resizes
   // each to size x size (bilinear, antialiased when downscaling if antialias), flips and normalises.
   // Replay: `boxes` [B,4] (fractions or uint16 codes) + `flips`; fresh: torchvision's RRC rule drawn
   // from (seed, offset) with `scale` / `ratio`, flips with `flip_prob` when `flips` is None.

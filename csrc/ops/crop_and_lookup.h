@@ -15,13 +15,14 @@
 #include "hald/op_front.h"
 #include "hald/resample.h"
 
-// The op's arguments in schema order (the schema's comment is in crop_and_lookup.cpp).
+// The op's arguments in schema order (the schema's comment is in crop_and_lookup.cpp); arguments added
+// later go last, so positional calls written for an older schema keep working.
 #define HALD_CROP_OP_ARGS(X)                                                                      \
   X(Tensor, images) X(OptTensor, image_sizes) X(Tensor, image_ids) X(Int, size) X(OptTensor, boxes) \
   X(OptTensor, flips) X(OptTensor, label_ids) X(OptTensor, label_values) X(OptTensor, slots)         \
   X(OptTensor, mix_partner) X(OptTensor, mix_boxes) X(Int, seed) X(Int, offset) X(Floats, scale)      \
   X(Floats, ratio) X(Float, flip_prob) X(Floats, mean) X(Floats, std) X(Bool, antialias)              \
-  X(ScalarType, out_dtype) X(Bool, channels_last) X(Bool, check)
+  X(ScalarType, out_dtype) X(Bool, channels_last) X(Bool, check) X(OptTensorDefaultNone, image_offsets)
 
 namespace hald {
 
@@ -40,18 +41,53 @@ struct GeomInputs {
   const int32_t* sizes;      // [N, 2], or nullptr: every image fills the batch (Hmax x Wmax)
   const double* boxes;       // [B, 4] or nullptr (fresh crops)
   const uint8_t* flips;      // [B] or nullptr (fresh flips)
+  const int64_t* offsets;    // [N] packed images: byte offset of each image (rows of width * 3), or nullptr
+  int64_t total;             // packed images: bytes in the buffer
   RrcParams rrc;
   int32_t N, Hmax, Wmax;     // bounds every index is clamped to (check=False must not read out of bounds)
 };
 
 HALD_HD int64_t clamp_index(int64_t v, int64_t n) { return v < 0 ? 0 : (v >= n ? n - 1 : v); }
 
+HALD_HD bool packed_image_inside(int64_t offset, int64_t H, int64_t W, int64_t total) {
+  return offset >= 0 && offset <= total - H * W * 3;
+}
+
+// Where the crops' images are: a padded batch [N, Hmax, Wmax, 3], or packed images (one flat buffer,
+// image n at byte offsets[n], its rows W_n * 3 bytes apart, no padding).
+struct ImageLayout {
+  const uint8_t* images;
+  const int64_t* offsets;  // packed, or nullptr (padded)
+  const int32_t* sizes;    // [N, 2] (packed: required)
+  int64_t total, N, Hmax, Wmax;
+};
+
+// The address of pixel (top, left) of sample g's image and the image's row stride (bytes). Packed
+// images out of the buffer (check=False only) were given a 1x1 crop at (0, 0) by resolve_sample; their
+// offset is clamped here, so no read leaves the buffer.
+HALD_HD const uint8_t* image_origin(const ImageLayout& l, const SampleGeom& g, int64_t* stride) {
+  if (l.offsets == nullptr) {
+    *stride = l.Wmax * 3;
+    return l.images + int64_t(g.img) * l.Hmax * *stride + int64_t(g.top) * *stride + int64_t(g.left) * 3;
+  }
+  const int64_t H = clamp_index(l.sizes[2 * g.img], l.Hmax + 1), W = clamp_index(l.sizes[2 * g.img + 1], l.Wmax + 1);
+  int64_t off = l.offsets[g.img];
+  if (!packed_image_inside(off, H > 1 ? H : 1, W > 1 ? W : 1, l.total)) {
+    off = off < 0 ? 0 : (off > l.total - 3 ? l.total - 3 : off);
+  }
+  *stride = W * 3;
+  return l.images + off + int64_t(g.top) * *stride + int64_t(g.left) * 3;
+}
+
 // Sample b's image, pixel box and flip; also the box actually cropped, as fractions of its image.
 HALD_HD SampleGeom resolve_sample(const GeomInputs& in, int64_t b, float* box_out) {
   SampleGeom g;
   g.img = int32_t(clamp_index(in.image_ids[b], in.N));
   const int32_t H = in.sizes != nullptr ? int32_t(clamp_index(in.sizes[2 * g.img], in.Hmax + 1)) : in.Hmax;
-  const int32_t W = in.sizes != nullptr ? int32_t(clamp_index(in.sizes[2 * g.img + 1], in.Wmax + 1)) : in.Wmax;
+  int32_t W = in.sizes != nullptr ? int32_t(clamp_index(in.sizes[2 * g.img + 1], in.Wmax + 1)) : in.Wmax;
+  // A packed image must lie inside the buffer (only reachable with check=False): else the 1x1 crop below,
+  // which image_origin() reads at a clamped offset.
+  if (in.offsets != nullptr && !packed_image_inside(in.offsets[g.img], H, W, in.total)) W = 0;
   if (H < 1 || W < 1) {  // only reachable with check=False and bad sizes: an empty-safe 1x1 crop
     g.top = g.left = 0;
     g.h = g.w = 1;
@@ -80,8 +116,9 @@ HALD_HD SampleGeom resolve_sample(const GeomInputs& in, int64_t b, float* box_ou
 
 // Arguments after validation. Every tensor is on the images' device and contiguous.
 struct CropArgs {
-  at::Tensor images;        // uint8 [N, Hmax, Wmax, 3]
+  at::Tensor images;        // uint8 [N, Hmax, Wmax, 3], or packed: uint8 [total] with offsets
   at::Tensor sizes;         // int32 [N, 2] (true height, width of each image) or undefined (Hmax x Wmax each)
+  at::Tensor offsets;       // int64 [N] packed images' byte offsets, or undefined (a padded batch)
   at::Tensor image_ids;     // int64 [B]
   at::Tensor boxes;         // float64 [B, 4] fractions (replay) or undefined (fresh RRC)
   at::Tensor flips;         // uint8 [B] (replay) or undefined (fresh flips with rrc.flip_prob)
@@ -114,11 +151,19 @@ inline GeomInputs geom_inputs(const CropArgs& a) {
   in.sizes = a.sizes.defined() ? a.sizes.data_ptr<int32_t>() : nullptr;
   in.boxes = a.boxes.defined() ? a.boxes.data_ptr<double>() : nullptr;
   in.flips = a.flips.defined() ? a.flips.data_ptr<uint8_t>() : nullptr;
+  in.offsets = a.offsets.defined() ? a.offsets.data_ptr<int64_t>() : nullptr;
+  in.total = a.images.numel();
   in.rrc = a.rrc;
   in.N = int32_t(a.N);
   in.Hmax = int32_t(a.Hmax);
   in.Wmax = int32_t(a.Wmax);
   return in;
+}
+
+inline ImageLayout image_layout(const CropArgs& a) {
+  return ImageLayout{a.images.data_ptr<uint8_t>(), a.offsets.defined() ? a.offsets.data_ptr<int64_t>() : nullptr,
+                     a.sizes.defined() ? a.sizes.data_ptr<int32_t>() : nullptr, a.images.numel(), a.N, a.Hmax,
+                     a.Wmax};
 }
 
 // Every check of the op's arguments (shape / dtype / device always; values when in.check), shared by

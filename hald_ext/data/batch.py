@@ -8,7 +8,7 @@ import torch
 
 
 class _ImageBatchFields(NamedTuple):
-    images: torch.Tensor  # uint8 [M, Hmax, Wmax, 3], zero-padded bottom / right
+    images: torch.Tensor  # uint8 [M, Hmax, Wmax, 3], zero-padded bottom / right; or packed (see ImageBatch)
     image_sizes: torch.Tensor | None  # int32 [M, 2] (height, width); None when all are Hmax x Wmax
     image_ids: torch.Tensor  # int64 [B]: row of `images` of each sample
 
@@ -18,15 +18,34 @@ class ImageBatch(_ImageBatchFields):
     sample b is row `image_ids[b]` of `images`, cropped within its true size `image_sizes[image_ids[b]]`.
     `.sample_ids[b]` is its index in the image set (the id a label store records): the same as
     `image_ids` for the resident cache, the set's ids where a loader or the streaming source renumbered
-    the rows. (An attribute, not a fourth field: the batch unpacks as the three crop_and_lookup inputs.)"""
+    the rows. (An attribute, not a fourth field: the batch unpacks as the three crop_and_lookup inputs.)
+    `.image_offsets` (int64 [M], or None for a padded batch): the batch is packed -- `images` one flat
+    uint8 buffer holding image m's H x W x 3 bytes at byte `image_offsets[m]`, no padding -- and is
+    passed to `crop_and_lookup(..., image_offsets=)` as it is (`.crop_kwargs()` gives both keywords)."""
 
-    def __new__(cls, images, image_sizes, image_ids, sample_ids=None):
+    def __new__(cls, images, image_sizes, image_ids, sample_ids=None, image_offsets=None):
         self = super().__new__(cls, images, image_sizes, image_ids)
         self.sample_ids = image_ids if sample_ids is None else sample_ids
+        self.image_offsets = image_offsets
         return self
 
     def __getnewargs__(self):
-        return (*self, self.sample_ids)
+        return (*self, self.sample_ids, self.image_offsets)
+
+    def crop_kwargs(self) -> dict:
+        """The image layout keywords of crop_and_lookup for this batch."""
+        return {"image_sizes": self.image_sizes, "image_offsets": self.image_offsets}
+
+    def image(self, row: int) -> torch.Tensor:
+        """Row `row`'s image, HWC uint8 at its true size (a view)."""
+        if self.image_offsets is None:
+            if self.image_sizes is None:
+                return self.images[row]
+            h, w = (int(v) for v in self.image_sizes[row])
+            return self.images[row, :h, :w]
+        h, w = (int(v) for v in self.image_sizes[row])
+        o = int(self.image_offsets[row])
+        return self.images[o:o + h * w * 3].view(h, w, 3)
 
 
 LoadedBatch = ImageBatch  # the loaders' name for it before there was one type
@@ -68,10 +87,4 @@ def collate(images: list, sample_ids: np.ndarray, device: torch.device) -> Image
 
 def unpad(batch: ImageBatch) -> list:
     """The batch's images as HWC uint8 numpy arrays at their true sizes, in sample order."""
-    images = batch.images.cpu().numpy()
-    sizes = None if batch.image_sizes is None else batch.image_sizes.cpu().numpy()
-    out = []
-    for row in batch.image_ids.tolist():
-        h, w = sizes[row] if sizes is not None else images.shape[1:3]
-        out.append(np.ascontiguousarray(images[row, :h, :w]))
-    return out
+    return [np.ascontiguousarray(batch.image(row).cpu().numpy()) for row in batch.image_ids.tolist()]

@@ -7,9 +7,10 @@ convention, hald_ext.data.decode) and decoded arrays through TorchLoader or Dali
   * read a folder in hald_ext.data.folder's order (class folders sorted, files sorted), so sample ids
     are the ids a label store records;
   * shard by torchrun's RANK / WORLD_SIZE (hald_ext.data.folder.shard_range), every epoch;
-  * yield `ImageBatch(images uint8 [M, Hmax, Wmax, 3], image_sizes int32 [M, 2], image_ids [B],
-    sample_ids int64 [B])` on the device, padded to the batch's largest image (sample j is row
-    image_ids[j]; a folder batch leaves its padding unwritten, arrays are zero-padded).
+  * yield `ImageBatch(images, image_sizes int32 [M, 2], image_ids [B], sample_ids int64 [B])` on the
+    device (sample j is row image_ids[j]): arrays zero-padded to the batch's largest image (uint8
+    [M, Hmax, Wmax, 3]); a folder's images packed with no padding (`.image_offsets`, see ImageBatch;
+    `.image(row)` reads either layout, `.crop_kwargs()` hands either to crop_and_lookup).
 A file that cannot be decoded raises ValueError naming it, whichever backend runs.
 """
 from __future__ import annotations
@@ -107,13 +108,18 @@ def resident_cache_from_loader(loader, num_samples: int | None = None):
 
     batches = list(loader)
     n = num_samples if num_samples is not None else loader.num_samples()
-    hmax = max(int(b.images.shape[1]) for b in batches)
-    wmax = max(int(b.images.shape[2]) for b in batches)
+    hmax = max(int(b.image_sizes[:, 0].max()) for b in batches)
+    wmax = max(int(b.image_sizes[:, 1].max()) for b in batches)
     dev = batches[0].images.device
     images = torch.zeros(n, hmax, wmax, 3, dtype=torch.uint8, device=dev)
     sizes = torch.ones(n, 2, dtype=torch.int32, device=dev)
     for b in batches:  # once per set, on the device; row image_ids[j] of a batch is sample sample_ids[j]
-        images[b.sample_ids, : b.images.shape[1], : b.images.shape[2]] = b.images[b.image_ids]
+        if b.image_offsets is None:
+            images[b.sample_ids, : b.images.shape[1], : b.images.shape[2]] = b.images[b.image_ids]
+        else:  # packed: image by image
+            for row, sid in zip(b.image_ids.tolist(), b.sample_ids.tolist()):
+                im = b.image(row)
+                images[sid, : im.shape[0], : im.shape[1]] = im
         sizes[b.sample_ids] = b.image_sizes[b.image_ids]
     labels = torch.as_tensor(loader.labels, dtype=torch.int64, device=dev)
     equal = bool((sizes[:, 0] == hmax).all() and (sizes[:, 1] == wmax).all())

@@ -229,7 +229,7 @@ def relabel_with_stats(images, teacher, out: str, *, sli: int = 1, k: int = 5, t
                 image_ids = pairs // sli
                 batch = source.batch(image_ids.to(device))
                 mix = sample_cutmix(len(pairs), S, cutmix_alpha, seed, b, device) if cutmix_alpha else None
-                r = crop_and_lookup(batch.images, batch.image_ids, S, image_sizes=batch.image_sizes,
+                r = crop_and_lookup(batch.images, batch.image_ids, S, **batch.crop_kwargs(),
                                     boxes=flat_boxes[pairs].to(device), flips=flat_flips[pairs].to(device),
                                     cutmix=mix, mean=mean, std=std)
                 logits = ensemble_logits(teachers, weights, r.crops)

@@ -47,7 +47,9 @@ if _ext.loaded():
     def _crop_fake(*args, **kwargs):
         a = dict(zip(_ext.schema_names(torch.ops.hald.crop_and_lookup.default), args), **kwargs)
         images, size = a["images"], a["size"]
-        torch._check(images.dim() == 4, lambda: "crop_and_lookup: images must be [N, H, W, 3]")
+        packed = a.get("image_offsets") is not None
+        torch._check(images.dim() == (1 if packed else 4),
+                     lambda: "crop_and_lookup: images must be [N, H, W, 3] (or flat [total] with image_offsets)")
         B = a["image_ids"].shape[0]
         crops = images.new_empty((B, 3, size, size), dtype=a["out_dtype"])
         if a["channels_last"]:
@@ -89,7 +91,7 @@ def cutmix_lambda(mix_boxes: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def crop_and_lookup(images: torch.Tensor, image_ids: torch.Tensor, size: int, *,
-                    image_sizes: torch.Tensor | None = None,
+                    image_sizes: torch.Tensor | None = None, image_offsets: torch.Tensor | None = None,
                     boxes: torch.Tensor | None = None, flips: torch.Tensor | None = None,
                     label_ids: torch.Tensor | None = None, label_values: torch.Tensor | None = None,
                     slots: torch.Tensor | None = None,
@@ -108,7 +110,10 @@ def crop_and_lookup(images: torch.Tensor, image_ids: torch.Tensor, size: int, *,
     Labels: with `label_ids` / `label_values` [N, SLI, k] and `slots` [B], the rows at
     (image_id, slot) are gathered in the same launch.
     CutMix: replay a record (`cutmix=CutMix(partner, boxes)`) or draw one (`cutmix_alpha`).
-    `image_sizes` [N, 2] gives the true (H, W) of each image of a padded batch.
+    `image_sizes` [N, 2] gives the true (H, W) of each image of a padded batch. Packed images: `images`
+    one flat uint8 buffer, image n's H x W x 3 bytes at byte `image_offsets[n]` (int64 [N]), sizes
+    required -- no padding, so a batch costs its pixels whatever its largest image (on CUDA the op then
+    reads the largest size on the host: one wait for the device even with `check=False`).
     `check=False` skips the value checks that read tensors (they synchronise a GPU); the kernels
     still never read out of bounds, but bad ids then give garbage instead of an error. On CUDA with
     `check=False` the call never waits for the device (fresh CutMix records included).
@@ -129,14 +134,15 @@ def crop_and_lookup(images: torch.Tensor, image_ids: torch.Tensor, size: int, *,
     partner, mix_boxes = (cutmix.partner, cutmix.boxes) if cutmix is not None else (None, None)
     # Checked here as well as in C++: with a meta / fake tensor among the inputs the dispatcher
     # would never reach the C++ checks.
-    for name, t in (("image_ids", image_ids), ("image_sizes", image_sizes), ("boxes", boxes), ("flips", flips),
+    for name, t in (("image_ids", image_ids), ("image_sizes", image_sizes), ("image_offsets", image_offsets),
+                    ("boxes", boxes), ("flips", flips),
                     ("label_ids", label_ids), ("label_values", label_values), ("slots", slots),
                     ("cutmix.partner", partner), ("cutmix.boxes", mix_boxes)):
         if t is not None and t.device != images.device:
             raise ValueError(f"crop_and_lookup: {name} is on {t.device} but images are on {images.device} "
                              "(all inputs must be on one device)")
     crops, boxes_used, flips_used, lid, lval = torch.ops.hald.crop_and_lookup.default(
-        images=images, image_sizes=image_sizes, image_ids=image_ids, size=int(size), boxes=boxes, flips=flips,
+        images=images, image_sizes=image_sizes, image_offsets=image_offsets, image_ids=image_ids, size=int(size), boxes=boxes, flips=flips,
         label_ids=label_ids, label_values=label_values, slots=slots, mix_partner=partner, mix_boxes=mix_boxes,
         seed=int(seed), offset=int(offset), scale=[float(v) for v in scale], ratio=[float(v) for v in ratio],
         flip_prob=float(flip_prob), mean=[float(v) for v in mean], std=[float(v) for v in std],

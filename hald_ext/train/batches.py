@@ -159,7 +159,7 @@ def crop_resize(batch, pixels: torch.Tensor, flips: torch.Tensor, size: int) -> 
     resize (bilinear, antialiased), flip. A per-sample loop; the fused crop op replaces it."""
     out = torch.empty((len(batch.image_ids), 3, size, size), dtype=torch.uint8, device=batch.images.device)
     for row, (i, (t, l, h, w), f) in enumerate(zip(batch.image_ids.tolist(), pixels.tolist(), flips.tolist())):
-        crop = TF.resized_crop(batch.images[i].permute(2, 0, 1), t, l, h, w, [size, size], antialias=True)
+        crop = TF.resized_crop(batch.image(i).permute(2, 0, 1), t, l, h, w, [size, size], antialias=True)
         out[row] = crop.flip(-1) if f else crop
     return out
 
@@ -283,7 +283,7 @@ class FusedBatchSource(_SourceBase):
         # The op's range checks read ids back to the host, a sync per batch on a GPU. Here they are
         # redundant: the store validated its ids on open and the trainer draws image ids and slots
         # in range itself. On CPU they cost nothing and stay on.
-        return dict(image_sizes=b.image_sizes, mean=self.mean, std=self.std, out_dtype=self.out_dtype,
+        return dict(**b.crop_kwargs(), mean=self.mean, std=self.std, out_dtype=self.out_dtype,
                     channels_last=self.channels_last, check=self.device.type != "cuda")
 
     def soft_batch(self, image_ids: torch.Tensor, slots: torch.Tensor) -> SoftBatch:

@@ -102,7 +102,7 @@ class EvalData:
             sizes = b.image_sizes if b.image_sizes is not None else \
                 torch.tensor(b.images.shape[1:3], dtype=torch.int32).expand(b.images.shape[0], 2)
             boxes = center_crop_boxes(sizes, self.img_size, self.crop_ratio)
-            r = crop_and_lookup(b.images, b.image_ids, self.img_size, image_sizes=b.image_sizes,
+            r = crop_and_lookup(b.images, b.image_ids, self.img_size, **b.crop_kwargs(),
                                 boxes=take(boxes, b.image_ids), flips=torch.zeros_like(b.image_ids, dtype=torch.bool),
                                 mean=mean, std=std)
             yield r.crops, self.targets[b.sample_ids], b.sample_ids

@@ -37,7 +37,7 @@ def random_crops(images, per_image: int, size: int, scale=(0.08, 1.0), seed: int
         image_ids = torch.arange(len(src))
     ids = image_ids.repeat_interleave(per_image)
     b = src.batch(ids.to(src.labels.device))
-    return crop_and_lookup(b.images, b.image_ids, size, image_sizes=b.image_sizes, seed=seed, offset=offset,
+    return crop_and_lookup(b.images, b.image_ids, size, **b.crop_kwargs(), seed=seed, offset=offset,
                            scale=tuple(scale), mean=mean, std=std).crops
 
 

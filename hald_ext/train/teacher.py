@@ -123,10 +123,10 @@ def train_teacher(model: nn.Module, images, targets=None, *, epochs: int, batch_
             B = b.image_ids.shape[0]
             if rrc_scale is None:
                 flips = to_device(torch.rand(B, generator=gen) < 0.5, device)
-                x = crop_and_lookup(b.images, b.image_ids, size, image_sizes=b.image_sizes,
+                x = crop_and_lookup(b.images, b.image_ids, size, **b.crop_kwargs(),
                                     boxes=whole.expand(B, 4), flips=flips, mean=mean, std=std).crops
             else:
-                x = crop_and_lookup(b.images, b.image_ids, size, image_sizes=b.image_sizes, seed=seed,
+                x = crop_and_lookup(b.images, b.image_ids, size, **b.crop_kwargs(), seed=seed,
                                     offset=epoch * steps + step, scale=tuple(rrc_scale), mean=mean, std=std).crops
             loss = nn.functional.cross_entropy(model(x), labels[b.sample_ids.to(device)])
             opt.zero_grad(set_to_none=True)

@@ -41,6 +41,19 @@
 #define HALD_SCHEMA_Bool "bool"
 #define HALD_SCHEMA_ScalarType "ScalarType"
 #define HALD_SCHEMA_Str "str"
+#define HALD_SCHEMA_OptTensorDefaultNone "Tensor?"
+
+// Default value of each argument type in the schema: none, except OptTensorDefaultNone (an argument
+// added to an existing op, last, so calls written before it need not pass it).
+#define HALD_DEFAULT_Tensor ""
+#define HALD_DEFAULT_OptTensor ""
+#define HALD_DEFAULT_Int ""
+#define HALD_DEFAULT_Float ""
+#define HALD_DEFAULT_Floats ""
+#define HALD_DEFAULT_Bool ""
+#define HALD_DEFAULT_ScalarType ""
+#define HALD_DEFAULT_Str ""
+#define HALD_DEFAULT_OptTensorDefaultNone "=None"
 
 namespace hald {
 namespace op_args {
@@ -48,6 +61,7 @@ namespace op_args {
 // C++ type of each argument type.
 using Tensor = at::Tensor;
 using OptTensor = std::optional<at::Tensor>;
+using OptTensorDefaultNone = OptTensor;
 using Int = int64_t;
 using Float = double;
 using Floats = std::vector<double>;
@@ -83,7 +97,7 @@ inline std::string op_schema(const char* name, std::initializer_list<const char*
 
 #define HALD_OP_FIELD(type, name) ::hald::op_args::type name;
 #define HALD_OP_COUNT(type, name) +1
-#define HALD_OP_SCHEMA_ARG(type, name) HALD_SCHEMA_##type " " #name,
+#define HALD_OP_SCHEMA_ARG(type, name) HALD_SCHEMA_##type " " #name HALD_DEFAULT_##type,
 #define HALD_OP_UNPACK(type, name) ::hald::op_args::unpack(stack[i++], a.name);
 
 // struct NAME { one field per argument; count; schema(op, returns); pop(stack) }.

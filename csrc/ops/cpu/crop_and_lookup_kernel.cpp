@@ -291,9 +291,7 @@ class SampleRenderer {
     S_ = a.S;
     ty_.build(g.h, int32_t(S_), a.antialias, false);
     tx_.build(g.w, int32_t(S_), a.antialias, g.flip != 0);
-    stride_ = a.Wmax * 3;
-    origin_ = a.images.data_ptr<uint8_t>() + int64_t(g.img) * a.Hmax * stride_ + int64_t(g.top) * stride_ +
-              int64_t(g.left) * 3;
+    origin_ = image_origin(image_layout(a), g, &stride_);
     width3_ = int64_t(g.w) * 3;
     horizontal_first_ = g.h <= S_;
     if (horizontal_first_) {
@@ -405,12 +403,13 @@ void crop_pixels_band(const CropArgs& a, const std::vector<SampleGeom>& geom, Cr
   const int window = band_window(int32_t(a.Hmax), int32_t(a.Wmax), S, a.antialias);
   const int64_t* partner = a.mix_partner.defined() ? a.mix_partner.data_ptr<int64_t>() : nullptr;
   const int32_t* mix = a.mix_boxes.defined() ? a.mix_boxes.data_ptr<int32_t>() : nullptr;
-  const uint8_t* images = a.images.data_ptr<uint8_t>();
+  const ImageLayout layout = image_layout(a);
   out_t* out = o.crops.data_ptr<out_t>();
-  const int64_t plane = int64_t(S) * S, stride = a.Wmax * 3;
+  const int64_t plane = int64_t(S) * S;
   const auto source = [&](const SampleGeom& g) {
-    return CropSource{images + int64_t(g.img) * a.Hmax * stride + int64_t(g.top) * stride + int64_t(g.left) * 3,
-                      stride, g.h, g.w, g.flip != 0};
+    int64_t stride = 0;
+    const uint8_t* origin = image_origin(layout, g, &stride);
+    return CropSource{origin, stride, g.h, g.w, g.flip != 0};
   };
   const auto load = [](const uint8_t* q) { return float(*q); };
   at::parallel_for(0, a.B, 1, [&](int64_t b0, int64_t b1) {

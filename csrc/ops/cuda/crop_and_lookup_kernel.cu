@@ -53,11 +53,11 @@ __global__ void geometry_kernel(GeomInputs in, GatherArgs ga, int64_t B, SampleG
 }
 
 struct PixelArgs {
-  const uint8_t* images;
+  ImageLayout layout;
   const SampleGeom* geom;
   const int64_t* partner;  // [B] or nullptr
   const int32_t* mix;      // [B, 4] or nullptr
-  int64_t B, Hmax, Wmax;
+  int64_t B;
   int32_t S;
   int32_t bands, chunks;   // output tiles per sample: bands of kBand rows x chunks of blockDim.x columns
   bool antialias, channels_last;
@@ -88,9 +88,9 @@ __device__ __forceinline__ void store_pixel(const PixelArgs& p, int64_t b, int32
 }
 
 __device__ __forceinline__ CropSource crop_source(const PixelArgs& p, const SampleGeom& g) {
-  const int64_t stride = p.Wmax * 3;
-  return CropSource{p.images + int64_t(g.img) * p.Hmax * stride + int64_t(g.top) * stride + int64_t(g.left) * 3,
-                    stride, g.h, g.w, g.flip != 0};
+  int64_t stride = 0;
+  const uint8_t* origin = image_origin(p.layout, g, &stride);
+  return CropSource{origin, stride, g.h, g.w, g.flip != 0};
 }
 
 // Blocks per SM the compiler must fit in registers: small windows are held to 64 registers a thread.
@@ -160,13 +160,11 @@ void crop_and_lookup_cuda_kernel(const CropArgs& a, CropOutputs& o) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   PixelArgs p{};
-  p.images = a.images.data_ptr<uint8_t>();
+  p.layout = image_layout(a);
   p.geom = geom;
   p.partner = a.mix_partner.defined() ? a.mix_partner.data_ptr<int64_t>() : nullptr;
   p.mix = a.mix_boxes.defined() ? a.mix_boxes.data_ptr<int32_t>() : nullptr;
   p.B = a.B;
-  p.Hmax = a.Hmax;
-  p.Wmax = a.Wmax;
   p.S = int32_t(a.S);
   p.antialias = a.antialias;
   p.channels_last = a.channels_last;
