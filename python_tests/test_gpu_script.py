@@ -62,7 +62,7 @@ def test_hald_train_command_line_is_accepted(tmp_path, monkeypatch):
 
 def test_test_selections_name_existing_files_and_tests(tmp_path):
     cmds = commands(tmp_path)
-    ids = cmds["MEMCHECK_TESTS"].split() + cmds["RACECHECK_TESTS"].split()
+    ids = cmds["MEMCHECK_TESTS"].split() + cmds["RACECHECK_TESTS"].split() + cmds["PROBE_TESTS"].split()
     files = cmds["TESTS_1"].split() + cmds["TESTS_2"].split()
     for f in files + [i.split("::")[0] for i in ids]:
         assert os.path.isfile(os.path.join(ROOT, f)), f
@@ -75,11 +75,14 @@ def test_test_selections_name_existing_files_and_tests(tmp_path):
 FAKES = {  # a stand-in GPU machine: every call is logged, nothing runs
     "nvidia-smi": 'echo "NVIDIA H200, 580.0, 143771 MiB"',
     "compute-sanitizer": 'echo "sanitizer $*" >>"$CALLS"; while [[ "$1" == --* && $# -gt 1 ]]; do shift 2; done; "$@"',
-    "python": """echo "python $* [arch=$TORCH_CUDA_ARCH_LIST jobs=$MAX_JOBS]" >>"$CALLS"
+    "python": """echo "python $* [arch=$TORCH_CUDA_ARCH_LIST jobs=$MAX_JOBS${CXX:+ cxx=$CXX cc=$CC}]" >>"$CALLS"
+[[ "$*" == *build_ext* ]] && echo "${CXX:-default}" >"$CALLS.cxx"
 case "$1" in
   -c) case "$2" in *get_device_name*) echo NVIDIA_H200;; *json.dumps*) echo '{"cuda_available": true}';; esac;;
   -) cat >/dev/null;;
-  -m) [[ "$2" == pytest ]] && echo "3 passed in 0.1s";;
+  -m) [[ "$2" == pytest ]] && echo "3 passed in 0.1s"
+      # CRASH_PROBE: the probe tests crash the process unless the build used the system compiler
+      [[ -n "${CRASH_PROBE:-}" && "$*" == *overlapping_rows* && "$(cat "$CALLS.cxx")" != */sys/g++ ]] && exit 139;;
 esac
 exit 0""",
 }
@@ -105,7 +108,7 @@ def test_gpu_paths_run_every_stage_in_order(tmp_path):
         stages[part] = [json.loads(line) for line in (out / f"{part}_stages.jsonl").read_text().splitlines()]
         assert len(os.listdir(out)) <= 8  # what the device tool brings back
     assert [(s["stage"], s["status"]) for s in stages["A"]] == [
-        ("tools", "ok"), ("build", "ok"), ("cuda_tests", "ok"), ("loss_benchmark", "ok")]
+        ("tools", "ok"), ("build", "ok"), ("toolchain_probe", "ok"), ("cuda_tests", "ok"), ("loss_benchmark", "ok")]
     assert [(s["stage"], s["status"]) for s in stages["B"]] == [
         ("crop_benchmark", "ok"), ("resnet18_step", "ok"), ("hald_train", "ok"), ("memcheck", "ok"), ("racecheck", "ok")]
     log = calls.read_text()
@@ -117,3 +120,33 @@ def test_gpu_paths_run_every_stage_in_order(tmp_path):
     assert len(pytest_runs) == 2 + 2  # the two test processes, memcheck, racecheck
     assert "sanitizer --tool memcheck" in log and "sanitizer --tool racecheck" in log
     assert "--device cuda" in log and "hald_ext.cli train" in log and "--device cpu" in log
+
+
+def test_a_crashing_probe_rebuilds_with_the_system_compiler(tmp_path):
+    """Stage A: when the probe tests crash the process after the default build, the build is redone
+    with SYSTEM_CXX (and its gcc), the probe runs again, and the later stages use that build."""
+    import json
+
+    bin_ = tmp_path / "bin"
+    (tmp_path / "sys").mkdir()
+    bin_.mkdir()
+    for name, body in FAKES.items():
+        (bin_ / name).write_text("#!/bin/bash\n" + body + "\n")
+        (bin_ / name).chmod(0o755)
+    (tmp_path / "sys" / "g++").write_text("#!/bin/bash\necho 'g++ (fake) 13.3.0'\n")
+    (tmp_path / "sys" / "g++").chmod(0o755)
+    calls = tmp_path / "calls.log"
+    out = tmp_path / "outA"
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "PYTHON": str(bin_ / "python"), "CALLS": str(calls),
+           "OUT": str(out), "CRASH_PROBE": "1", "SYSTEM_CXX": str(tmp_path / "sys" / "g++")}
+    r = subprocess.run(["bash", SCRIPT, "A"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    stages = [json.loads(line) for line in (out / "A_stages.jsonl").read_text().splitlines()]
+    assert [(s["stage"], s["status"]) for s in stages] == [
+        ("tools", "ok"), ("build", "ok"), ("build", "ok"), ("toolchain_probe", "ok"), ("cuda_tests", "ok"),
+        ("loss_benchmark", "ok")]
+    probe = stages[3]["note"]
+    assert "probe rc 139 (a crash); rebuilt with" in probe and probe.endswith("probe rc 0")
+    builds = [line for line in calls.read_text().splitlines() if "build_ext" in line]
+    assert len(builds) == 2 and "cxx=" not in builds[0]
+    assert f"cxx={tmp_path}/sys/g++ cc={tmp_path}/sys/gcc" in builds[1]
