@@ -28,8 +28,10 @@ def test_image_source_picks_resident_or_streaming_by_budget():
     resident = image_source(s, "cpu")
     assert isinstance(resident, ResidentImageCache)
     mem = resident.memory()
-    assert mem["bytes"] >= 4 * 40 * 40 * 3 and 0 < mem["padding_fraction"] < 1
-    streaming = image_source(s, "cpu", max_bytes=1000)
+    pixels = (30 * 40 + 20 * 10 + 40 * 40 + 8 * 9) * 3
+    assert mem["layout"] == "packed" and mem["pixel_bytes"] == pixels and mem["padding_fraction"] == 0
+    assert isinstance(image_source(s, "cpu", max_bytes=pixels), ResidentImageCache)  # pixels, not 4 x 40 x 40
+    streaming = image_source(s, "cpu", max_bytes=pixels - 1)
     assert isinstance(streaming, StreamingImages) and streaming.memory()["kind"] == "streaming"
 
 
@@ -38,10 +40,20 @@ def test_streaming_batches_crop_like_the_resident_cache():
     resident, streaming = ResidentImageCache.from_image_set(s), StreamingImages(s)
     ids = torch.tensor([4, 1, 1, 3, 0, 4])
     a, b = resident.batch(ids), streaming.batch(ids)
-    assert a.images.shape[0] == 5 and b.images.shape[0] == 4  # only the images the batch uses
-    out_a = crop_and_lookup(a.images, a.image_ids, 16, image_sizes=a.image_sizes, seed=3)
-    out_b = crop_and_lookup(b.images, b.image_ids, 16, image_sizes=b.image_sizes, seed=3)
+    assert a.image_offsets is not None and a.images.numel() == sum(im.size for im in s.images)  # packed
+    assert b.images.shape[0] == 4  # only the images the batch uses
+    out_a = crop_and_lookup(a.images, a.image_ids, 16, **a.crop_kwargs(), seed=3)
+    out_b = crop_and_lookup(b.images, b.image_ids, 16, **b.crop_kwargs(), seed=3)
     assert torch.equal(out_a.crops, out_b.crops) and torch.equal(out_a.boxes, out_b.boxes)
+    padded, sizes = pad_images(s.images)  # and the crops of the whole set padded
+    out_p = crop_and_lookup(torch.from_numpy(padded), ids, 16, image_sizes=torch.from_numpy(sizes), seed=3)
+    assert torch.equal(out_a.crops, out_p.crops)
+
+
+def test_resident_cache_of_one_size_is_one_tensor():
+    cache = ResidentImageCache.from_image_set(image_set([(6, 5)] * 3))
+    assert cache.images.shape == (3, 6, 5, 3) and cache.image_sizes is None and cache.image_offsets is None
+    assert cache.memory()["layout"] == "padded" and len(cache) == 3
 
 
 def test_streaming_keeps_no_padded_copy_of_the_set():

@@ -151,6 +151,8 @@ def test_streamed_batches_equal_the_resident_cache(mixed_store, loader):
     resident = image_source(files, "cpu")
     streamed = image_source(files, "cpu", max_bytes=0, loader=loader, workers=2)
     assert resident.resident and isinstance(streamed, FileImages)
+    pixels = int((files.sizes().astype(np.int64).prod(1)).sum()) * 3  # mixed sizes: packed, no padding
+    assert resident.memory()["layout"] == "packed" and resident.images.numel() == pixels
     a = FusedBatchSource(resident, None, store, SIZE)
     b = FusedBatchSource(streamed, None, store, SIZE)
     gen = torch.Generator().manual_seed(1)

@@ -64,12 +64,25 @@ def pad_images(images: list) -> tuple[np.ndarray, np.ndarray | None]:
     return out, shapes
 
 
-def padded_nbytes(images: list) -> int:
-    if not images:
-        return 0
-    hmax = max(im.shape[0] for im in images)
-    wmax = max(im.shape[1] for im in images)
-    return len(images) * hmax * wmax * 3
+def packed_offsets(sizes: np.ndarray) -> tuple[np.ndarray, int]:
+    """Byte offsets of images of `sizes` [N, 2] (height, width) packed one after another with no
+    padding (crop_and_lookup's `image_offsets` layout), and the bytes they take (at least one pixel's)."""
+    sizes = np.asarray(sizes).reshape(-1, 2)
+    nbytes = sizes[:, 0].astype(np.int64) * sizes[:, 1] * 3
+    offsets = np.zeros(len(sizes), dtype=np.int64)
+    np.cumsum(nbytes[:-1], out=offsets[1:])
+    return offsets, max(int(nbytes.sum()), 3)
+
+
+def all_equal(sizes: np.ndarray) -> bool:
+    sizes = np.asarray(sizes).reshape(-1, 2)
+    return bool(len(sizes) == 0 or (sizes == sizes[0]).all())
+
+
+def resident_nbytes(sizes: np.ndarray) -> int:
+    """Bytes a resident cache of images of `sizes` [N, 2] takes: one [N, H, W, 3] tensor when they are
+    all one size, else packed (their pixels: no padding to the largest)."""
+    return packed_offsets(sizes)[1] if len(np.asarray(sizes).reshape(-1, 2)) else 0
 
 
 def collate(images: list, sample_ids: np.ndarray, device: torch.device) -> ImageBatch:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
-from hald_ext.data.batch import ImageBatch, pad_images
+from hald_ext.data.batch import ImageBatch, all_equal, packed_offsets, pad_images
 
 if TYPE_CHECKING:  # annotation only
     from hald_ext.data.imageset import ImageSet
@@ -31,44 +32,58 @@ def device_budget(device: torch.device, fraction: float = 0.5) -> int:
 
 
 class ResidentImageCache:
-    """The whole image set as one uint8 tensor on the device (decoded once)."""
+    """The whole image set as one uint8 tensor on the device (decoded once): [N, H, W, 3] when the images
+    are all one size (`image_sizes` None), or a padded batch with their sizes, or packed -- one flat
+    buffer with image n at byte `image_offsets[n]`, no padding (what a set of real images of mixed sizes
+    gets: padded to its largest, one 2,000 px ImageNet file would make every image take 12 MB)."""
 
     resident = True
 
-    def __init__(self, images: torch.Tensor, image_sizes: torch.Tensor | None, labels: torch.Tensor):
+    def __init__(self, images: torch.Tensor, image_sizes: torch.Tensor | None, labels: torch.Tensor,
+                 image_offsets: torch.Tensor | None = None):
         self.images = images
         self.image_sizes = image_sizes
         self.labels = labels
+        self.image_offsets = image_offsets
 
     @classmethod
-    def from_image_set(cls, image_set: ImageSet, device="cpu") -> "ResidentImageCache":
+    def from_image_set(cls, image_set: ImageSet, device="cpu") -> ResidentImageCache:
+        """Images of one size as one [N, H, W, 3] tensor, of mixed sizes packed."""
         device = torch.device(device)
-        padded, sizes = pad_images(image_set.images)
-        images = torch.from_numpy(padded).to(device)
-        sizes_t = None if sizes is None else torch.from_numpy(sizes).to(device)
-        return cls(images, sizes_t, torch.as_tensor(image_set.labels, dtype=torch.int64).to(device))
+        labels = torch.as_tensor(image_set.labels, dtype=torch.int64).to(device)
+        sizes = np.array([im.shape[:2] for im in image_set.images], dtype=np.int32).reshape(-1, 2)
+        if all_equal(sizes):
+            return cls(torch.from_numpy(np.stack(image_set.images)).to(device), None, labels)
+        offsets, total = packed_offsets(sizes)
+        flat = np.empty(total, dtype=np.uint8)
+        for o, im in zip(offsets.tolist(), image_set.images):
+            flat[o:o + im.size] = im.reshape(-1)
+        return cls(torch.from_numpy(flat).to(device), torch.from_numpy(sizes).to(device), labels,
+                   torch.from_numpy(offsets).to(device))
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return len(self.labels)
 
     @property
     def device(self) -> torch.device:
         return self.images.device
 
     def batch(self, image_ids: torch.Tensor) -> ImageBatch:
-        return ImageBatch(self.images, self.image_sizes, image_ids, image_ids)
+        return ImageBatch(self.images, self.image_sizes, image_ids, image_ids, image_offsets=self.image_offsets)
 
     def memory(self) -> dict:
-        """Bytes held on the device, and how much of it is padding (images of different sizes)."""
+        """Bytes held on the device, and how much of it is padding (a padded batch of mixed sizes)."""
         n = self.images.numel() * self.images.element_size()
         if self.image_sizes is None:
             payload = n
         else:
             payload = int((self.image_sizes[:, 0].long() * self.image_sizes[:, 1].long()).sum()) * 3
-        extra = sum(t.numel() * t.element_size() for t in (self.labels, self.image_sizes) if t is not None)
+        extra = sum(t.numel() * t.element_size() for t in (self.labels, self.image_sizes, self.image_offsets)
+                    if t is not None)
         return {"kind": "resident", "device": str(self.device), "images": len(self),
+                "layout": "packed" if self.image_offsets is not None else "padded",
                 "shape": list(self.images.shape), "bytes": n + extra, "pixel_bytes": payload,
-                "padding_fraction": 1.0 - payload / n if n else 0.0}
+                "padding_fraction": max(0.0, 1.0 - payload / n) if n else 0.0}
 
 
 class StreamingImages:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from hald_ext.data import decode
-from hald_ext.data.batch import ImageBatch, padded_nbytes
+from hald_ext.data.batch import ImageBatch, all_equal, packed_offsets, resident_nbytes
 from hald_ext.data.cache import ResidentImageCache, StreamingImages, device_budget
 from hald_ext.data.dali import _pipeline_tail
 from hald_ext.data.decode import dali_input, decode_file, find_undecodable
@@ -78,14 +78,12 @@ def _packed(images: list, buffers: _PackedBuffers | None = None) -> tuple:
     largest image -- padded to its largest, a batch of 64 ImageNet files with one 2000 x 2000 image
     took 768 MB for 50 MB of pixels. The batch goes into one of `buffers` when given, else fresh memory."""
     sizes = np.array([im.shape[:2] for im in images], dtype=np.int32).reshape(-1, 2)
-    nbytes = sizes[:, 0].astype(np.int64) * sizes[:, 1] * 3
-    offsets = np.zeros(len(images), dtype=np.int64)
-    np.cumsum(nbytes[:-1], out=offsets[1:])
-    total = max(int(nbytes.sum()), 3)  # the op wants at least one pixel's bytes
+    offsets, total = packed_offsets(sizes)
     out = buffers.take(total) if buffers is not None else torch.empty(total, dtype=torch.uint8)
     view = out.numpy()
-    for o, n, im in zip(offsets.tolist(), nbytes.tolist(), images):
-        view[o:o + n] = np.asarray(im).reshape(-1)
+    for o, im in zip(offsets.tolist(), images):
+        a = np.asarray(im)  # torch workers hand over tensors, DALI and on-the-spot decodes arrays
+        view[o:o + a.size] = a.reshape(-1)
     return out, torch.from_numpy(offsets), torch.from_numpy(sizes)
 
 
@@ -332,7 +330,8 @@ def parse_bytes(value) -> int | None:
 
 
 def image_source(images, device="cpu", max_bytes=None, loader: str = "auto", workers: int | None = None):
-    """The image source of a set: a ResidentImageCache when its padded images fit in `max_bytes`
+    """The image source of a set: a ResidentImageCache when its images fit in `max_bytes` (their
+    pixels: images of different sizes are packed, not padded to the largest)
     (bytes, or "512M" / "2G"; default: half the free device memory; 0: always stream), else a streaming
     source -- StreamingImages for decoded arrays (an ImageSet), FileImages for an image folder's files
     (an ImageFiles: decoded per batch by `loader`, DALI or torch workers, with prefetch; a batch is
@@ -343,26 +342,29 @@ def image_source(images, device="cpu", max_bytes=None, loader: str = "auto", wor
     budget = device_budget(device) if max_bytes is None else parse_bytes(max_bytes)
     if isinstance(images, ImageFiles):
         backend = loader_backend(loader)
-        if budget > 0:
-            sizes = images.sizes()
-            need = len(images) * int(sizes[:, 0].max(initial=1)) * int(sizes[:, 1].max(initial=1)) * 3
-            if need <= budget:
-                return decode_resident(images, device, backend, workers)
+        if budget > 0 and resident_nbytes(images.sizes()) <= budget:
+            return decode_resident(images, device, backend, workers)
         return FileImages(images, device, backend, workers)
-    if padded_nbytes(images.images) <= budget:
+    if resident_nbytes([im.shape[:2] for im in images.images]) <= budget:
         return ResidentImageCache.from_image_set(images, device)
     return StreamingImages(images, device)
 
 
 def decode_resident(files: ImageFiles, device, backend: str = "torch", workers: int | None = None,
                     batch_size: int = 256):
-    """Decode every file once into a ResidentImageCache on `device` (allocated from the header sizes;
-    the decoded batches stream into it, so the peak is the cache plus a few batches)."""
+    """Decode every file once into a ResidentImageCache on `device` (allocated from the header sizes:
+    one [N, H, W, 3] tensor when the files are all one size, else packed; the decoded batches stream
+    into it, so the peak is the cache plus a few batches)."""
     device = torch.device(device)
-    sizes = torch.from_numpy(files.sizes().astype(np.int32))
+    sizes = torch.from_numpy(files.sizes().astype(np.int32).reshape(-1, 2))
     n = len(files)
-    hmax, wmax = (int(v) for v in sizes.max(0).values) if n else (1, 1)
-    images = torch.zeros(n, hmax, wmax, 3, dtype=torch.uint8, device=device)
+    packed = not all_equal(sizes.numpy())
+    if packed:
+        offsets, total = packed_offsets(sizes.numpy())
+        images = torch.empty(total, dtype=torch.uint8, device=device)
+    else:
+        hmax, wmax = (int(v) for v in sizes[0]) if n else (1, 1)
+        images = torch.zeros(n, hmax, wmax, 3, dtype=torch.uint8, device=device)
     src = FileImages(files, device, backend, workers)
     plan = list(torch.arange(n).split(batch_size))
     src.prefetch(plan)
@@ -373,7 +375,12 @@ def decode_resident(files: ImageFiles, device, backend: str = "torch", workers: 
             if (h, w) != tuple(sizes[sid].tolist()):
                 raise ValueError(f"{files.path(sid)}: decodes to {h}x{w} but its header says "
                                  f"{sizes[sid][0]}x{sizes[sid][1]}")
-            images[sid, :h, :w] = b.image(row)
-    equal = bool((sizes[:, 0] == hmax).all() and (sizes[:, 1] == wmax).all())
+            if packed:
+                o = int(offsets[sid])
+                images[o:o + h * w * 3] = b.image(row).reshape(-1)
+            else:
+                images[sid] = b.image(row)
     labels = torch.as_tensor(files.labels, dtype=torch.int64, device=device)
-    return ResidentImageCache(images, None if equal else sizes.to(device), labels)
+    if not packed:
+        return ResidentImageCache(images, None, labels)
+    return ResidentImageCache(images, sizes.to(device), labels, torch.from_numpy(offsets).to(device))
