@@ -118,9 +118,12 @@ def write_sre2l(fkd_path, labels, C, epochs=2, batch_size=4, fkd_seed=42, use_fp
             batch_config = [coords_status, flip_status, mix_index, mix_lam, mix_bbox, output.cpu()]
             torch.save(batch_config, os.path.join(dir_path, "batch_{}.tar".format(batch_idx)))
             sampler_indices_dict.setdefault(str(epoch), []).extend(torch.tensor(index).tolist())
+            # an empty box (rand_bbox clips it to nothing) pastes nothing: the row is its own crop, weight 1
+            pasted = mix and (mix_bbox[2] - mix_bbox[0]) * (mix_bbox[3] - mix_bbox[1]) > 0
             for r, i in enumerate(index):
-                partner = index[int(mix_index[r])] if mix else -1
-                truth[i, epoch] = (coords_status[r], flip_status[r], output[r], partner, mix_lam, mix_bbox)
+                partner = index[int(mix_index[r])] if pasted else -1
+                truth[i, epoch] = (coords_status[r], flip_status[r], output[r], partner,
+                                   mix_lam if pasted else 1.0, mix_bbox)
     if lpld_json:
         with open(os.path.join(fkd_path, "sampler_indices_epoch.json"), "w") as f:
             json.dump(sampler_indices_dict, f)
@@ -586,3 +589,21 @@ def test_order_rows_must_match_label_epochs(tmp_path):
                      None, p]], str(root / f"epoch_{e}.tar"))
     with pytest.raises(LabelImportError, match="--order gives 1 image order"):
         import_batches(str(root), str(tmp_path / "o.safetensors"), 3, flavor="hald", order=np.array([[3, 2, 1, 0]]))
+
+
+@pytest.mark.parametrize("bbox", [[6, 8, 6, 8], [3, 0, 9, 0], [0, 5, 0, 31]])
+def test_an_empty_cutmix_box_imports_as_no_mix(tmp_path, bbox):
+    """SRe2L / HALD's rand_bbox clips a box to nothing when lambda is near 1 (or its centre sits on an
+    edge); the writer still records the partners and its drawn lambda, but nothing was pasted: each
+    row imports as its own crop (partner -1, weight 1), not as a CutMix with a wrong lambda."""
+    n, B = 4, 4
+    path = tmp_path / "sre2l" / "epoch_0"
+    path.mkdir(parents=True)
+    coords = torch.tensor([[0.1, 0.1, 0.5, 0.5]] * B)
+    batch = [coords, torch.zeros(B, dtype=torch.bool), torch.tensor([1, 0, 3, 2]), 0.985, bbox,
+             torch.randn(B, 10).half()]
+    torch.save(batch, str(path / "batch_0.tar"))
+    store = import_batches(str(tmp_path / "sre2l"), str(tmp_path / "s.safetensors"), 10, values="logits",
+                           temperature=20.0, quantizer="fp16", crop_size=32, order=torch.arange(n).view(1, n),
+                           flavor="sre2l").store
+    assert store.mix is None or (store.mix.partner == -1).all()

@@ -947,4 +947,8 @@ def _mix_rows(path, mix_index, lam, bbox, B: int, crop_size):
     if not torch.isfinite(frac).all() or (frac < 0).any() or (frac > 1).any() or frac[0] + frac[2] > 1 \
             or frac[1] + frac[3] > 1:
         raise LabelImportError(f"{path}: mix_bbox {box.tolist()} lies outside a {crop_size}-pixel crop (--crop-size)")
+    if frac[2] == 0 or frac[3] == 0:
+        # An empty box (rand_bbox clips it to nothing when lambda is near 1, or the centre sits on an edge):
+        # nothing was pasted, whatever lambda the writer drew, so the row is its own crop with weight 1.
+        return none, float(box.max())
     return (idx, quantize_boxes(frac).expand(B, 4).clone(), torch.full((B,), lam_v)), float(box.max())
