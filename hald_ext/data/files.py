@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from hald_ext.data.decode import image_size
-from hald_ext.data.folder import list_image_folder
+from hald_ext.data.folder import image_folder_classes
 
 # Bytes of each file that enter its identity: the start (format, dimensions, tables) and the end (the
 # last entropy-coded data, which differs between images), with the file's length.
@@ -46,9 +46,13 @@ class ImageFiles:
 
     @classmethod
     def open(cls, root: str) -> "ImageFiles":
-        paths, labels, classes = list_image_folder(root)
-        rel = [os.path.relpath(p, root).replace(os.sep, "/").encode() for p in paths]
-        return cls(root, np.array(rel, dtype=np.bytes_), labels, classes)
+        classes, per_class = image_folder_classes(root)
+        names, labels = [], []
+        for ci, cname, files in per_class:  # one class's names as Python strings at a time
+            names.append(np.array([f"{cname}/{f}".encode() for f in files], dtype=np.bytes_))
+            labels.append(np.full(len(files), ci, dtype=np.int64))
+        width = max(a.dtype.itemsize for a in names)
+        return cls(root, np.concatenate([a.astype(f"S{width}") for a in names]), np.concatenate(labels), classes)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -77,9 +81,14 @@ class ImageFiles:
         """int32 [N, 2] (height, width) of every image, read from the file headers (stored orientation,
         as the decoders give it); ValueError naming a file that is not an image."""
         if self._sizes is None:
+            sizes = np.empty((len(self), 2), dtype=np.int32)
+            step = 8192  # filled chunk by chunk: never a Python tuple per file of the whole folder at once
             with ThreadPoolExecutor(_IO_THREADS) as pool:
-                sizes = list(pool.map(image_size, (self.path(i) for i in range(len(self))), chunksize=64))
-            self._sizes = np.asarray(sizes, dtype=np.int32).reshape(-1, 2)
+                for start in range(0, len(self), step):
+                    stop = min(start + step, len(self))
+                    sizes[start:stop] = list(pool.map(image_size, (self.path(i) for i in range(start, stop)),
+                                                      chunksize=64))
+            self._sizes = sizes
         return self._sizes
 
     def fingerprint(self) -> dict:

@@ -16,20 +16,34 @@ import numpy as np
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def list_image_folder(root: str) -> tuple[list, np.ndarray, list]:
-    """(paths, class labels int64, class names) in the order every loader reads the folder. Refuses a
-    folder without class sub-folders and a class sub-folder without images (naming it)."""
+def image_folder_classes(root: str):
+    """(class names, an iterator of (class index, class name, its image file names sorted)) in the
+    order every loader reads the folder, one class at a time (a listing of ImageNet's 1.28M files
+    never holds them all as Python strings at once). Refuses a folder without class sub-folders and a
+    class sub-folder without images (naming it)."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder {root!r} does not exist")
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if not classes:
         raise ValueError(f"{root}: no class sub-folders (expected one folder per class: {root}/<class>/<image>)")
+
+    def per_class():
+        for ci, cname in enumerate(classes):
+            files = sorted(f for f in os.listdir(os.path.join(root, cname)) if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not files:
+                raise ValueError(f"{os.path.join(root, cname)}: class folder {cname!r} holds no images "
+                                 f"(extensions {', '.join(IMAGE_EXTENSIONS)}); remove it or add its images")
+            yield ci, cname, files
+
+    return classes, per_class()
+
+
+def list_image_folder(root: str) -> tuple[list, np.ndarray, list]:
+    """(paths, class labels int64, class names) in the order every loader reads the folder (see
+    image_folder_classes; this one holds every path as a string: for small folders)."""
+    classes, per_class = image_folder_classes(root)
     paths, labels = [], []
-    for ci, cname in enumerate(classes):
-        files = [f for f in sorted(os.listdir(os.path.join(root, cname))) if f.lower().endswith(IMAGE_EXTENSIONS)]
-        if not files:
-            raise ValueError(f"{os.path.join(root, cname)}: class folder {cname!r} holds no images "
-                             f"(extensions {', '.join(IMAGE_EXTENSIONS)}); remove it or add its images")
+    for ci, cname, files in per_class:
         paths += [os.path.join(root, cname, f) for f in files]
         labels += [ci] * len(files)
     return paths, np.asarray(labels, dtype=np.int64), classes
