@@ -180,7 +180,7 @@ gpu_tag() { "$PY" -c 'import torch; print(torch.cuda.get_device_name().replace("
 have_ext_cuda() { "$PY" -c "import hald_ext, sys; sys.exit(0 if hald_ext.build_info()['cuda_available'] else 1)" 2>/dev/null; }
 
 export -f dry_parse collect
-export PY OUT WORK LOG
+export PY OUT WORK LOG SYSTEM_CXX
 
 # ---------------------------------------------------------------------------------------- the machine
 GPU=0
