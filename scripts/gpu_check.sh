@@ -226,7 +226,7 @@ if [[ "$PART" == A ]]; then
     for c in "${CXX:-c++}" "$SYSTEM_CXX"; do
       command -v "$c" >/dev/null || { echo "$c: MISSING"; continue; }
       echo "$c: $("$c" --version | head -1); libstdc++: $("$c" -print-file-name=libstdc++.so)"
-      f=$("$c" -print-file-name=libstdc++.so); file -L "$f" 2>/dev/null | grep -q text && head -c 400 "$f"
+      f=$("$c" -print-file-name=libstdc++.so); [[ "$(head -c 2 "$f" 2>/dev/null)" == "/*" ]] && head -c 400 "$f"  # a linker script
     done
     "$PY" - <<'PYEOF'
 import importlib, json, platform, sys
