@@ -332,3 +332,63 @@ def test_fuzz_reader(tmp_path, blob):
     if s.num_images:
         assert int(ids.long().max()) < s.num_classes
         assert float(s.codebook[codes.long()].max()) <= 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# hald::label_store_check (the value checks LabelStore.open runs) against its reference.
+
+def _random_store_arrays(g, rows, k, C, id_dtype, mix):
+    ids = torch.stack([torch.randperm(C, generator=g)[:k] for _ in range(rows)]).to(id_dtype)
+    hw = torch.randint(1, 65536, (rows, 2), generator=g)
+    yx = (torch.rand(rows, 2, generator=g) * (65536 - hw)).long()
+    boxes = torch.cat([yx, hw], 1).to(torch.int32).to(torch.uint16)
+    if not mix:
+        return ids, boxes, None, None, None
+    partner = torch.randint(-1, rows, (rows,), generator=g, dtype=torch.int32)
+    lam = torch.rand(rows, generator=g)
+    mhw = torch.randint(0, 65536, (rows, 2), generator=g)
+    myx = (torch.rand(rows, 2, generator=g) * (65536 - mhw)).long()
+    return ids, boxes, partner, lam, torch.cat([myx, mhw], 1).to(torch.int32).to(torch.uint16)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_label_store_check_matches_its_reference(seed):
+    from hald_ext.reference import label_store_check_reference
+
+    g = torch.Generator().manual_seed(seed)
+    rows = int(torch.randint(1, 300, (1,), generator=g))
+    k = [1, 2, 5, 7, 10, 12][seed % 6]
+    C, id_dtype = (40, torch.uint16) if seed % 2 else (70000, torch.int32)
+    mix = seed % 3 != 0
+    ids, boxes, partner, lam, mboxes = _random_store_arrays(g, rows, k, C, id_dtype, mix)
+    for _ in range(seed % 4):  # 0 to 3 corruptions of random kinds at random rows
+        r = int(torch.randint(0, rows, (1,), generator=g))
+        kind = int(torch.randint(0, 8, (1,), generator=g))
+        if kind == 0:
+            ids[r, -1] = C if id_dtype == torch.uint16 else -3
+        elif kind == 1 and k > 1:
+            ids[r, 0] = ids[r, k - 1]
+        elif kind == 2:
+            boxes[r, 0], boxes[r, 2] = 40000, 30000
+        elif kind == 3:
+            boxes[r, 3] = 0
+        elif kind == 4 and mix:
+            partner[r] = rows + 5
+        elif kind == 5 and mix:
+            lam[r] = float("nan") if r % 2 else 1.5
+        elif kind == 6 and mix:
+            mboxes[r, 1], mboxes[r, 3] = 65535, 2
+        elif kind == 7 and mix:
+            mboxes[r, 2] = 0  # an empty CutMix box is allowed
+    args = (ids, C, boxes, partner, rows, lam, mboxes)
+    assert torch.ops.hald.label_store_check.default(*args) == label_store_check_reference(*args)
+
+
+def test_label_store_check_refuses_bad_arguments():
+    ids, boxes = torch.zeros(3, 2, dtype=torch.int64), torch.full((3, 4), 10, dtype=torch.uint16)
+    with pytest.raises(RuntimeError, match="topk_ids must be uint16 or int32"):
+        torch.ops.hald.label_store_check.default(ids, 10, boxes, None, 3, None, None)
+    with pytest.raises(RuntimeError, match=r"boxes must be uint16 \[rows, 4\]"):
+        torch.ops.hald.label_store_check.default(None, 10, boxes.view(-1), None, 3, None, None)
+    with pytest.raises(RuntimeError, match="mix_partner must be int32"):
+        torch.ops.hald.label_store_check.default(None, 10, boxes, torch.zeros(3), 3, None, None)

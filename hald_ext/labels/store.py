@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from hald_ext import _ext
 from hald_ext.core.device import to_device
 from hald_ext.data import fingerprint
 from hald_ext.labels import format as fmt
@@ -39,43 +40,35 @@ class MixRecord(NamedTuple):
     lam: torch.Tensor  # float32 [n, S]
 
 
+_STORE_ERRORS = {  # hald::label_store_check's codes -> the message (row and value filled in)
+    1: "class id {value} is out of range for C = {C} classes (label row {row})",
+    2: "a label lists the same class id twice in its top-k (class {value}, label row {row})",
+    3: "boxes reach outside the image (y + h or x + w > 1; box {row})",
+    4: "boxes with zero height or width (box {row})",
+    5: "a CutMix partner is not an image of this store (ids must be in [-1, {N})): {value} at row {row}",
+    6: "CutMix lambdas must be finite and in [0, 1] (row {row})",
+    7: "mix_boxes reach outside the image (y + h or x + w > 1; row {row})",
+}
+
+
 def _check_arrays(h: Header, t: dict, where: str, image_offset: int = 0) -> None:
     """Value checks the dtypes cannot express: ids in range and distinct per label, a sane codebook,
-    boxes inside the image, mix records that point at real images."""
-    C = h.num_classes
+    boxes inside the image, mix records that point at real images. One native pass over the rows
+    (hald::label_store_check; its reference is hald_ext.reference.label_store_check)."""
     done = h.progress  # an unfinished relabel: labels past `progress` are not written yet
     if h.quantizer.is_float:
         _check_float_values(t["codes"].reshape(-1, h.k)[:done], where)
     else:
         _check_codebook(t["codebook"], where)
-    ids = t["topk_ids"].reshape(-1, h.k)[:done].numpy() if "topk_ids" in t else None
-    if ids is not None and ids.size:
-        # numpy on the stored dtype (uint16 / int32): no int64 copy, one pass per check
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= C:
-            raise LabelStoreError(f"{where}: class id {lo if lo < 0 else hi} is out of range for C = {C} classes")
-        if h.k > 1 and _has_repeated_id(ids):
-            raise LabelStoreError(f"{where}: a label lists the same class id twice in its top-k")
-    _check_boxes(t["boxes"], "boxes", where, allow_empty=False)
-    if h.mix:
-        partner = t["mix_partner"].numpy()
-        if partner.size and (int(partner.min()) < -1 or int(partner.max()) >= h.num_images):
-            raise LabelStoreError(f"{where}: a CutMix partner is not an image of this store (ids must be in "
-                                  f"[-1, {h.num_images}))")
-        lam = t["mix_lambda"].numpy()
-        if lam.size and not (np.isfinite(lam).all() and lam.min() >= 0 and lam.max() <= 1):
-            raise LabelStoreError(f"{where}: CutMix lambdas must be finite and in [0, 1]")
-        _check_boxes(t["mix_boxes"], "mix_boxes", where, allow_empty=True)
-
-
-def _has_repeated_id(ids: np.ndarray) -> bool:
-    """Whether a row of [N, k] ids repeats one: column pairs for small k (k (k - 1) / 2 passes, no copy),
-    a sort along the row otherwise."""
-    k = ids.shape[1]
-    if k <= 16:
-        return any((ids[:, i] == ids[:, j]).any() for i in range(k) for j in range(i + 1, k))
-    srt = np.sort(ids, axis=1)
-    return bool((srt[:, 1:] == srt[:, :-1]).any())
+    ids = t["topk_ids"].reshape(-1, h.k)[:done] if "topk_ids" in t else None
+    mix = h.mix
+    _ext.require()
+    code, row, value = torch.ops.hald.label_store_check.default(
+        ids, h.num_classes, t["boxes"].reshape(-1, 4), t["mix_partner"].reshape(-1) if mix else None,
+        h.num_images, t["mix_lambda"].reshape(-1) if mix else None, t["mix_boxes"].reshape(-1, 4) if mix else None)
+    if code:
+        raise LabelStoreError(f"{where}: " + _STORE_ERRORS[code].format(value=value, row=row, C=h.num_classes,
+                                                                     N=h.num_images))
 
 
 def _check_float_values(v: torch.Tensor, where: str, rows: int = 1 << 16) -> None:
@@ -97,17 +90,6 @@ def _check_codebook(cb: torch.Tensor, where: str) -> None:
         raise LabelStoreError(f"{where}: the codebook has probabilities outside [0, 1] (negative or > 1)")
     if (cb[1:] < cb[:-1]).any():
         raise LabelStoreError(f"{where}: the codebook is not sorted (corrupt quantiser table)")
-
-
-def _check_boxes(b: torch.Tensor, name: str, where: str, allow_empty: bool) -> None:
-    if not b.numel():
-        return
-    b = b.numpy().reshape(-1, 4).astype(np.int32)
-    # Rounding y and h separately to 1/65535 can overshoot the edge by one code.
-    if (b[:, 0] + b[:, 2]).max() > 65536 or (b[:, 1] + b[:, 3]).max() > 65536:
-        raise LabelStoreError(f"{where}: {name} reach outside the image (y + h or x + w > 1)")
-    if not allow_empty and b[:, 2:].min() == 0:
-        raise LabelStoreError(f"{where}: {name} with zero height or width")
 
 
 def _map_tensor(path: str, offset: int, dtype: str, shape: list) -> torch.Tensor:
