@@ -490,3 +490,38 @@ def test_packed_images_out_of_the_buffer_without_checks_read_nothing_outside():
         assert torch.equal(out[0][0], good[0][0]) and torch.equal(out[0][2], good[0][2])
         assert out[1][1].tolist() == [0.0, 0.0, 0.0, 0.0]
         assert out[0][1].flatten(1).std(1).max() == 0  # one pixel, spread over the crop
+
+
+# ---------------------------------------------------------------------------------------------------
+# out_rows: only the first samples are rendered; the rest give CutMix partners their geometry.
+
+@pytest.mark.parametrize("op", ["crop_and_lookup", "_crop_and_lookup_band"])
+def test_out_rows_renders_the_first_samples_only(op):
+    """A stored CutMix replays each partner's own crop (rows B..2B of the soft batch): with
+    out_rows=B those rows give their geometry to the paste and are not drawn, and the B crops are
+    the first B of the full render, bit for bit; boxes, flips and label rows come for every sample."""
+    images, sizes = padded_batch(5, 60, 50, seed=41)
+    B = 6
+    ids = torch.tensor([0, 1, 2, 3, 4, 0, 2, 2, 4, 1, 3, 0])
+    partner = torch.cat([torch.arange(B, 2 * B), torch.arange(B, 2 * B)])
+    mix_boxes = torch.cat([torch.tensor([[2, 3, 15, 20]] * B), torch.zeros(B, 4, dtype=torch.int64)]).to(torch.int32)
+    kw = dict(images=images, image_sizes=sizes, image_ids=ids, size=24, boxes=random_boxes(2 * B, seed=5),
+              flips=torch.arange(2 * B) % 3 == 0, label_ids=torch.randint(0, 50, (5, 2, 3)),
+              label_values=torch.rand(5, 2, 3), slots=torch.arange(2 * B) % 2, mix_partner=partner,
+              mix_boxes=mix_boxes, seed=0, offset=0, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3], flip_prob=0.5,
+              mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], antialias=True, out_dtype=torch.float32,
+              channels_last=False, check=True)
+    fn = getattr(torch.ops.hald, op).default
+    full = fn(**kw)
+    part = fn(**kw, out_rows=B)
+    assert part[0].shape == (B, 3, 24, 24) and torch.equal(part[0], full[0][:B])
+    for a, b in zip(full[1:], part[1:]):
+        assert torch.equal(a, b)
+    assert fn(**kw, out_rows=0)[0].shape == (0, 3, 24, 24)
+
+
+def test_out_rows_out_of_range_is_named():
+    images, sizes = padded_batch(2, 10, 10, seed=42)
+    for bad in (-2, 5):
+        with pytest.raises(RuntimeError, match=r"out_rows must be -1 \(every sample\) or in \[0, 4\]"):
+            crop_and_lookup(images, torch.tensor([0, 1, 1, 0]), 8, image_sizes=sizes, out_rows=bad)

@@ -338,3 +338,18 @@ def test_packed_images_out_of_the_buffer_stay_in_bounds_on_cuda():
                           image_offsets=offsets.to(c), check=False)
     torch.cuda.synchronize()
     assert torch.isfinite(out.crops).all()
+
+
+def test_out_rows_on_cuda_renders_the_first_samples_like_the_full_launch():
+    images, sizes = padded_batch(5, 60, 50, seed=43)
+    B = 6
+    ids = torch.tensor([0, 1, 2, 3, 4, 0, 2, 2, 4, 1, 3, 0])
+    cut = CutMix(torch.cat([torch.arange(B, 2 * B), torch.arange(B, 2 * B)]),
+                 torch.cat([torch.tensor([[2, 3, 15, 20]] * B), torch.zeros(B, 4, dtype=torch.int64)]).to(torch.int32))
+    c = torch.device("cuda")
+    args = dict(image_sizes=sizes.to(c), boxes=random_boxes(2 * B, seed=6).to(c), cutmix=CutMix(*(t.to(c) for t in cut)))
+    full = crop_and_lookup(images.to(c), ids.to(c), 24, **args)
+    part = crop_and_lookup(images.to(c), ids.to(c), 24, **args, out_rows=B)
+    torch.cuda.synchronize()
+    assert part.crops.shape == (B, 3, 24, 24) and torch.equal(part.crops, full.crops[:B])
+    assert torch.equal(part.boxes, full.boxes) and torch.equal(part.flips, full.flips)

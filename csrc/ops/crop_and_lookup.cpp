@@ -121,6 +121,9 @@ void prepare_images(const CropOpArgs& in, CropArgs& a) {
   TORCH_CHECK(in.image_ids.dim() == 1, kOp, "image_ids must be 1-D [B], got ", in.image_ids.sizes());
   a.B = in.image_ids.size(0);
   a.image_ids = in.image_ids.to(at::kLong).contiguous();
+  TORCH_CHECK(in.out_rows >= -1 && in.out_rows <= a.B, kOp, "out_rows must be -1 (every sample) or in [0, ", a.B,
+              "] (the first samples rendered; the rest only give CutMix partners their crop), got ", in.out_rows);
+  a.out_rows = in.out_rows < 0 ? a.B : in.out_rows;
   if (in.check) check_range(a.image_ids, 0, a.N, "image_ids", "indices into images");
 
   if (in.image_sizes.has_value() && !a.offsets.defined()) {
@@ -260,10 +263,10 @@ CropOutputs allocate_crop_outputs(const CropArgs& a, c10::Allocator* crops_alloc
   const auto opt = a.images.options();
   const auto layout = a.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   if (crops_allocator != nullptr) {
-    o.crops = at::detail::empty_generic({a.B, 3, a.S, a.S}, crops_allocator, c10::DispatchKeySet(opt.computeDispatchKey()),
+    o.crops = at::detail::empty_generic({a.out_rows, 3, a.S, a.S}, crops_allocator, c10::DispatchKeySet(opt.computeDispatchKey()),
                                         a.out_dtype, layout);
   } else {
-    o.crops = at::empty({a.B, 3, a.S, a.S}, opt.dtype(a.out_dtype).memory_format(layout));
+    o.crops = at::empty({a.out_rows, 3, a.S, a.S}, opt.dtype(a.out_dtype).memory_format(layout));
   }
   o.boxes = at::empty({a.B, 4}, opt.dtype(at::kFloat));
   o.flips = at::empty({a.B}, opt.dtype(at::kBool));
@@ -298,7 +301,9 @@ TORCH_LIBRARY_FRAGMENT(hald, m) {
   // from (seed, offset) with `scale` / `ratio`, flips with `flip_prob` when `flips` is None.
   // Optional: label rows [N,SLI,k] gathered at (image_id, slot); CutMix pasting, for each sample,
   // the partner sample's crop inside mix_boxes (y0, x0, y1, x1 output pixels).
-  // Returns (crops [B,3,S,S], boxes used (fractions, float32 [B,4]), flips used (bool [B]),
+  // out_rows (default -1: all): render only the first out_rows samples; the others give CutMix
+  // partners their crop geometry (a stored CutMix replays the partner's own crop) and are not drawn.
+  // Returns (crops [out_rows,3,S,S], boxes used (fractions, float32 [B,4]), flips used (bool [B]),
   // gathered label ids [B,k], gathered label values [B,k]); the label outputs are empty without labels.
   m.def(hald::CropOpArgs::schema("crop_and_lookup", "(Tensor, Tensor, Tensor, Tensor, Tensor)").c_str());
   // The same op rendered on the CPU by the CUDA kernel's per-thread code (hald/resample.h's

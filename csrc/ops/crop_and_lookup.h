@@ -22,7 +22,7 @@
   X(OptTensor, flips) X(OptTensor, label_ids) X(OptTensor, label_values) X(OptTensor, slots)         \
   X(OptTensor, mix_partner) X(OptTensor, mix_boxes) X(Int, seed) X(Int, offset) X(Floats, scale)      \
   X(Floats, ratio) X(Float, flip_prob) X(Floats, mean) X(Floats, std) X(Bool, antialias)              \
-  X(ScalarType, out_dtype) X(Bool, channels_last) X(Bool, check) X(OptTensorDefaultNone, image_offsets)
+  X(ScalarType, out_dtype) X(Bool, channels_last) X(Bool, check) X(OptTensorDefaultNone, image_offsets) X(IntDefaultMinus1, out_rows)
 
 namespace hald {
 
@@ -131,12 +131,13 @@ struct CropArgs {
   float scale[3];           // out = pixel * scale[c] + shift[c]  (= (pixel/255 - mean) / std)
   float shift[3];
   int64_t B = 0, N = 0, Hmax = 0, Wmax = 0, S = 0, sli = 0, k = 0;
+  int64_t out_rows = 0;     // samples rendered (the first ones); the rest give geometry (CutMix partners) only
   bool antialias = true;
   bool channels_last = false;
   c10::ScalarType out_dtype = c10::ScalarType::Float;
 };
 
-// Outputs: crops [B,3,S,S], boxes_used float32 [B,4], flips_used bool [B], geometry int32 [B,6]
+// Outputs: crops [out_rows,3,S,S], boxes_used float32 [B,4], flips_used bool [B], geometry int32 [B,6]
 // (scratch for the crop stage), label rows [B,k] (empty when no labels were asked for).
 struct CropOutputs {
   at::Tensor crops, boxes, flips, geom, label_ids, label_values;

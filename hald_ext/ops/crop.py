@@ -51,7 +51,8 @@ if _ext.loaded():
         torch._check(images.dim() == (1 if packed else 4),
                      lambda: "crop_and_lookup: images must be [N, H, W, 3] (or flat [total] with image_offsets)")
         B = a["image_ids"].shape[0]
-        crops = images.new_empty((B, 3, size, size), dtype=a["out_dtype"])
+        rows = B if a.get("out_rows", -1) < 0 else a["out_rows"]
+        crops = images.new_empty((rows, 3, size, size), dtype=a["out_dtype"])
         if a["channels_last"]:
             crops = crops.contiguous(memory_format=torch.channels_last)
         if a["label_ids"] is not None:
@@ -100,7 +101,7 @@ def crop_and_lookup(images: torch.Tensor, image_ids: torch.Tensor, size: int, *,
                     cutmix: CutMix | None = None, cutmix_alpha: float | None = None,
                     mean=IMAGENET_MEAN, std=IMAGENET_STD, antialias: bool = True,
                     out_dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                    check: bool = True) -> CropResult:
+                    check: bool = True, out_rows: int | None = None) -> CropResult:
     """Crops, flips and normalises B samples of uint8 NHWC `images` to [B, 3, size, size].
 
     Boxes: replayed from `boxes` [B, 4] ((y, x, h, w) fractions, or the label store's uint16 codes),
@@ -110,6 +111,9 @@ def crop_and_lookup(images: torch.Tensor, image_ids: torch.Tensor, size: int, *,
     Labels: with `label_ids` / `label_values` [N, SLI, k] and `slots` [B], the rows at
     (image_id, slot) are gathered in the same launch.
     CutMix: replay a record (`cutmix=CutMix(partner, boxes)`) or draw one (`cutmix_alpha`).
+    `out_rows`: render only the first `out_rows` samples (crops [out_rows, 3, S, S]); the others only
+    give CutMix partners their crop geometry (replaying a stored CutMix needs each partner's own box,
+    not its whole crop). Boxes, flips and label rows come back for every sample.
     `image_sizes` [N, 2] gives the true (H, W) of each image of a padded batch. Packed images: `images`
     one flat uint8 buffer, image n's H x W x 3 bytes at byte `image_offsets[n]` (int64 [N]), sizes
     required -- no padding, so a batch costs its pixels whatever its largest image (on CUDA the op then
@@ -146,7 +150,8 @@ def crop_and_lookup(images: torch.Tensor, image_ids: torch.Tensor, size: int, *,
         label_ids=label_ids, label_values=label_values, slots=slots, mix_partner=partner, mix_boxes=mix_boxes,
         seed=int(seed), offset=int(offset), scale=[float(v) for v in scale], ratio=[float(v) for v in ratio],
         flip_prob=float(flip_prob), mean=[float(v) for v in mean], std=[float(v) for v in std],
-        antialias=bool(antialias), out_dtype=out_dtype, channels_last=bool(channels_last), check=bool(check))
+        antialias=bool(antialias), out_dtype=out_dtype, channels_last=bool(channels_last), check=bool(check),
+        out_rows=-1 if out_rows is None else int(out_rows))
     has_labels = label_ids is not None
     return CropResult(crops, boxes_used, flips_used, lid if has_labels else None, lval if has_labels else None,
                       None if partner is None else partner.to(torch.int64),

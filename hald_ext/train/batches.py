@@ -291,8 +291,9 @@ class FusedBatchSource(_SourceBase):
         B = ids.shape[0]
         row_ids, row_slots, mix = self._soft_rows(ids, sl)
         b = self.images.batch(row_ids)
+        # with a stored CutMix the rows B..2B only give the partners' crop geometry: not rendered
         kw = dict(boxes=take(self._boxes, row_ids, row_slots), flips=self._flips[row_ids, row_slots],
-                  cutmix=None if mix is None else CutMix(*mix), **self._kw(b))
+                  cutmix=None if mix is None else CutMix(*mix), out_rows=B, **self._kw(b))
         if self._tables is not None:
             r = crop_and_lookup(b.images, b.image_ids, self.out_size, label_ids=self._tables[0],
                                 label_values=self._tables[1], slots=row_slots, **kw)

@@ -42,9 +42,10 @@
 #define HALD_SCHEMA_ScalarType "ScalarType"
 #define HALD_SCHEMA_Str "str"
 #define HALD_SCHEMA_OptTensorDefaultNone "Tensor?"
+#define HALD_SCHEMA_IntDefaultMinus1 "int"
 
-// Default value of each argument type in the schema: none, except OptTensorDefaultNone (an argument
-// added to an existing op, last, so calls written before it need not pass it).
+// Default value of each argument type in the schema: none, except the *Default* types (arguments added
+// to an existing op, last, so calls written before them need not pass them).
 #define HALD_DEFAULT_Tensor ""
 #define HALD_DEFAULT_OptTensor ""
 #define HALD_DEFAULT_Int ""
@@ -54,6 +55,7 @@
 #define HALD_DEFAULT_ScalarType ""
 #define HALD_DEFAULT_Str ""
 #define HALD_DEFAULT_OptTensorDefaultNone "=None"
+#define HALD_DEFAULT_IntDefaultMinus1 "=-1"
 
 namespace hald {
 namespace op_args {
@@ -62,6 +64,7 @@ namespace op_args {
 using Tensor = at::Tensor;
 using OptTensor = std::optional<at::Tensor>;
 using OptTensorDefaultNone = OptTensor;
+using IntDefaultMinus1 = int64_t;
 using Int = int64_t;
 using Float = double;
 using Floats = std::vector<double>;

@@ -340,14 +340,14 @@ void crop_pixels(const CropArgs& a, const std::vector<SampleGeom>& geom, CropOut
   // sizes (hence costs) vary by 10x within a batch, and a thread that loses its core to another
   // process must not hold back a fixed share of the batch.
   std::atomic<int64_t> next{0};
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), a.B);
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), a.out_rows);
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     // Per-thread scratch kept across calls (the pool's threads persist): buffers of up to ~1 MB
     // allocated per call were mapped and faulted in afresh each time (~900 faults per call).
     static thread_local SampleRenderer own, other;
     static thread_local std::vector<float> out_row;
     out_row.resize(size_t(S) * 3);
-    for (int64_t b = next.fetch_add(1, std::memory_order_relaxed); b < a.B;
+    for (int64_t b = next.fetch_add(1, std::memory_order_relaxed); b < a.out_rows;
          b = next.fetch_add(1, std::memory_order_relaxed)) {
       own.prepare(a, geom[b], 0, Si, 0, Si);
       // CutMix: the partner's crop replaces this one inside [my0, my1) x [mx0, mx1).
@@ -412,7 +412,7 @@ void crop_pixels_band(const CropArgs& a, const std::vector<SampleGeom>& geom, Cr
     return CropSource{origin, stride, g.h, g.w, g.flip != 0};
   };
   const auto load = [](const uint8_t* q) { return float(*q); };
-  at::parallel_for(0, a.B, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, a.out_rows, 1, [&](int64_t b0, int64_t b1) {
     BandSpans spans[2];
     for (int64_t b = b0; b < b1; ++b) {
       const SampleGeom& g = geom[b];

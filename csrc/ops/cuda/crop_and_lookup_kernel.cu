@@ -158,6 +158,7 @@ void crop_and_lookup_cuda_kernel(const CropArgs& a, CropOutputs& o) {
   geometry_kernel<<<gblocks, kBlock, 0, stream>>>(geom_inputs(a), ga, a.B, geom, o.boxes.data_ptr<float>(),
                                                   o.flips.data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (a.out_rows == 0) return;
 
   PixelArgs p{};
   p.layout = image_layout(a);
@@ -178,7 +179,7 @@ void crop_and_lookup_cuda_kernel(const CropArgs& a, CropOutputs& o) {
   const int threads = int(std::min<int64_t>(std::max<int64_t>((a.S + 31) / 32 * 32, 2 * kBand), kMaxBlock));
   p.chunks = int32_t((a.S + threads - 1) / threads);
   p.bands = int32_t((a.S + kBand - 1) / kBand);
-  const int64_t blocks = a.B * p.bands * p.chunks;
+  const int64_t blocks = a.out_rows * p.bands * p.chunks;  // rendered samples only
   TORCH_CHECK(blocks <= int64_t(INT32_MAX), "crop_and_lookup: batch too large for one launch (", a.B,
               " crops of ", a.S, " x ", a.S, ")");
   // The window holds every tap of every crop of the batch: crops are at most Hmax x Wmax pixels, so
