@@ -28,7 +28,7 @@ ru_maxrss separately), runs interleaved and the order of pipelines alternated, m
     python benchmarks/bench_pipeline.py            # full run (about 15 minutes on 2 cores)
     python benchmarks/bench_pipeline.py --quick    # IPC 1, one run (under 2 minutes)
 
-Writes benchmarks/results/pipeline_cpu.json (pipeline_quick_cpu.json with --quick).
+Writes benchmarks/results/pipeline_cpu.json (pipeline_quick_cpu.json with --quick; pipeline_cpu_<tag>.json with --tag).
 """
 from __future__ import annotations
 
@@ -453,6 +453,7 @@ def interleaved(specs: dict, runs: int, timeout: float, log) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="IPC 1 (SLI 2), one run, few batches: under 2 minutes")
+    p.add_argument("--tag", default="", help="results file pipeline_cpu_<tag>.json (e.g. ipc50), not pipeline_cpu.json")
     p.add_argument("--work-dir", default=os.path.join("/tmp", "hald_bench_pipeline"),
                    help="cache of the generated images and label files (default: /tmp/hald_bench_pipeline)")
     p.add_argument("--ipcs", default="10,50", help="IPCs of the distilled sets (default: 10,50)")
@@ -575,7 +576,7 @@ def drive(args) -> int:
     summary = summarize(result)
     result["summary"] = summary
     print_summary(summary, result)
-    name = f"pipeline_{'quick_' if args.quick else ''}{device_tag('cpu')}.json"
+    name = f"pipeline_{'quick_' if args.quick else ''}{device_tag('cpu')}{'_' + args.tag if args.tag else ''}.json"
     rows = [{"name": k, **v} for k, v in summary.items()]
     path = write_results(name, payload("pipeline: this package against SRe2L / HALD / FKD's own pipelines", rows,
                                        **result))
