@@ -74,6 +74,20 @@ def packed_offsets(sizes: np.ndarray) -> tuple[np.ndarray, int]:
     return offsets, max(int(nbytes.sum()), 3)
 
 
+def pack_images(images: list, alloc=None) -> tuple:
+    """HWC uint8 images (arrays or tensors) -> (uint8 [total] holding them one after another, int64 [M]
+    byte offsets, int32 [M, 2] sizes): crop_and_lookup's `image_offsets` layout, no padding. The
+    buffer comes from `alloc(total)` when given (e.g. a reused one), else fresh memory."""
+    sizes = np.array([im.shape[:2] for im in images], dtype=np.int32).reshape(-1, 2)
+    offsets, total = packed_offsets(sizes)
+    out = torch.empty(total, dtype=torch.uint8) if alloc is None else alloc(total)
+    view = out.numpy()
+    for o, im in zip(offsets.tolist(), images):
+        a = np.asarray(im)
+        view[o:o + a.size] = a.reshape(-1)
+    return out, torch.from_numpy(offsets), torch.from_numpy(sizes)
+
+
 def all_equal(sizes: np.ndarray) -> bool:
     sizes = np.asarray(sizes).reshape(-1, 2)
     return bool(len(sizes) == 0 or (sizes == sizes[0]).all())

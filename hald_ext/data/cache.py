@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from hald_ext.data.batch import ImageBatch, all_equal, packed_offsets, pad_images
+from hald_ext.data.batch import ImageBatch, all_equal, pack_images, pad_images
 
 if TYPE_CHECKING:  # annotation only
     from hald_ext.data.imageset import ImageSet
@@ -47,19 +47,18 @@ class ResidentImageCache:
         self.image_offsets = image_offsets
 
     @classmethod
-    def from_image_set(cls, image_set: ImageSet, device="cpu") -> ResidentImageCache:
-        """Images of one size as one [N, H, W, 3] tensor, of mixed sizes packed."""
+    def from_arrays(cls, images: list, labels, device="cpu") -> ResidentImageCache:
+        """HWC uint8 arrays: of one size as one [N, H, W, 3] tensor, of mixed sizes packed."""
         device = torch.device(device)
-        labels = torch.as_tensor(image_set.labels, dtype=torch.int64).to(device)
-        sizes = np.array([im.shape[:2] for im in image_set.images], dtype=np.int32).reshape(-1, 2)
-        if all_equal(sizes):
-            return cls(torch.from_numpy(np.stack(image_set.images)).to(device), None, labels)
-        offsets, total = packed_offsets(sizes)
-        flat = np.empty(total, dtype=np.uint8)
-        for o, im in zip(offsets.tolist(), image_set.images):
-            flat[o:o + im.size] = im.reshape(-1)
-        return cls(torch.from_numpy(flat).to(device), torch.from_numpy(sizes).to(device), labels,
-                   torch.from_numpy(offsets).to(device))
+        labels = torch.as_tensor(labels, dtype=torch.int64).to(device)
+        if all_equal([im.shape[:2] for im in images]):
+            return cls(torch.from_numpy(np.stack(images)).to(device), None, labels)
+        flat, offsets, sizes = pack_images(images)
+        return cls(flat.to(device), sizes.to(device), labels, offsets.to(device))
+
+    @classmethod
+    def from_image_set(cls, image_set: ImageSet, device="cpu") -> ResidentImageCache:
+        return cls.from_arrays(image_set.images, image_set.labels, device)
 
     def __len__(self) -> int:
         return len(self.labels)
