@@ -1,6 +1,6 @@
 // hald::label_store_check: the value checks of a label store's arrays in one native pass over the rows
-// (LabelStore.open runs it on every file it opens; the numpy checks in hald_ext/reference.py say the
-// same thing and are what the tests compare it with). Per row, in the order the errors are reported:
+// (LabelStore.open runs it on every file it opens; hald_ext/reference/label_store_check.py says the
+// same thing in plain loops, and the tests compare the two). Per row, in the order the errors are reported:
 //   1 a class id out of [0, C)        2 a class id repeated within a row's top-k
 //   3 a box reaching outside the image (y + h or x + w over 65536: rounding allows one code)
 //   4 a box of zero height or width   5 a CutMix partner out of [-1, num_images)
@@ -17,7 +17,6 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <mutex>
 
 namespace hald {
@@ -28,7 +27,7 @@ using Result = std::array<int64_t, 3>;  // code, row, value
 constexpr int64_t kBoxMax = 65536;
 
 template <typename id_t>
-Result check_ids(const id_t* ids, int64_t rows, int64_t k, int64_t C, int64_t r0, int64_t r1) {
+Result check_ids(const id_t* ids, int64_t k, int64_t C, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const id_t* row = ids + r * k;
     for (int64_t i = 0; i < k; ++i) {
@@ -39,7 +38,6 @@ Result check_ids(const id_t* ids, int64_t rows, int64_t k, int64_t C, int64_t r0
       }
     }
   }
-  (void)rows;
   return {0, 0, 0};
 }
 
@@ -78,7 +76,7 @@ bool ids_ok(const id_t* ids, int64_t k, int64_t r0, int64_t r1, int64_t C) {
     case 5: return ids_ok_k<id_t, 5>(ids, r0, r1, C);
     case 8: return ids_ok_k<id_t, 8>(ids, r0, r1, C);
     case 10: return ids_ok_k<id_t, 10>(ids, r0, r1, C);
-    default: return check_ids(ids, r1, k, C, r0, r1)[0] == 0;
+    default: return check_ids(ids, k, C, r0, r1)[0] == 0;
   }
 }
 
@@ -144,14 +142,14 @@ std::vector<int64_t> label_store_check(const std::optional<at::Tensor>& topk_ids
       case at::kUInt16: {
         const auto* p = static_cast<const uint16_t*>(ids.const_data_ptr());
         if (!all_ok(rows, [&](int64_t a, int64_t b) { return ids_ok(p, k, a, b, num_classes); })) {
-          res = over_rows(rows, [&](int64_t a, int64_t b) { return check_ids(p, rows, k, num_classes, a, b); });
+          res = over_rows(rows, [&](int64_t a, int64_t b) { return check_ids(p, k, num_classes, a, b); });
         }
         break;
       }
       case at::kInt: {
         const auto* p = ids.const_data_ptr<int32_t>();
         if (!all_ok(rows, [&](int64_t a, int64_t b) { return ids_ok(p, k, a, b, num_classes); })) {
-          res = over_rows(rows, [&](int64_t a, int64_t b) { return check_ids(p, rows, k, num_classes, a, b); });
+          res = over_rows(rows, [&](int64_t a, int64_t b) { return check_ids(p, k, num_classes, a, b); });
         }
         break;
       }
