@@ -16,6 +16,6 @@ PyMODINIT_FUNC PyInit__C(void) {
   if (mod == nullptr) return nullptr;
   // Which backends this build carries; hald_ext.build_info() reports them.
   PyModule_AddIntConstant(mod, "WITH_CUDA", HALD_WITH_CUDA);
-  PyModule_AddIntConstant(mod, "ABI_VERSION", 3);
+  PyModule_AddIntConstant(mod, "ABI_VERSION", 4);
   return mod;
 }

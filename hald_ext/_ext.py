@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-_ABI_VERSION = 3  # 2: C++ autograd for the loss, _soft_hard_loss_scale_, ops registered per backend;
-#                  3: crop_and_lookup's image_offsets, label_store_check
+_ABI_VERSION = 4  # 2: C++ autograd for the loss, _soft_hard_loss_scale_, ops registered per backend;
+#                  3: crop_and_lookup's image_offsets, label_store_check; 4: its max_image_size
 _error: Exception | None = None
 
 try:

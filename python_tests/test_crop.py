@@ -255,6 +255,8 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.hald.crop_and_lookup.default, args)
     flat, offsets, true = packed_batch(images, sizes)  # the packed layout (image_offsets, last)
     torch.library.opcheck(torch.ops.hald.crop_and_lookup.default, (flat, true) + args[2:] + (offsets,))
+    bound = [int(v) for v in true.max(0).values]  # max_image_size, after out_rows
+    torch.library.opcheck(torch.ops.hald.crop_and_lookup.default, (flat, true) + args[2:] + (offsets, -1, bound))
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -490,6 +492,61 @@ def test_packed_images_out_of_the_buffer_without_checks_read_nothing_outside():
         assert torch.equal(out[0][0], good[0][0]) and torch.equal(out[0][2], good[0][2])
         assert out[1][1].tolist() == [0.0, 0.0, 0.0, 0.0]
         assert out[0][1].flatten(1).std(1).max() == 0  # one pixel, spread over the crop
+
+
+@pytest.mark.parametrize("op", ["crop_and_lookup", "_crop_and_lookup_band"])
+def test_packed_images_with_max_image_size_give_the_same_crops(op):
+    """max_image_size hands the kernels the bound they otherwise read from image_sizes: the exact bound
+    and a looser one give the crops of the call without it (fresh boxes at upscale and downscale)."""
+    images, sizes = padded_batch(6, 70, 90, seed=22)
+    flat, offsets, true = packed_batch(images, sizes, seed=23)
+    ids = torch.tensor([5, 0, 3, 3, 1, 2, 4, 0, 5])
+    fn = getattr(torch.ops.hald, op).default
+    hmax, wmax = (int(v) for v in true.max(0).values)
+    for size in (24, 120):
+        kw = dict(images=flat, image_sizes=true, image_ids=ids, image_offsets=offsets, size=size, seed=7,
+                  offset=3, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3], flip_prob=0.5, mean=[0.485, 0.456, 0.406],
+                  std=[0.229, 0.224, 0.225], antialias=True, out_dtype=torch.float32, channels_last=False,
+                  check=True, boxes=None, flips=None, label_ids=None, label_values=None, slots=None,
+                  mix_partner=None, mix_boxes=None)
+        ref = fn(**kw)
+        for bound in ([hmax, wmax], [hmax + 300, wmax + 7]):
+            got = fn(**kw, max_image_size=bound)
+            for name, a, b in zip(("crops", "boxes", "flips"), ref, got):
+                assert torch.equal(a, b), (size, bound, name)
+
+
+@pytest.mark.parametrize("bound, padded, match", [
+    ((5,), False, "max_image_size must be"),
+    ((0, 10), False, r"max_image_size must be in \[1"),
+    ("short_h", False, r"image_sizes\[:, 0\] out of range.*within max_image_size"),
+    ("short_w", False, r"image_sizes\[:, 1\] out of range.*within max_image_size"),
+    ((40, 40), True, "max_image_size is for packed images"),
+])
+def test_max_image_size_bad_input_named(bound, padded, match):
+    images, sizes = padded_batch(3, 12, 10, seed=8)
+    flat, offsets, true = packed_batch(images, sizes, seed=9)
+    hmax, wmax = (int(v) for v in true.max(0).values)
+    bound = {"short_h": (hmax - 1, wmax), "short_w": (hmax, wmax - 1)}.get(bound, bound)
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        if padded:
+            crop_and_lookup(images, torch.tensor([0, 1, 2]), 8, image_sizes=sizes, max_image_size=bound)
+        else:
+            crop_and_lookup(flat, torch.tensor([0, 1, 2]), 8, image_sizes=true, image_offsets=offsets,
+                            max_image_size=bound)
+
+
+def test_max_image_size_too_small_without_checks_reads_nothing_outside():
+    """check=False trusts max_image_size; a bound below the images' sizes clamps them (wrong pixels, never
+    a read outside an image's bytes or the buffer)."""
+    images, sizes = padded_batch(4, 40, 30, seed=14)
+    flat, offsets, true = packed_batch(images, sizes, seed=15)
+    ids = torch.tensor([0, 1, 2, 3, 1])
+    for size in (8, 64):
+        out = crop_and_lookup(flat, ids, size, image_sizes=true, image_offsets=offsets, max_image_size=(3, 2),
+                              check=False, seed=1)
+        assert torch.isfinite(out.crops).all()
+        assert ((out.boxes[:, 0] + out.boxes[:, 2]) <= 1 + 1e-6).all()
 
 
 # ---------------------------------------------------------------------------------------------------

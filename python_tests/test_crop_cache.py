@@ -41,6 +41,9 @@ def test_streaming_batches_crop_like_the_resident_cache():
     ids = torch.tensor([4, 1, 1, 3, 0, 4])
     a, b = resident.batch(ids), streaming.batch(ids)
     assert a.image_offsets is not None and a.images.numel() == sum(im.size for im in s.images)  # packed
+    assert a.max_image_size == (40, 40) == resident.max_image_size  # the bound, known on the host
+    unbounded = ResidentImageCache(resident.images, resident.image_sizes, resident.labels, resident.image_offsets)
+    assert unbounded.max_image_size == (40, 40)  # read once when not given
     assert b.images.shape[0] == 4  # only the images the batch uses
     out_a = crop_and_lookup(a.images, a.image_ids, 16, **a.crop_kwargs(), seed=3)
     out_b = crop_and_lookup(b.images, b.image_ids, 16, **b.crop_kwargs(), seed=3)
@@ -54,6 +57,7 @@ def test_resident_cache_of_one_size_is_one_tensor():
     cache = ResidentImageCache.from_image_set(image_set([(6, 5)] * 3))
     assert cache.images.shape == (3, 6, 5, 3) and cache.image_sizes is None and cache.image_offsets is None
     assert cache.memory()["layout"] == "padded" and len(cache) == 3
+    assert cache.max_image_size is None and "max_image_size" not in cache.batch(torch.tensor([0])).crop_kwargs()
 
 
 def test_streaming_keeps_no_padded_copy_of_the_set():

@@ -340,6 +340,30 @@ def test_packed_images_out_of_the_buffer_stay_in_bounds_on_cuda():
     assert torch.isfinite(out.crops).all()
 
 
+def test_packed_images_with_max_image_size_never_wait_for_the_device():
+    """A packed resident cache hands crop_and_lookup its bound (max_image_size): with check=False the
+    call then never synchronises (without the bound the op reads it from image_sizes on the device,
+    which the sync detector must catch), and gives the crops of the call that read it."""
+    images, sizes = padded_batch(6, 70, 90, seed=35)
+    flat, offsets, true = packed_batch(images, sizes, seed=36)
+    c = torch.device("cuda")
+    flat, offsets, true = flat.to(c), offsets.to(c), true.to(c)
+    ids = torch.tensor([5, 0, 3, 3, 1, 2, 4, 0, 5], device=c)
+    bound = tuple(int(v) for v in sizes.max(0).values)
+    ref = crop_and_lookup(flat, ids, 24, image_sizes=true, image_offsets=offsets, seed=7, offset=3, check=False)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = crop_and_lookup(flat, ids, 24, image_sizes=true, image_offsets=offsets, seed=7, offset=3,
+                              check=False, max_image_size=bound)
+        with pytest.raises(RuntimeError):
+            crop_and_lookup(flat, ids, 24, image_sizes=true, image_offsets=offsets, seed=7, check=False)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    assert torch.equal(got.crops, ref.crops) and torch.equal(got.boxes, ref.boxes)
+
+
 def test_out_rows_on_cuda_renders_the_first_samples_like_the_full_launch():
     images, sizes = padded_batch(5, 60, 50, seed=43)
     B = 6

@@ -153,6 +153,12 @@ def test_streamed_batches_equal_the_resident_cache(mixed_store, loader):
     assert resident.resident and isinstance(streamed, FileImages)
     pixels = int((files.sizes().astype(np.int64).prod(1)).sum()) * 3  # mixed sizes: packed, no padding
     assert resident.memory()["layout"] == "packed" and resident.images.numel() == pixels
+    # the packed layouts carry their bound on the host (crop_and_lookup's max_image_size: no device read)
+    sizes = files.sizes()
+    assert resident.max_image_size == tuple(int(v) for v in sizes.max(0))
+    assert resident.batch(torch.tensor([0, 3])).crop_kwargs()["max_image_size"] == resident.max_image_size
+    some = torch.tensor([3, 7, 7, 12])
+    assert streamed.batch(some).max_image_size == tuple(int(v) for v in sizes[[3, 7, 12]].max(0))
     a = FusedBatchSource(resident, None, store, SIZE)
     b = FusedBatchSource(streamed, None, store, SIZE)
     gen = torch.Generator().manual_seed(1)

@@ -52,9 +52,10 @@ std::array<double, 2> pair_arg(const std::vector<double>& v, const char* name) {
 
 
 // Packed images: one flat uint8 buffer, image n's H_n x W_n x 3 bytes at image_offsets[n] (no padding),
-// image_sizes required. The largest height and width are read on the host (on CUDA: one wait for the
-// device, even with check=False); every image must lie inside the buffer (checked with check=True;
-// with check=False the kernels clamp instead of reading outside).
+// image_sizes required. The kernels need the largest height and width on the host: max_image_size
+// (H, W) gives them, else they are read from image_sizes (on CUDA: one wait for the device, even with
+// check=False). Every image must lie inside the buffer and within max_image_size (checked with
+// check=True; with check=False the kernels clamp both instead of reading outside).
 void prepare_packed(const CropOpArgs& in, CropArgs& a) {
   const at::Tensor& images = in.images;
   const at::Tensor& off = *in.image_offsets;
@@ -77,12 +78,26 @@ void prepare_packed(const CropOpArgs& in, CropArgs& a) {
   a.offsets = off.to(at::kLong).contiguous();
   a.sizes = s.to(at::kInt).contiguous();
   a.N = N;
-  const at::Tensor mx = std::get<0>(at::max(a.sizes, 0)).cpu();
-  a.Hmax = std::max<int64_t>(mx[0].item<int32_t>(), 1);
-  a.Wmax = std::max<int64_t>(mx[1].item<int32_t>(), 1);
-  TORCH_CHECK(a.Hmax < (1 << 24) && a.Wmax < (1 << 24), kOp, "images are too large");
+  const std::vector<int64_t>& bound = in.max_image_size;
+  TORCH_CHECK(bound.empty() || bound.size() == 2, kOp, "max_image_size must be [] or (height, width), got ",
+              bound.size(), " values");
+  if (bound.size() == 2) {
+    TORCH_CHECK(bound[0] >= 1 && bound[1] >= 1 && bound[0] < (1 << 24) && bound[1] < (1 << 24), kOp,
+                "max_image_size must be in [1, 2^24), got (", bound[0], ", ", bound[1], ")");
+    a.Hmax = bound[0];
+    a.Wmax = bound[1];
+  } else {
+    const at::Tensor mx = std::get<0>(at::max(a.sizes, 0)).cpu();
+    a.Hmax = std::max<int64_t>(mx[0].item<int32_t>(), 1);
+    a.Wmax = std::max<int64_t>(mx[1].item<int32_t>(), 1);
+    TORCH_CHECK(a.Hmax < (1 << 24) && a.Wmax < (1 << 24), kOp, "images are too large");
+  }
   if (in.check) {
     check_range(a.sizes, 1, int64_t(1) << 24, "image_sizes", "heights and widths of the packed images");
+    if (bound.size() == 2) {
+      check_range(a.sizes.select(1, 0), 1, a.Hmax + 1, "image_sizes[:, 0]", "heights within max_image_size");
+      check_range(a.sizes.select(1, 1), 1, a.Wmax + 1, "image_sizes[:, 1]", "widths within max_image_size");
+    }
     const at::Tensor end = a.offsets + a.sizes.select(1, 0).to(at::kLong) * a.sizes.select(1, 1).to(at::kLong) * 3;
     check_range(a.offsets, 0, a.images.numel(), "image_offsets", "byte offsets into images");
     const int64_t last = end.max().item<int64_t>();
@@ -99,6 +114,8 @@ void prepare_images(const CropOpArgs& in, CropArgs& a) {
   if (in.image_offsets.has_value()) {
     prepare_packed(in, a);
   } else {
+    TORCH_CHECK(in.max_image_size.empty(), kOp, "max_image_size is for packed images (image_offsets); a padded "
+                "batch's bound is its shape");
     TORCH_CHECK(images.dim() == 4 && images.size(3) == 3, kOp,
                 "images must be [N, H, W, 3] (NHWC RGB), got shape ", images.sizes());
     TORCH_CHECK(images.size(0) > 0 && images.size(1) > 0 && images.size(2) > 0, kOp,
@@ -303,6 +320,8 @@ TORCH_LIBRARY_FRAGMENT(hald, m) {
   // the partner sample's crop inside mix_boxes (y0, x0, y1, x1 output pixels).
   // out_rows (default -1: all): render only the first out_rows samples; the others give CutMix
   // partners their crop geometry (a stored CutMix replays the partner's own crop) and are not drawn.
+  // max_image_size (default []): (H, W) bounding packed images, so the op need not read it from the
+  // device (see prepare_packed).
   // Returns (crops [out_rows,3,S,S], boxes used (fractions, float32 [B,4]), flips used (bool [B]),
   // gathered label ids [B,k], gathered label values [B,k]); the label outputs are empty without labels.
   m.def(hald::CropOpArgs::schema("crop_and_lookup", "(Tensor, Tensor, Tensor, Tensor, Tensor)").c_str());

@@ -22,7 +22,8 @@
   X(OptTensor, flips) X(OptTensor, label_ids) X(OptTensor, label_values) X(OptTensor, slots)         \
   X(OptTensor, mix_partner) X(OptTensor, mix_boxes) X(Int, seed) X(Int, offset) X(Floats, scale)      \
   X(Floats, ratio) X(Float, flip_prob) X(Floats, mean) X(Floats, std) X(Bool, antialias)              \
-  X(ScalarType, out_dtype) X(Bool, channels_last) X(Bool, check) X(OptTensorDefaultNone, image_offsets) X(IntDefaultMinus1, out_rows)
+  X(ScalarType, out_dtype) X(Bool, channels_last) X(Bool, check) X(OptTensorDefaultNone, image_offsets) X(IntDefaultMinus1, out_rows) \
+  X(IntsDefaultEmpty, max_image_size)
 
 namespace hald {
 

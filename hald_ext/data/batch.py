@@ -21,20 +21,26 @@ class ImageBatch(_ImageBatchFields):
     the rows. (An attribute, not a fourth field: the batch unpacks as the three crop_and_lookup inputs.)
     `.image_offsets` (int64 [M], or None for a padded batch): the batch is packed -- `images` one flat
     uint8 buffer holding image m's H x W x 3 bytes at byte `image_offsets[m]`, no padding -- and is
-    passed to `crop_and_lookup(..., image_offsets=)` as it is (`.crop_kwargs()` gives both keywords)."""
+    passed to `crop_and_lookup(..., image_offsets=)` as it is (`.crop_kwargs()` gives the keywords).
+    `.max_image_size` ((H, W) ints, or None): a bound on a packed batch's sizes known on the host, so the
+    op need not read it from the device (its producers set it; None: the op reads `image_sizes`)."""
 
-    def __new__(cls, images, image_sizes, image_ids, sample_ids=None, image_offsets=None):
+    def __new__(cls, images, image_sizes, image_ids, sample_ids=None, image_offsets=None, max_image_size=None):
         self = super().__new__(cls, images, image_sizes, image_ids)
         self.sample_ids = image_ids if sample_ids is None else sample_ids
         self.image_offsets = image_offsets
+        self.max_image_size = None if max_image_size is None else (int(max_image_size[0]), int(max_image_size[1]))
         return self
 
     def __getnewargs__(self):
-        return (*self, self.sample_ids, self.image_offsets)
+        return (*self, self.sample_ids, self.image_offsets, self.max_image_size)
 
     def crop_kwargs(self) -> dict:
         """The image layout keywords of crop_and_lookup for this batch."""
-        return {"image_sizes": self.image_sizes, "image_offsets": self.image_offsets}
+        if self.image_offsets is None:
+            return {"image_sizes": self.image_sizes, "image_offsets": None}
+        return {"image_sizes": self.image_sizes, "image_offsets": self.image_offsets,
+                "max_image_size": self.max_image_size}
 
     def image(self, row: int) -> torch.Tensor:
         """Row `row`'s image, HWC uint8 at its true size (a view)."""
@@ -86,6 +92,17 @@ def pack_images(images: list, alloc=None) -> tuple:
         a = np.asarray(im)
         view[o:o + a.size] = a.reshape(-1)
     return out, torch.from_numpy(offsets), torch.from_numpy(sizes)
+
+
+def size_bound(sizes) -> tuple[int, int]:
+    """The largest (height, width) of `sizes` [M, 2] (array or tensor; read once, at least 1 x 1): the
+    `max_image_size` of a packed batch, computed where the sizes are still on the host."""
+    s = sizes.cpu().numpy() if isinstance(sizes, torch.Tensor) else np.asarray(sizes)
+    s = s.reshape(-1, 2)
+    if not len(s):
+        return 1, 1
+    h, w = s.max(0)
+    return max(int(h), 1), max(int(w), 1)
 
 
 def all_equal(sizes: np.ndarray) -> bool:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from hald_ext.data.batch import ImageBatch, all_equal, pack_images, pad_images
+from hald_ext.data.batch import ImageBatch, all_equal, pack_images, pad_images, size_bound
 
 if TYPE_CHECKING:  # annotation only
     from hald_ext.data.imageset import ImageSet
@@ -40,11 +40,15 @@ class ResidentImageCache:
     resident = True
 
     def __init__(self, images: torch.Tensor, image_sizes: torch.Tensor | None, labels: torch.Tensor,
-                 image_offsets: torch.Tensor | None = None):
+                 image_offsets: torch.Tensor | None = None, max_image_size: tuple[int, int] | None = None):
         self.images = images
         self.image_sizes = image_sizes
         self.labels = labels
         self.image_offsets = image_offsets
+        # packed: the bound crop_and_lookup needs on the host, read once here rather than every step
+        if image_offsets is not None and max_image_size is None:
+            max_image_size = size_bound(image_sizes)
+        self.max_image_size = max_image_size if image_offsets is not None else None
 
     @classmethod
     def from_arrays(cls, images: list, labels, device="cpu") -> ResidentImageCache:
@@ -54,7 +58,7 @@ class ResidentImageCache:
         if all_equal([im.shape[:2] for im in images]):
             return cls(torch.from_numpy(np.stack(images)).to(device), None, labels)
         flat, offsets, sizes = pack_images(images)
-        return cls(flat.to(device), sizes.to(device), labels, offsets.to(device))
+        return cls(flat.to(device), sizes.to(device), labels, offsets.to(device), size_bound(sizes))
 
     @classmethod
     def from_image_set(cls, image_set: ImageSet, device="cpu") -> ResidentImageCache:
@@ -68,7 +72,8 @@ class ResidentImageCache:
         return self.images.device
 
     def batch(self, image_ids: torch.Tensor) -> ImageBatch:
-        return ImageBatch(self.images, self.image_sizes, image_ids, image_ids, image_offsets=self.image_offsets)
+        return ImageBatch(self.images, self.image_sizes, image_ids, image_ids, image_offsets=self.image_offsets,
+                          max_image_size=self.max_image_size)
 
     def memory(self) -> dict:
         """Bytes held on the device, and how much of it is padding (a padded batch of mixed sizes)."""

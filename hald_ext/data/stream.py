@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from hald_ext.data import decode
-from hald_ext.data.batch import ImageBatch, all_equal, pack_images, packed_offsets, resident_nbytes
+from hald_ext.data.batch import ImageBatch, all_equal, pack_images, packed_offsets, resident_nbytes, size_bound
 from hald_ext.data.cache import ResidentImageCache, StreamingImages, device_budget
 from hald_ext.data.dali import _pipeline_tail
 from hald_ext.data.decode import dali_input, decode_file, find_undecodable
@@ -284,9 +284,10 @@ class FileImages:
         if got is None:
             ids = np.unique(image_ids.reshape(-1).cpu().numpy().astype(np.int64))
             got = _decode_batch(self.files, ids)
-        offsets = None
+        offsets = bound = None
         if len(got) == 2:  # decoded arrays (torch workers, DALI on the CPU, or on the spot): packed here
             images, offsets, sizes = _packed(got[0], self._buffers)
+            bound = size_bound(sizes)
             unique = got[1]
             if self.device.type == "cuda":
                 images, offsets, sizes = images.pin_memory(), offsets.pin_memory(), sizes.pin_memory()
@@ -300,7 +301,7 @@ class FileImages:
         unique = unique.to(dev, non_blocking=nb)
         ids = image_ids.reshape(-1).to(dev, non_blocking=nb).contiguous()
         local = torch.searchsorted(unique, ids)  # rows of this batch's distinct images
-        return ImageBatch(images, sizes, local, ids, image_offsets=offsets)
+        return ImageBatch(images, sizes, local, ids, image_offsets=offsets, max_image_size=bound)
 
     def memory(self) -> dict:
         return {"kind": "streaming", "backend": self.decoder, "workers": self.workers, "device": str(self.device),
@@ -376,4 +377,5 @@ def decode_resident(files: ImageFiles, device, backend: str = "torch", workers: 
     labels = torch.as_tensor(files.labels, dtype=torch.int64, device=device)
     if not packed:
         return ResidentImageCache(images, None, labels)
-    return ResidentImageCache(images, sizes.to(device), labels, torch.from_numpy(offsets).to(device))
+    return ResidentImageCache(images, sizes.to(device), labels, torch.from_numpy(offsets).to(device),
+                              size_bound(sizes))

@@ -101,7 +101,8 @@ def crop_and_lookup(images: torch.Tensor, image_ids: torch.Tensor, size: int, *,
                     cutmix: CutMix | None = None, cutmix_alpha: float | None = None,
                     mean=IMAGENET_MEAN, std=IMAGENET_STD, antialias: bool = True,
                     out_dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                    check: bool = True, out_rows: int | None = None) -> CropResult:
+                    check: bool = True, out_rows: int | None = None,
+                    max_image_size: tuple[int, int] | None = None) -> CropResult:
     """Crops, flips and normalises B samples of uint8 NHWC `images` to [B, 3, size, size].
 
     Boxes: replayed from `boxes` [B, 4] ((y, x, h, w) fractions, or the label store's uint16 codes),
@@ -116,8 +117,9 @@ def crop_and_lookup(images: torch.Tensor, image_ids: torch.Tensor, size: int, *,
     not its whole crop). Boxes, flips and label rows come back for every sample.
     `image_sizes` [N, 2] gives the true (H, W) of each image of a padded batch. Packed images: `images`
     one flat uint8 buffer, image n's H x W x 3 bytes at byte `image_offsets[n]` (int64 [N]), sizes
-    required -- no padding, so a batch costs its pixels whatever its largest image (on CUDA the op then
-    reads the largest size on the host: one wait for the device even with `check=False`).
+    required -- no padding, so a batch costs its pixels whatever its largest image. The kernels need the
+    largest (H, W) on the host: give it as `max_image_size` (what `ImageBatch.crop_kwargs()` does), or
+    the op reads it from `image_sizes` (on CUDA one wait for the device, even with `check=False`).
     `check=False` skips the value checks that read tensors (they synchronise a GPU); the kernels
     still never read out of bounds, but bad ids then give garbage instead of an error. On CUDA with
     `check=False` the call never waits for the device (fresh CutMix records included).
@@ -151,7 +153,8 @@ def crop_and_lookup(images: torch.Tensor, image_ids: torch.Tensor, size: int, *,
         seed=int(seed), offset=int(offset), scale=[float(v) for v in scale], ratio=[float(v) for v in ratio],
         flip_prob=float(flip_prob), mean=[float(v) for v in mean], std=[float(v) for v in std],
         antialias=bool(antialias), out_dtype=out_dtype, channels_last=bool(channels_last), check=bool(check),
-        out_rows=-1 if out_rows is None else int(out_rows))
+        out_rows=-1 if out_rows is None else int(out_rows),
+        max_image_size=[] if max_image_size is None else [int(v) for v in max_image_size])
     has_labels = label_ids is not None
     return CropResult(crops, boxes_used, flips_used, lid if has_labels else None, lval if has_labels else None,
                       None if partner is None else partner.to(torch.int64),

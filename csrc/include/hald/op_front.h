@@ -43,6 +43,7 @@
 #define HALD_SCHEMA_Str "str"
 #define HALD_SCHEMA_OptTensorDefaultNone "Tensor?"
 #define HALD_SCHEMA_IntDefaultMinus1 "int"
+#define HALD_SCHEMA_IntsDefaultEmpty "int[]"
 
 // Default value of each argument type in the schema: none, except the *Default* types (arguments added
 // to an existing op, last, so calls written before them need not pass them).
@@ -56,6 +57,7 @@
 #define HALD_DEFAULT_Str ""
 #define HALD_DEFAULT_OptTensorDefaultNone "=None"
 #define HALD_DEFAULT_IntDefaultMinus1 "=-1"
+#define HALD_DEFAULT_IntsDefaultEmpty "=[]"
 
 namespace hald {
 namespace op_args {
@@ -65,6 +67,7 @@ using Tensor = at::Tensor;
 using OptTensor = std::optional<at::Tensor>;
 using OptTensorDefaultNone = OptTensor;
 using IntDefaultMinus1 = int64_t;
+using IntsDefaultEmpty = std::vector<int64_t>;
 using Int = int64_t;
 using Float = double;
 using Floats = std::vector<double>;
@@ -79,6 +82,7 @@ inline void unpack(const c10::IValue& v, OptTensor& out) {
 inline void unpack(const c10::IValue& v, Int& out) { out = v.toInt(); }
 inline void unpack(const c10::IValue& v, Float& out) { out = v.toDouble(); }
 inline void unpack(const c10::IValue& v, Floats& out) { out = v.toDoubleVector(); }
+inline void unpack(const c10::IValue& v, IntsDefaultEmpty& out) { out = v.toIntVector(); }
 inline void unpack(const c10::IValue& v, Bool& out) { out = v.toBool(); }
 inline void unpack(const c10::IValue& v, ScalarType& out) { out = v.toScalarType(); }
 inline void unpack(const c10::IValue& v, Str& out) { out = v.toStringRef(); }
