@@ -43,7 +43,8 @@ def stand_in_store(cache, size: int, sli: int, k: int, num_classes: int, seed: i
     """SLI stored crops per image (uint16 boxes + flips) and top-k labels with distinct class ids."""
     n = len(cache)
     ids = torch.arange(n, device=cache.device).repeat_interleave(sli)
-    made = crop_and_lookup(cache.images, ids, size, image_sizes=cache.image_sizes, seed=seed + 1)
+    b = cache.batch(ids)
+    made = crop_and_lookup(b.images, b.image_ids, size, **b.crop_kwargs(), seed=seed + 1)
     boxes = quantize_boxes(made.boxes).view(n, sli, 4)
     flips = made.flips.view(n, sli)
     g = torch.Generator().manual_seed(seed)
@@ -71,15 +72,16 @@ def train_loop(source, *, steps: int, batch_size: int = 16, size: int = 28, sli:
     losses = []
     for step in range(steps):
         image_ids = torch.randint(len(cache), (batch_size,), generator=g, device=device)
-        common = dict(image_sizes=cache.image_sizes, mean=FMNIST_MEAN, std=FMNIST_STD)
+        b = cache.batch(image_ids)  # the cache's layout (one tensor, or packed images of mixed sizes)
+        common = dict(**b.crop_kwargs(), mean=FMNIST_MEAN, std=FMNIST_STD)
         if step % 2 == 0:  # soft step: replay stored crops and their labels
             slots = torch.randint(sli, (batch_size,), generator=g, device=device)
-            out = crop_and_lookup(cache.images, image_ids, size, boxes=boxes[image_ids, slots],
+            out = crop_and_lookup(b.images, b.image_ids, size, boxes=boxes[image_ids, slots],
                                   flips=flips[image_ids, slots], label_ids=label_ids, label_values=label_values,
                                   slots=slots, **common)
             loss = soft_hard_loss(model(out.crops), out.label_ids, out.label_values, temperature=temperature)
         else:  # hard step: fresh crops + CutMix, class labels with smoothing
-            out = crop_and_lookup(cache.images, image_ids, size, seed=seed, offset=step, cutmix_alpha=1.0, **common)
+            out = crop_and_lookup(b.images, b.image_ids, size, seed=seed, offset=step, cutmix_alpha=1.0, **common)
             y = cache.labels[image_ids]
             loss = soft_hard_loss(model(out.crops), hard_target=y, target_b=y[out.mix_partner],
                                   mix_lambda=out.mix_lambda, hard_weight=1.0, label_smoothing=0.1)

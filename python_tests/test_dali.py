@@ -107,6 +107,12 @@ def test_backend_choice(monkeypatch):
 def test_resident_cache_from_loader(mixed_sizes, mixed_folder):
     cache = resident_cache_from_loader(make_loader(mixed_folder, 5, backend="torch", shuffle=True))
     mem = cache.memory()
-    assert mem["kind"] == "resident" and mem["images"] == 23 and 0 < mem["padding_fraction"] < 1
-    assert mem["bytes"] >= mem["pixel_bytes"] == sum(im.size for im in mixed_sizes.images)
-    assert cache.image_sizes is not None and cache.images.dtype == torch.uint8
+    pixels = sum(im.size for im in mixed_sizes.images)
+    assert mem["kind"] == "resident" and mem["images"] == 23 and mem["layout"] == "packed"
+    assert mem["padding_fraction"] == 0 and cache.images.numel() == mem["pixel_bytes"] == pixels
+    assert cache.max_image_size == tuple(max(im.shape[i] for im in mixed_sizes.images) for i in (0, 1))
+    for sid, im in enumerate(load_image_set(mixed_folder).images):  # each sample's pixels at its (folder) id
+        assert np.array_equal(cache.batch(torch.tensor([sid])).image(sid).numpy(), im)
+    same = resident_cache_from_loader(make_loader(ImageSet([np.full((3, 4, 3), i, np.uint8) for i in range(5)],
+                                                           np.zeros(5), ["a"], [str(i) for i in range(5)]), 2))
+    assert same.images.shape == (5, 3, 4, 3) and same.image_offsets is None and int(same.images[4].min()) == 4

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import torch
 
-from hald_ext.data.batch import ImageBatch, collate, unpad
+from hald_ext.data.batch import ImageBatch, all_equal, collate, packed_offsets, size_bound, unpad
 from hald_ext.data.cache import ResidentImageCache
 from hald_ext.data.dali import DaliLoader
 from hald_ext.data.files import ImageFiles
@@ -104,23 +104,30 @@ def decode_all(loader) -> list:
 
 def resident_cache_from_loader(loader, num_samples: int | None = None):
     """Decode every sample of the loader's shard once (one epoch) into a ResidentImageCache on the
-    loader's device, indexed by sample id (ids outside the shard stay empty, size 1 x 1)."""
+    loader's device, indexed by sample id (ids outside the shard stay empty, size 1 x 1): one
+    [N, H, W, 3] tensor when the images are all one size, else packed (their pixels, no padding)."""
 
     batches = list(loader)
     n = num_samples if num_samples is not None else loader.num_samples()
-    hmax = max(int(b.image_sizes[:, 0].max()) for b in batches)
-    wmax = max(int(b.image_sizes[:, 1].max()) for b in batches)
     dev = batches[0].images.device
-    images = torch.zeros(n, hmax, wmax, 3, dtype=torch.uint8, device=dev)
-    sizes = torch.ones(n, 2, dtype=torch.int32, device=dev)
-    for b in batches:  # once per set, on the device; row image_ids[j] of a batch is sample sample_ids[j]
-        if b.image_offsets is None:
-            images[b.sample_ids, : b.images.shape[1], : b.images.shape[2]] = b.images[b.image_ids]
-        else:  # packed: image by image
-            for row, sid in zip(b.image_ids.tolist(), b.sample_ids.tolist()):
-                im = b.image(row)
-                images[sid, : im.shape[0], : im.shape[1]] = im
-        sizes[b.sample_ids] = b.image_sizes[b.image_ids]
+    sizes = torch.ones(n, 2, dtype=torch.int32)
+    for b in batches:  # row image_ids[j] of a batch is sample sample_ids[j]
+        sizes[b.sample_ids.cpu()] = b.image_sizes[b.image_ids].cpu().to(torch.int32)
     labels = torch.as_tensor(loader.labels, dtype=torch.int64, device=dev)
-    equal = bool((sizes[:, 0] == hmax).all() and (sizes[:, 1] == wmax).all())
-    return ResidentImageCache(images, None if equal else sizes, labels)
+    if all_equal(sizes.numpy()):
+        h, w = (int(v) for v in sizes[0])
+        images = torch.zeros(n, h, w, 3, dtype=torch.uint8, device=dev)
+        for b in batches:
+            if b.image_offsets is None:
+                images[b.sample_ids] = b.images[b.image_ids, :h, :w]
+            else:
+                for row, sid in zip(b.image_ids.tolist(), b.sample_ids.tolist()):
+                    images[sid] = b.image(row)
+        return ResidentImageCache(images, None, labels)
+    offsets, total = packed_offsets(sizes.numpy())
+    images = torch.zeros(total, dtype=torch.uint8, device=dev)
+    for b in batches:  # once per set, on the device, image by image
+        for row, sid in zip(b.image_ids.tolist(), b.sample_ids.tolist()):
+            im = b.image(row)
+            images[int(offsets[sid]):int(offsets[sid]) + im.numel()] = im.reshape(-1)
+    return ResidentImageCache(images, sizes.to(dev), labels, torch.from_numpy(offsets).to(dev), size_bound(sizes))
