@@ -78,15 +78,34 @@ def make_inputs(B, C, k, dtype, device, seed=0):
 
 def interleaved(fns: dict, device: str, rounds: int, min_time: float, max_reps: int = 50) -> dict:
     """name -> median over `rounds` rounds of time_fn's median (ms); each round times every candidate
-    once, in turn, so load that comes and goes on the machine hits them all alike."""
+    once, in turn, so load that comes and goes on the machine hits them all alike. On CUDA each sample
+    is 10 calls back to back (a training loop's view: launch work overlaps the device's)."""
     times = {name: [] for name in fns}
+    b2b = 10 if device == "cuda" else 1
     for r in range(rounds):
         for name, fn in fns.items():
-            times[name].append(time_fn(fn, device, warmup=3 if r == 0 else 1, min_time=min_time, max_reps=max_reps))
+            times[name].append(time_fn(fn, device, warmup=3 if r == 0 else 1, min_time=min_time, max_reps=max_reps,
+                                       back_to_back=b2b))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bench_one(B, C, dtype, device, config, compile_ref=True, rounds=5, min_time=0.2):
+def with_loss_kernel(fn, kernel):
+    """fn run with HALD_LOSS_KERNEL=kernel (the CUDA kernel variant; read by the op at each call)."""
+    def run():
+        old = os.environ.get("HALD_LOSS_KERNEL")
+        os.environ["HALD_LOSS_KERNEL"] = kernel
+        try:
+            fn()
+        finally:
+            if old is None:
+                del os.environ["HALD_LOSS_KERNEL"]
+            else:
+                os.environ["HALD_LOSS_KERNEL"] = old
+    return run
+
+
+def bench_one(B, C, dtype, device, config, compile_ref=True, rounds=5, min_time=0.2, kernels=()):
+    """One row; `kernels`: CUDA kernel variants (HALD_LOSS_KERNEL) timed beside the default, as fused_<name>."""
     k = 5
     logits, ids, codes, codebook, y, yb, lam = make_inputs(B, C, k, dtype, device)
     kw = dict(CONFIGS[config], codebook=codebook)
@@ -116,6 +135,8 @@ def bench_one(B, C, dtype, device, config, compile_ref=True, rounds=5, min_time=
     floor_bytes = 2 * B * C * elem  # logits read once + gradient written once
     row["floor_bytes"] = floor_bytes
     fns = {"fused": fused, "eager": eager, "copy": copy}
+    for kernel in kernels:
+        fns[f"fused_{kernel}"] = with_loss_kernel(fused, kernel)
     if compile_ref:
         fns["compiled"] = compiled
     for name, ms in interleaved(fns, device, rounds, min_time).items():
@@ -343,6 +364,8 @@ def main(argv=None):
     p.add_argument("--suite", choices=["sparse", "dense", "all"], default="all")
     p.add_argument("--precision", action="store_true", help="only the loss error vs float64 (precision JSON)")
     p.add_argument("--out", default=None, help="result file of the sparse suite (default results/loss_<device>.json)")
+    p.add_argument("--kernels", default="", help="CUDA loss kernel variants timed beside the default, as "
+                   "fused_<name>_ms (HALD_LOSS_KERNEL values, e.g. staged,registers)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads); on a machine "
                    "shared with other work, 1 keeps a descheduled worker thread from stalling every call")
     args = p.parse_args(argv)
@@ -394,17 +417,22 @@ def main(argv=None):
         cases = [(cfg, B, C, dt) for cfg in configs for (B, C) in shapes for dt in dtypes
                  if cfg == "soft" or args.shapes or (B, C) == (1024, 1000)]
         for cfg, B, C, dt in cases:
+            kernels = [k for k in args.kernels.split(",") if k] if device == "cuda" else []
             row = bench_one(B, C, dt, device, cfg, compile_ref=not args.no_compile, rounds=rounds,
-                            min_time=0.1 if args.quick else 0.2)
+                            min_time=0.1 if args.quick else 0.2, kernels=kernels)
             floor_ms = row["floor_bytes"] / (bw * 1e9) * 1e3
             row["floor_ms"] = floor_ms
             row["fused_over_floor"] = row["fused_ms"] / floor_ms
+            for kernel in kernels:
+                row[f"fused_{kernel}_over_floor"] = row[f"fused_{kernel}_ms"] / floor_ms
             rows.append(row)
             peak = row.get("fused_extra_grad_buffers")
             print(f"{cfg:<10}{B:>6}{C:>7}{row['dtype']:>9}{row['fused_ms']:>10.3f}{row['eager_ms']:>10.3f}"
                   f"{row.get('compiled_ms', float('nan')):>11.3f}{row['copy_ms']:>9.3f}{row['speedup_vs_eager']:>9.2f}"
                   f"{row.get('speedup_vs_compiled', float('nan')):>10.2f}{row['fused_over_copy']:>8.2f}"
-                  f"{row['fused_over_floor']:>9.2f}{'-' if peak is None else f'{peak:.2f}':>10}", flush=True)
+                  f"{row['fused_over_floor']:>9.2f}{'-' if peak is None else f'{peak:.2f}':>10}"
+                  + "".join(f"  {k} {row[f'fused_{k}_ms']:.3f} ms ({row[f'fused_{k}_over_floor']:.2f}x floor)"
+                            for k in kernels), flush=True)
         payload = {"benchmark": "soft_hard_loss forward+backward", "machine": machine(),
                    "copy_bandwidth_GBps": bw, "build": hald_ext.build_info(), "rounds": rounds, "rows": rows}
         if args.out:

@@ -1,6 +1,7 @@
 """The CUDA loss kernel against the float64 plain-PyTorch reference, at the CPU tests' tolerance, over
 every option the CPU grid covers: reductions, CutMix pairs, soft_loss="ce", float64 gradients, the three
-launch shapes (32 / 128 / 512 threads per row, rows held in registers or re-read), the peeled 16-byte
+launch shapes (32 / 128 / 256 threads per row), both kernels (every test runs with HALD_LOSS_KERNEL =
+staged: rows in shared memory, and = registers: rows held in registers or re-read), the peeled 16-byte
 loads at every C and alignment (odd C, strided and misaligned logits), every id dtype, dense targets
 and teacher logits, the in-place mode, empty stored labels, masked teacher classes, the gradient
 buffer handed to autograd, and poisoned rows (bad ids / targets / lambdas / values, repeated ids): NaN
@@ -16,6 +17,14 @@ from test_soft_hard_loss_dense import GRID as DENSE_GRID
 from test_soft_hard_loss_dense import make_dense
 
 pytestmark = requires_cuda
+
+
+@pytest.fixture(autouse=True, params=["staged", "registers"])
+def loss_kernel(request, monkeypatch):
+    """Every test on both CUDA kernels: the op reads HALD_LOSS_KERNEL at each call (`staged` runs the
+    registers kernel where it cannot stage: float64, dense targets, teacher logits, very long rows)."""
+    monkeypatch.setenv("HALD_LOSS_KERNEL", request.param)
+    return request.param
 
 
 def to(t, device):
@@ -381,3 +390,10 @@ def test_cuda_inplace_refuses_overlapping_rows():
     x = torch.randn(1, 10, device="cuda").expand(4, 10)
     with pytest.raises(RuntimeError, match="inplace=True needs logits rows that do not overlap"):
         soft_hard_loss(x, ids, values, inplace=True)
+
+
+def test_cuda_unknown_loss_kernel_is_named(monkeypatch):
+    monkeypatch.setenv("HALD_LOSS_KERNEL", "fastest")
+    inputs = to(make_case(4, 100, 5, seed=0, value_kind="fp32"), "cuda")
+    with pytest.raises(RuntimeError, match="HALD_LOSS_KERNEL=fastest: expected auto, staged or registers"):
+        run_both(*inputs, torch.float32)

@@ -32,7 +32,7 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16
 # ==== Stage command lines: one variable each (python script + flags; run as "$PY $VAR") ==================
 # The headline loss shapes only (B = 8192 at C = 1000 and 21843, fp32 and bf16), against eager and
 # torch.compile, with the copy floor measured in the same run (the precision table: --precision, docs/gpu.md).
-LOSS_CMD="benchmarks/bench_loss.py --device cuda --suite sparse --shapes 8192x1000,8192x21843 --dtypes float32,bfloat16 --out $OUT/loss_gpu.json"
+LOSS_CMD="benchmarks/bench_loss.py --device cuda --suite sparse --shapes 8192x1000,8192x21843 --dtypes float32,bfloat16 --kernels staged,registers --out $OUT/loss_gpu.json"
 # Large batches at S = 224 on the device (the 3M crops/s target is bf16).
 CROP_CMD="benchmarks/bench_crop.py --sizes 224 --batches 256 1024 4096 --methods fused_cuda fused_cuda_bf16 --images 256 --source 256 --rounds 3 --seconds 0.5 --threads 16 --no-reference --out $OUT/crop_gpu.json"
 # UPDATE if bench_train gets batch / dtype flags: the issue's step is batch 256 in bf16; today's resnet18
@@ -49,7 +49,19 @@ TESTS_2="python_tests/test_crop_cuda.py python_tests/test_label_codec_cuda.py py
 # compute-sanitizer memcheck: every kernel (crop geometry + crop in each output dtype, fresh / replay /
 # CutMix / fused batch / bad values; label encode from logits and probabilities in each dtype, decode and
 # dense decode; the loss kernel at every row width (TPR), vector and scalar (misaligned / strided) loads,
-# every logits dtype, top-k / full-width / dense / teacher targets, id dtypes, poisoned rows) once.
+# every logits dtype, top-k / full-width / dense / teacher targets, id dtypes, poisoned rows; staged and registers kernels) once.
+# The loss kernel at each row width (32 / 128 / 256 threads per row, float64's registers kernel) on both
+# kernels: part of the memcheck and the racecheck sets.
+LOSS_WIDTH_TESTS=(
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[staged-mean-1000-dtype0]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[registers-mean-1000-dtype0]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[staged-mean-1001-dtype1]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[registers-mean-1001-dtype1]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[staged-mean-7-dtype2]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[registers-mean-7-dtype2]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[staged-mean-50001-dtype3]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[registers-mean-50001-dtype3]"
+)
 MEMCHECK_TESTS=(
   "python_tests/test_crop_cuda.py::test_fresh_crops_dtypes_and_layouts"
   "python_tests/test_crop_cuda.py::test_replay_matches_cpu_and_reference[True-True-7-True]"
@@ -74,32 +86,41 @@ MEMCHECK_TESTS=(
   "python_tests/test_label_codec_cuda.py::test_encode_probabilities_matches_cpu_and_reference[70-uniform-torch.bfloat16]"
   "python_tests/test_label_codec_cuda.py::test_encode_refuses_bad_logits[torch.float32]"
   "python_tests/test_label_codec_cuda.py::test_ties_go_to_the_lower_class_id"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[mean-1000-dtype0]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[mean-1001-dtype1]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[mean-7-dtype2]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[mean-50001-dtype3]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[mean-4100-dtype0]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[none-21843-dtype2]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_strided_and_misaligned_logits[misaligned-base-1000-dtype0]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_strided_and_misaligned_logits[odd-stride-4096-dtype2]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_strided_and_misaligned_logits[row-strided-1000-dtype3]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_topk_grid[C1000-k1000-marginal-fp16-none]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_topk_grid[C1001-k5-marginal-code16-mean]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_dense_grid[C1000-teacher32-marginal-none]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_dense_grid[C1001-fp64-marginal-mean]"
+  "${LOSS_WIDTH_TESTS[@]}"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[staged-mean-4100-dtype0]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[registers-mean-4100-dtype0]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[staged-none-21843-dtype2]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[registers-none-21843-dtype2]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_strided_and_misaligned_logits[staged-misaligned-base-1000-dtype0]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_strided_and_misaligned_logits[registers-misaligned-base-1000-dtype0]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_strided_and_misaligned_logits[staged-odd-stride-4096-dtype2]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_strided_and_misaligned_logits[registers-odd-stride-4096-dtype2]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_strided_and_misaligned_logits[staged-row-strided-1000-dtype3]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_strided_and_misaligned_logits[registers-row-strided-1000-dtype3]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_topk_grid[staged-C1000-k1000-marginal-fp16-none]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_topk_grid[registers-C1000-k1000-marginal-fp16-none]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_topk_grid[staged-C1001-k5-marginal-code16-mean]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_topk_grid[registers-C1001-k5-marginal-code16-mean]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_dense_grid[staged-C1000-teacher32-marginal-none]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_dense_grid[registers-C1000-teacher32-marginal-none]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_dense_grid[staged-C1001-fp64-marginal-mean]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_dense_grid[registers-C1001-fp64-marginal-mean]"
   "python_tests/test_soft_hard_loss_cuda.py::test_cuda_id_dtypes"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_poisoned_row_has_nan_loss_and_nan_gradient[id-too-large-dtype0]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_float64_special_classes_keep_double_precision"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_poisoned_row_has_nan_loss_and_nan_gradient[staged-id-too-large-dtype0]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_poisoned_row_has_nan_loss_and_nan_gradient[registers-id-too-large-dtype0]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_float64_special_classes_keep_double_precision[staged]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_float64_special_classes_keep_double_precision[registers]"
   "python_tests/test_train_cuda.py::test_fused_source_cuda_matches_cpu"
 )
-# racecheck: only the loss kernel uses shared memory (its block reduction); each row width once.
+# racecheck: only the loss kernel uses shared memory (block reductions, id bitmaps, staged rows); each row
+# width once on each kernel.
 RACECHECK_TESTS=(
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[mean-1000-dtype0]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[mean-1001-dtype1]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[mean-7-dtype2]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[mean-50001-dtype3]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[mean-21843-dtype1]"
-  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_strided_and_misaligned_logits[misaligned-base-1000-dtype0]"
+  "${LOSS_WIDTH_TESTS[@]}"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[staged-mean-21843-dtype1]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[registers-mean-21843-dtype1]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_strided_and_misaligned_logits[staged-misaligned-base-1000-dtype0]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_strided_and_misaligned_logits[registers-misaligned-base-1000-dtype0]"
+  "python_tests/test_soft_hard_loss_cuda.py::test_cuda_options_every_dtype_and_width[staged-mean-4100-dtype0]"
 )
 # Tests whose checks fail on purpose with integers in the message. On the first H200 runs they crashed
 # the process (SIGSEGV in std::ostream::_M_insert<long>, defined inside _C.abi3.so, built by the image's
@@ -112,7 +133,7 @@ PROBE_TESTS=(
 )
 SYSTEM_CXX=${SYSTEM_CXX:-/usr/bin/g++}
 # Per-stage limits in seconds (A: about 6 minutes in all, B: about 5; the device allows 10 per command).
-T_TOOLS=60 T_BUILD=210 T_TESTS=150 T_LOSS=120
+T_TOOLS=60 T_BUILD=210 T_TESTS=200 T_LOSS=130
 T_CROP=60 T_STEP=75 T_TRAIN=75 T_MEMCHECK=110 T_RACECHECK=50
 # ========================================================================================================
 if [[ "$PART" == commands ]]; then  # the stage command lines, one NAME=VALUE a line (tests read them)

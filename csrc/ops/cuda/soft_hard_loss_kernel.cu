@@ -1,20 +1,30 @@
 // CUDA kernel of the fused soft-KL / hard-CE loss.
 //
-// TPR threads own one logits row (TPR = 32, 128 or 256; several rows per block below 256). The
-// host picks the smallest TPR whose threads hold the whole row in registers (NV vectors of 16 bytes
-// each per thread), then a larger one while the batch alone would leave the GPU idle (B = 1024,
-// C = 1000 runs 128 threads per row). Per row:
+// TPR threads own one logits row (TPR = 32, 128 or 256; several rows per block below 256). Two
+// variants of one kernel template, chosen per call by launch_for_shape (HALD_LOSS_KERNEL overrides):
+//   staged    (the default for float / half / bfloat16 logits with stored top-k labels or hard targets
+//             only, where the block's rows fit in shared memory with room for two blocks per
+//             multiprocessor: on an H100 / H200, C up to about 28k in fp32 and 56k in 16-bit types):
+//             the row is copied into shared memory with cp.async, all of it in flight at once, and
+//             both passes read it there. One DRAM read of the logits whatever C, and 80 registers a
+//             thread (3 blocks of 256 per SM where shared memory allows; no spills).
+//   registers (float64, dense targets and teacher logits, rows too long to stage): each thread keeps its first NV 16-byte vectors
+//             of the row in registers for pass 2 and re-reads the rest (from L2 when it is still
+//             there). The host picks the smallest TPR whose threads hold the whole row, then a larger
+//             one while the batch alone would leave the GPU idle (B = 1024, C = 1000 runs 128 threads
+//             per row).
+// Per row:
 //   pass 1: one streaming read of the logits (and of a dense target / the teacher's logits beside
 //           them), peeled to 16-byte alignment (scalar head, vector body, scalar tail: every C and
-//           row stride vectorises), with online max / sum-exp for z and z/T and, for a teacher, a
-//           second online softmax of t / T_t. The k stored entries are gathered and checked for
-//           repeats in O(k) with a bitmap of the row's classes in shared memory. All row sums are
-//           reduced across threads in double, and the row is finished in double (finish_row).
-//   pass 2: the bulk gradient from the values still in registers (the part of a row too long to
-//           hold is re-read, from L2), written with the same peeling; then the few special classes (stored ids, y_a,
-//           y_b) get their correction added to the written value, each by one thread.
-// Memory traffic: the logits (and a dense target) read once, the gradient written once; no scratch
-// in global memory.
+//           row stride vectorises; a staged row keeps the global row's alignment), with online
+//           max / sum-exp for z and z/T and, for a teacher, a second online softmax of t / T_t. The
+//           k stored entries are gathered and checked for repeats in O(k) with a bitmap of the row's
+//           classes in shared memory. All row sums are reduced across threads in double, and the
+//           row is finished in double (end_row, finish_row).
+//   pass 2: the bulk gradient, written with the same peeling; then the few special classes (stored
+//           ids, y_a, y_b) get their correction added to the written value, each by one thread.
+// Memory traffic: the logits (and a dense target) read once from DRAM, the gradient written once; no
+// scratch in global memory.
 // Bad input cannot be reported without a host sync: a row with an out-of-range id or target, a
 // repeated id, a lambda outside [0, 1], a negative or non-finite target value, a NaN or +inf teacher
 // logit (-inf masks a class), or a dense row that does not sum to one under "marginal" is poisoned:
@@ -29,6 +39,8 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 
 #include "../soft_hard_loss.h"
@@ -55,6 +67,8 @@ struct KernelArgs {
   const int64_t* hard_count;  // "mean": rows not ignored (device scalar)
   int64_t B;
   int32_t bitmap_words;       // per row (0: no stored ids)
+  int32_t stage_offset;       // staged kernel: where the rows start in dynamic shared memory (bytes)
+  int64_t srow_elems;         // staged kernel: elements per staged row (C plus alignment room)
   int32_t id_kind, val_kind;
   bool compute_grad;
 };
@@ -219,6 +233,39 @@ __device__ __forceinline__ void pass1_chunk(const KernelArgs& ka, Acc<acc_t>& a,
   }
 }
 
+// Copies 16 bytes from global to shared memory: cp.async (sm_80+: no registers, many copies in flight
+// per thread, completed by stage_wait), a plain vector copy before.
+__device__ __forceinline__ void copy16_async(void* smem, const void* gmem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+#else
+  *static_cast<uint4*>(smem) = *static_cast<const uint4*>(gmem);
+#endif
+}
+
+// Waits for this thread's copy16_async copies (the row barrier after it publishes them to the row).
+__device__ __forceinline__ void stage_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+#endif
+}
+
+// Starts the copy of one logits row into shared memory and returns where it will be: srow[i] is
+// class i, placed so that srow + head is 16-byte aligned as row + head is (head_of(srow) == head_of(row),
+// so both passes peel the staged row exactly as they would the global one).
+template <typename scalar_t, int TPR>
+__device__ __forceinline__ const scalar_t* stage_row(const scalar_t* row, int64_t C, scalar_t* sbase, int lane) {
+  constexpr int VEC = 16 / sizeof(scalar_t);
+  const int64_t head = head_of<scalar_t>(row, C);
+  const int64_t nvec = (C - head) / VEC, tail0 = head + nvec * VEC;
+  scalar_t* srow = sbase + (VEC - head % VEC) % VEC;
+  for (int64_t v = lane; v < nvec; v += TPR) copy16_async(srow + head + v * VEC, row + head + v * VEC);
+  if (lane < head) srow[lane] = row[lane];
+  if (tail0 + lane < C) srow[tail0 + lane] = row[tail0 + lane];
+  return srow;
+}
+
 template <typename scalar_t, typename acc_t, int VEC>
 __device__ __forceinline__ void load_vec(const scalar_t* p, acc_t (&v)[VEC]) {
   const Pack<scalar_t, VEC> pk = *reinterpret_cast<const Pack<scalar_t, VEC>*>(p);
@@ -226,15 +273,116 @@ __device__ __forceinline__ void load_vec(const scalar_t* p, acc_t (&v)[VEC]) {
   for (int t = 0; t < VEC; ++t) v[t] = acc_t(pk.v[t]);
 }
 
+// What a row's reductions leave for its gradient pass.
+template <typename acc_t>
+struct RowEnd {
+  RowCoeffs<double> r;
+  acc_t M, MT;          // max logit, max teacher logit
+  double dense_scale;   // q = dense_scale * (dense value or exp of the teacher's logit)
+  bool bad;             // poisoned row: NaN loss and gradient
+};
+
+// The end of a row, shared by both kernels: its maxima, then every sum at once (in double) over the
+// row's TPR threads, finished in double (finish_row); lane 0 writes the row's loss.
+//   a: this thread's pass-1 sums; tk: its stored top-k sums (sum p, sum p z, sum z, sum p log p, bad)
+template <int TPR, int ROWS, typename acc_t>
+__device__ __forceinline__ RowEnd<acc_t> end_row(const KernelArgs& ka, const Acc<acc_t>& a, const acc_t (&tk)[5],
+                                                 int kind, bool useT, bool use1, bool hard_valid, bool bad_hard,
+                                                 double z_a, double z_b, acc_t lam, double (*smem)[SMEM_W], int rib,
+                                                 int lane, int64_t b) {
+  constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+  constexpr acc_t kNaN = std::numeric_limits<acc_t>::quiet_NaN();
+  const LossParams& P = ka.P;
+  const acc_t invT = acc_t(1) / acc_t(P.temperature);
+  const acc_t invTt = acc_t(1) / acc_t(P.teacher_temperature);
+  // Row reductions: the maxima, then every sum at once (in double).
+  acc_t mx[2] = {a.m, a.mt};
+  row_max<TPR, ROWS>(mx, smem, rib);
+  RowEnd<acc_t> e;
+  const acc_t M = mx[0], MT = mx[1];
+  e.M = M;
+  e.MT = MT;
+  double red[8];  // s1, sT, sum z, three target sums, a fourth (top-k: sum p log p), bad entries
+  {
+    const acc_t f = a.m == -kInf ? acc_t(0) : dexp(a.m - M);
+    const acc_t fT = a.m == -kInf ? acc_t(0) : dexp((a.m - M) * invT);
+    red[0] = double(a.s1 * f);
+    red[1] = double(a.sT * fT);
+    red[2] = double(a.sumz);
+    if (kind == int32_t(SoftKind::Teacher)) {
+      const acc_t delta = a.mt == -kInf ? acc_t(0) : (a.mt - MT) * invTt;
+      const acc_t g = a.mt == -kInf ? acc_t(0) : dexp(delta);
+      red[3] = double(g * a.se);
+      red[4] = double(g * a.sez);
+      red[5] = double(g * (a.sed + delta * a.se));
+      red[6] = 0;
+    } else if (kind == int32_t(SoftKind::Dense)) {
+      red[3] = double(a.sp);
+      red[4] = double(a.spz);
+      red[5] = double(a.splogp);
+      red[6] = 0;
+    } else {
+#pragma unroll
+      for (int n = 0; n < 4; ++n) red[3 + n] = double(tk[n]);
+    }
+    red[7] = double(a.bad) + double(tk[4]);
+  }
+  row_sum<TPR, ROWS>(red, smem, rib);
+
+  RowStats<double> st;
+  st.m = double(M);
+  st.s1 = use1 ? red[0] : 1.0;
+  st.sT = useT ? red[1] : 1.0;
+  st.sumz = red[2];
+  TopkSums<double> sums;
+  e.dense_scale = 1;  // q = dense_scale * w
+  bool bad = bad_hard || red[7] > 0;
+  if (kind == int32_t(SoftKind::Teacher)) {
+    sums.sp = 1;
+    sums.spz = red[4] / red[3];
+    sums.sz = st.sumz;
+    sums.splogp = red[5] / red[3] - ::log(red[3]);
+    e.dense_scale = 1.0 / red[3];
+    bad = bad || !isfinite(double(MT));
+  } else if (kind == int32_t(SoftKind::Dense)) {
+    sums.sp = red[3];
+    sums.spz = red[4];
+    sums.sz = st.sumz;
+    sums.splogp = red[5];
+    bad = bad || (P.decode == int32_t(Decode::Marginal) && !(::fabs(red[3] - 1.0) <= kDenseSumTolerance));
+  } else {
+    sums.sp = red[3];
+    sums.spz = red[4];
+    sums.sz = red[5];
+    sums.splogp = red[6];
+  }
+
+  double hard_scale = P.hard_weight * P.hard_red;
+  if (P.has_hard && P.hard_mean) {
+    const int64_t n = *ka.hard_count;
+    hard_scale = P.hard_weight / double(n > 0 ? n : 1);
+  }
+  e.r = finish_row<double>(P, st, sums, hard_valid, hard_scale, z_a, z_b, double(lam));
+  e.bad = bad;
+  if (lane == 0) static_cast<acc_t*>(ka.loss)[b] = bad ? kNaN : acc_t(e.r.loss);
+  return e;
+}
+
 // TPR threads per row, BLOCK threads per block, NV vectors per thread held in registers.
-template <typename scalar_t, typename acc_t, int TPR, int BLOCK, int NV>
-__global__ void __launch_bounds__(BLOCK) soft_hard_kernel(KernelArgs ka) {
+// STAGED: the row is first copied into shared memory (all of it in flight at once, cp.async), and
+// both passes read it there (NV = 0): one read of the logits from DRAM whatever C, registers left
+// for occupancy (MINB blocks per SM). Otherwise both passes read global memory, the row's first NV
+// vectors per thread kept in registers for pass 2 and the rest re-read (from L2).
+template <typename scalar_t, typename acc_t, int TPR, int BLOCK, int NV, bool STAGED, int MINB>
+__global__ void __launch_bounds__(BLOCK, MINB) soft_hard_kernel(KernelArgs ka) {
   constexpr int VEC = 16 / sizeof(scalar_t);
   constexpr int ROWS = BLOCK / TPR;
   constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
   constexpr acc_t kNaN = std::numeric_limits<acc_t>::quiet_NaN();
   __shared__ double smem_all[ROWS][TPR / 32][SMEM_W];
-  extern __shared__ uint32_t bitmap_all[];
+  __shared__ double corr_all[ROWS][5];  // the special classes' coefficients, kept out of registers in pass 2
+  extern __shared__ __align__(16) unsigned char dyn_smem[];  // bitmaps [ROWS][words], then staged rows
+  uint32_t* bitmap_all = reinterpret_cast<uint32_t*>(dyn_smem);
   const LossParams& P = ka.P;
   const int lane = threadIdx.x % TPR;
   const int rib = threadIdx.x / TPR;  // row in block
@@ -245,10 +393,14 @@ __global__ void __launch_bounds__(BLOCK) soft_hard_kernel(KernelArgs ka) {
 
   const int64_t C = P.C, k = P.k;
   const scalar_t* row = static_cast<const scalar_t*>(ka.logits) + b * ka.lstride;
+  if constexpr (STAGED) {  // in flight while the hard target is read below
+    scalar_t* sbase = reinterpret_cast<scalar_t*>(dyn_smem + ka.stage_offset) + int64_t(rib) * ka.srow_elems;
+    row = stage_row<scalar_t, TPR>(row, P.C, sbase, lane);
+  }
   const acc_t invT = acc_t(1) / acc_t(P.temperature);
   const acc_t invTt = acc_t(1) / acc_t(P.teacher_temperature);
   const bool dense = P.has_soft && dense_soft(P);
-  const int kind = dense ? P.soft_kind : -1;  // what pass 1 reads beside the logits
+  const int kind = dense && !STAGED ? P.soft_kind : -1;  // what pass 1 reads beside the logits (staged: nothing)
   const bool topk = P.has_soft && !dense && k > 0;
 
   // Hard target of this row (every thread reads the same few values).
@@ -271,6 +423,10 @@ __global__ void __launch_bounds__(BLOCK) soft_hard_kernel(KernelArgs ka) {
     }
   }
   const bool useT = P.has_soft, use1 = hard_valid;
+  if constexpr (STAGED) {
+    stage_wait();
+    row_barrier<TPR, ROWS>(rib);
+  }
 
   // ---- pass 1 ----
   const int64_t head = head_of<scalar_t>(row, C);
@@ -281,7 +437,7 @@ __global__ void __launch_bounds__(BLOCK) soft_hard_kernel(KernelArgs ka) {
   a.m = -kInf, a.s1 = 0, a.sT = 0, a.sumz = 0;
   a.mt = -kInf, a.se = 0, a.sez = 0, a.sed = 0;
   a.sp = 0, a.spz = 0, a.splogp = 0, a.bad = 0;
-  acc_t cache[NV][VEC];
+  acc_t cache[NV > 0 ? NV : 1][VEC];
   acc_t edge[2] = {0, 0};  // this thread's head and tail element
   if (lane < head) {
     acc_t x[1] = {acc_t(row[lane])};
@@ -337,73 +493,21 @@ __global__ void __launch_bounds__(BLOCK) soft_hard_kernel(KernelArgs ka) {
   const double z_a = hard_valid ? double(row[ya]) : 0.0;
   const double z_b = hard_valid ? double(row[yb]) : 0.0;
 
-  // Row reductions: the maxima, then every sum at once (in double).
-  acc_t mx[2] = {a.m, a.mt};
-  row_max<TPR, ROWS>(mx, smem, rib);
-  const acc_t M = mx[0], MT = mx[1];
-  double red[8];  // s1, sT, sum z, three target sums, a fourth (top-k: sum p log p), bad entries
-  {
-    const acc_t f = a.m == -kInf ? acc_t(0) : dexp(a.m - M);
-    const acc_t fT = a.m == -kInf ? acc_t(0) : dexp((a.m - M) * invT);
-    red[0] = double(a.s1 * f);
-    red[1] = double(a.sT * fT);
-    red[2] = double(a.sumz);
-    if (kind == int32_t(SoftKind::Teacher)) {
-      const acc_t delta = a.mt == -kInf ? acc_t(0) : (a.mt - MT) * invTt;
-      const acc_t g = a.mt == -kInf ? acc_t(0) : dexp(delta);
-      red[3] = double(g * a.se);
-      red[4] = double(g * a.sez);
-      red[5] = double(g * (a.sed + delta * a.se));
-      red[6] = 0;
-    } else if (kind == int32_t(SoftKind::Dense)) {
-      red[3] = double(a.sp);
-      red[4] = double(a.spz);
-      red[5] = double(a.splogp);
-      red[6] = 0;
-    } else {
-#pragma unroll
-      for (int n = 0; n < 4; ++n) red[3 + n] = double(tk[n]);
-    }
-    red[7] = double(a.bad) + double(tk[4]);
-  }
-  row_sum<TPR, ROWS>(red, smem, rib);
-
-  RowStats<double> st;
-  st.m = double(M);
-  st.s1 = use1 ? red[0] : 1.0;
-  st.sT = useT ? red[1] : 1.0;
-  st.sumz = red[2];
-  TopkSums<double> sums;
-  double dense_scale = 1;  // q = dense_scale * w
-  bool bad = bad_hard || red[7] > 0;
-  if (kind == int32_t(SoftKind::Teacher)) {
-    sums.sp = 1;
-    sums.spz = red[4] / red[3];
-    sums.sz = st.sumz;
-    sums.splogp = red[5] / red[3] - ::log(red[3]);
-    dense_scale = 1.0 / red[3];
-    bad = bad || !isfinite(double(MT));
-  } else if (kind == int32_t(SoftKind::Dense)) {
-    sums.sp = red[3];
-    sums.spz = red[4];
-    sums.sz = st.sumz;
-    sums.splogp = red[5];
-    bad = bad || (P.decode == int32_t(Decode::Marginal) && !(::fabs(red[3] - 1.0) <= kDenseSumTolerance));
-  } else {
-    sums.sp = red[3];
-    sums.spz = red[4];
-    sums.sz = red[5];
-    sums.splogp = red[6];
-  }
-
-  double hard_scale = P.hard_weight * P.hard_red;
-  if (P.has_hard && P.hard_mean) {
-    const int64_t n = *ka.hard_count;
-    hard_scale = P.hard_weight / double(n > 0 ? n : 1);
-  }
-  const RowCoeffs<double> r = finish_row<double>(P, st, sums, hard_valid, hard_scale, z_a, z_b, double(lam));
-  if (lane == 0) static_cast<acc_t*>(ka.loss)[b] = bad ? kNaN : acc_t(r.loss);
+  const RowEnd<acc_t> e = end_row<TPR, ROWS>(ka, a, tk, kind, useT, use1, hard_valid, bad_hard, z_a, z_b, lam,
+                                            smem, rib, lane, b);
+  const RowCoeffs<double>& r = e.r;
+  const acc_t M = e.M, MT = e.MT;
+  const double dense_scale = e.dense_scale;
+  const bool bad = e.bad;
   if (!ka.compute_grad) return;
+  double* corr = corr_all[rib];  // read after the barrier that ends pass 2
+  if (lane == 0) {
+    corr[0] = r.soft_corr;
+    corr[1] = r.q_scale;
+    corr[2] = r.u;
+    corr[3] = r.corr_a;
+    corr[4] = r.corr_b;
+  }
 
   // ---- pass 2: bulk gradient ----
   const acc_t sa = acc_t(r.sa), ha = acc_t(r.ha), base = acc_t(r.base);
@@ -453,32 +557,63 @@ __global__ void __launch_bounds__(BLOCK) soft_hard_kernel(KernelArgs ka) {
   for (int64_t j = lane; topk && j < k; j += TPR) {
     const int64_t c = load_id(ka.ids, ka.id_kind, b * k + j);
     const double p = double(load_value<acc_t>(ka.vals, ka.val_kind, b * k + j, ka.codebook));
-    double g = double(acc_t(grow[c])) + r.soft_corr * (r.q_scale * p - r.u);
-    if (hard_valid && c == ya) g += r.corr_a;
-    if (hard_valid && c == yb) g += r.corr_b;
+    double g = double(acc_t(grow[c])) + corr[0] * (corr[1] * p - corr[2]);
+    if (hard_valid && c == ya) g += corr[3];
+    if (hard_valid && c == yb) g += corr[4];
     grow[c] = scalar_t(acc_t(g));
   }
   if (lane == 0 && hard_valid) {
     auto stored = [&](int64_t c) { return topk && ((bitmap[c >> 5] >> (c & 31)) & 1u); };
-    if (!stored(ya)) grow[ya] = scalar_t(acc_t(double(acc_t(grow[ya])) + r.corr_a + (ya == yb ? r.corr_b : 0.0)));
-    if (yb != ya && !stored(yb)) grow[yb] = scalar_t(acc_t(double(acc_t(grow[yb])) + r.corr_b));
+    if (!stored(ya)) grow[ya] = scalar_t(acc_t(double(acc_t(grow[ya])) + corr[3] + (ya == yb ? corr[4] : 0.0)));
+    if (yb != ya && !stored(yb)) grow[yb] = scalar_t(acc_t(double(acc_t(grow[yb])) + corr[4]));
   }
 }
 
-int sm_count(int device) {
-  static int counts[64] = {0};
-  int& n = counts[device % 64];
-  if (n == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+// Device attributes, read once per device.
+struct DeviceInfo {
+  int sms = 0;              // multiprocessors
+  int smem_per_sm = 0;      // shared memory per multiprocessor (bytes)
+  int smem_per_block = 0;   // the most one block may opt in to (bytes)
+};
+
+const DeviceInfo& device_info(int device) {
+  static DeviceInfo infos[64];
+  DeviceInfo& d = infos[device % 64];
+  if (d.sms == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device));
   }
-  return n;
+  return d;
 }
 
-template <typename scalar_t, typename acc_t, int TPR, int BLOCK, int NV>
-void launch(const KernelArgs& ka, cudaStream_t stream) {
+// Which kernel: HALD_LOSS_KERNEL = auto (the default: staged where launch_for_shape can, registers
+// elsewhere), staged (the same today: kept apart so that a measured switch of auto keeps a way to ask
+// for the staged kernel) or registers. Read at each call, so a benchmark or a test can compare both in one process.
+enum class LossKernel { Auto, Staged, Registers };
+
+LossKernel requested_kernel() {
+  const char* v = std::getenv("HALD_LOSS_KERNEL");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return LossKernel::Auto;
+  if (std::strcmp(v, "staged") == 0) return LossKernel::Staged;
+  if (std::strcmp(v, "registers") == 0) return LossKernel::Registers;
+  TORCH_CHECK(false, "HALD_LOSS_KERNEL=", v, ": expected auto, staged or registers");
+}
+
+// Dynamic shared memory of one block: the rows' duplicate-id bitmaps, then (staged) the rows.
+template <typename scalar_t>
+size_t block_smem(const KernelArgs& ka, int rows, bool staged) {
+  const size_t bitmaps = size_t(rows) * size_t(ka.bitmap_words) * sizeof(uint32_t);
+  if (!staged) return bitmaps;
+  return (bitmaps + 15) / 16 * 16 + size_t(rows) * size_t(ka.srow_elems) * sizeof(scalar_t);
+}
+
+template <typename scalar_t, typename acc_t, int TPR, int BLOCK, int NV, bool STAGED, int MINB>
+void launch(KernelArgs ka, cudaStream_t stream) {
   constexpr int ROWS = BLOCK / TPR;
-  const size_t smem = size_t(ROWS) * size_t(ka.bitmap_words) * sizeof(uint32_t);
-  auto kernel = soft_hard_kernel<scalar_t, acc_t, TPR, BLOCK, NV>;
+  const size_t smem = block_smem<scalar_t>(ka, ROWS, STAGED);
+  ka.stage_offset = STAGED ? int32_t((size_t(ROWS) * size_t(ka.bitmap_words) * sizeof(uint32_t) + 15) / 16 * 16) : 0;
+  auto kernel = soft_hard_kernel<scalar_t, acc_t, TPR, BLOCK, NV, STAGED, MINB>;
   if (smem > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
@@ -487,27 +622,57 @@ void launch(const KernelArgs& ka, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Threads per row: the smallest that holds the row in registers, larger while the batch alone
-// would not give the GPU about one thread per core slot (but at least one vector per thread).
-// 32 / 128 threads per row hold NVS vectors each (blocks of 256 / 512: several rows per block);
-// 256 threads (one row per block) hold NVB each and re-read the rest of a longer row from L2.
-// Register budgets are set so that ptxas reports no spills for any variant (-Xptxas -v).
+// Threads per row: the smallest whose threads each hold at most `per_thread` vectors of the row,
+// larger while the batch alone would not give the GPU about one thread per core slot (but at least
+// one vector per thread).
+int threads_per_row(int64_t nvec, int64_t per_thread, int64_t C, int vec, int64_t B, int64_t busy) {
+  int tpr = nvec <= per_thread * 32 ? 32 : nvec <= per_thread * 128 ? 128 : 256;
+  if (tpr == 32 && B * 32 < busy && int64_t(128) * vec <= C) tpr = 128;
+  if (tpr == 128 && B * 128 < busy && int64_t(256) * vec <= C) tpr = 256;
+  return tpr;
+}
+
+// Staged kernel (float / half / bfloat16 logits, stored top-k labels or hard targets only): 32, 128
+// or 256 threads per row (at most 8 vectors each below 256), blocks of 256 with at most 80 registers a
+// thread (3 blocks per SM where shared memory allows), when the block's rows fit in shared memory with
+// room for two blocks per multiprocessor.
+// Registers kernel otherwise: 32 / 128 threads per row hold NVS vectors each (blocks of 256 / 512:
+// several rows per block); 256 threads (one row per block) hold NVB each and re-read the rest of a
+// longer row from L2. Register budgets are set so that ptxas reports no spills for any variant
+// (-Xptxas -v).
 template <typename scalar_t, typename acc_t>
-void launch_for_shape(const KernelArgs& ka, cudaStream_t stream, int device) {
+void launch_for_shape(KernelArgs ka, cudaStream_t stream, int device) {
   constexpr int VEC = 16 / sizeof(scalar_t);
   constexpr int NVS = sizeof(acc_t) == 8 ? 2 : 24 / VEC;  // 24 floats (4 doubles)
   constexpr int NVB = sizeof(acc_t) == 8 ? 1 : 32 / VEC;  // 32 floats: C <= 8192 held, the rest re-read
+  const DeviceInfo& dev = device_info(device);
   const int64_t C = ka.P.C, nvec = C / VEC + 1;
-  const int64_t busy = int64_t(sm_count(device)) * 2048;
-  int tpr = nvec <= int64_t(NVS) * 32 ? 32 : nvec <= int64_t(NVS) * 128 ? 128 : 256;
-  if (tpr == 32 && ka.B * 32 < busy && int64_t(128) * VEC <= C) tpr = 128;
-  if (tpr == 128 && ka.B * 128 < busy && int64_t(256) * VEC <= C) tpr = 256;
+  const int64_t busy = int64_t(dev.sms) * 2048;
+  if constexpr (!std::is_same_v<scalar_t, double>) {
+    if (!(ka.P.has_soft && dense_soft(ka.P)) && requested_kernel() != LossKernel::Registers) {
+      ka.srow_elems = (C + 2 * VEC - 1) / VEC * VEC;  // C plus up to VEC - 1 of alignment shift
+      const int tpr = threads_per_row(nvec, 8, C, VEC, ka.B, busy);
+      const size_t smem = block_smem<scalar_t>(ka, 256 / tpr, true);
+      if (smem <= size_t(dev.smem_per_block) && 2 * smem <= size_t(dev.smem_per_sm)) {
+        if (tpr == 32) {
+          launch<scalar_t, acc_t, 32, 256, 0, true, 3>(ka, stream);
+        } else if (tpr == 128) {
+          launch<scalar_t, acc_t, 128, 256, 0, true, 3>(ka, stream);
+        } else {
+          launch<scalar_t, acc_t, 256, 256, 0, true, 3>(ka, stream);
+        }
+        return;
+      }
+    }
+  }
+  ka.srow_elems = 0;
+  const int tpr = threads_per_row(nvec, NVS, C, VEC, ka.B, busy);
   if (tpr == 32) {
-    launch<scalar_t, acc_t, 32, 256, NVS>(ka, stream);
+    launch<scalar_t, acc_t, 32, 256, NVS, false, 1>(ka, stream);
   } else if (tpr == 128) {
-    launch<scalar_t, acc_t, 128, 512, NVS>(ka, stream);
+    launch<scalar_t, acc_t, 128, 512, NVS, false, 1>(ka, stream);
   } else {
-    launch<scalar_t, acc_t, 256, 256, NVB>(ka, stream);
+    launch<scalar_t, acc_t, 256, 256, NVB, false, 2>(ka, stream);
   }
 }
 
@@ -538,6 +703,8 @@ void soft_hard_loss_cuda_kernel(const SoftHardArgs& a, at::Tensor& loss_rows, at
   TORCH_CHECK(words * 4 <= 200 * 1024, "soft_hard_loss: C = ", a.P.C, " is too many classes for the CUDA kernel's "
               "duplicate-id bitmap with stored top-k labels");
   ka.bitmap_words = int32_t(words);
+  ka.stage_offset = 0;
+  ka.srow_elems = 0;
   at::Tensor count;
   if (a.P.has_hard && a.P.hard_mean) {
     count = a.target_a.ne(a.P.ignore_index).sum();  // stays on the device: no host sync
