@@ -41,6 +41,7 @@ from hald_ext.models import create_model  # noqa: E402
 from hald_ext.ops import soft_hard_loss  # noqa: E402
 from hald_ext.reference import decode_dense  # noqa: E402
 from hald_ext.train import batches as B  # noqa: E402
+from hald_ext.train.evaluate import autocast  # noqa: E402
 
 # (model, source image size, output size, classes, batch)
 CASES = [("convnet3", 28, 28, 10, 256), ("resnet18", 256, 224, 1000, 32)]
@@ -112,7 +113,9 @@ def image_set(kind, n_images, src, num_classes, tmp, loader):
 
 
 def bench_case(model_name, src, size, num_classes, batch, device, n_images=512, slots=2, kind="array",
-               loader="auto"):
+               loader="auto", amp=False):
+    """One row; amp: the model under bfloat16 autocast (as `hald train --amp`) and the batch source's crops
+    made in bfloat16."""
     from hald_ext.data import image_source, loader_backend
 
     torch.manual_seed(0)
@@ -122,7 +125,8 @@ def bench_case(model_name, src, size, num_classes, batch, device, n_images=512, 
         store = make_store(os.path.join(tmp, "labels.safetensors"), n_images, slots, num_classes, 5, src)
         source_cls = getattr(B, "FusedBatchSource", None) or B.TorchBatchSource
         cache = image_source(data, device)  # what build_trainer does: resident, or streaming if too big
-        source = source_cls(cache, None, store, size, device=device)
+        crop_dtype = dict(out_dtype=torch.bfloat16) if amp else {}
+        source = source_cls(cache, None, store, size, device=device, **crop_dtype)
         model = create_model(model_name, num_classes, img_size=size).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         codebook = store.codebook.to(device)
@@ -133,7 +137,9 @@ def bench_case(model_name, src, size, num_classes, batch, device, n_images=512, 
 
         def step(x, loss_fn):
             opt.zero_grad(set_to_none=True)
-            loss_fn(model(x)).backward()
+            with autocast(torch.device(device), amp):
+                loss = loss_fn(model(x))
+            loss.backward()
             opt.step()
 
         def pipeline():
@@ -158,7 +164,7 @@ def bench_case(model_name, src, size, num_classes, batch, device, n_images=512, 
 
         mem = cache.memory()
         row = {"model": model_name, "source": described, "size": size, "classes": num_classes, "batch": batch,
-               "device": device, "batch_source": source_cls.__name__, "images": n_images, "source_kind": kind,
+               "amp_bf16": amp, "device": device, "batch_source": source_cls.__name__, "images": n_images, "source_kind": kind,
                "loader": loader_backend(loader) if kind == "folder" else None,
                "read_into_cache_s": round(read_s, 3), "cache": mem["kind"], "cache_bytes": mem["bytes"],
                "padding_fraction": mem.get("padding_fraction")}
@@ -187,15 +193,22 @@ def main(argv=None):
     p.add_argument("--loader", choices=("auto", "dali", "torch"), default="auto", help="folder decoder")
     p.add_argument("--images", type=int, default=512, help="images in the set (default: 512)")
     p.add_argument("--small", action="store_true", help="small inputs (a quick CPU run): " + str(SMALL_CASES))
+    p.add_argument("--batch", type=int, default=None, help="batch size of every case (default: the case's own)")
+    p.add_argument("--amp", action="store_true", help="bfloat16: the model under autocast (as hald train --amp; CUDA "
+                   "only) and the crops made in bfloat16")
     args = p.parse_args(argv)
     table = SMALL_CASES if args.small else CASES
+    if args.amp and args.device != "cuda":
+        p.error("--amp: bfloat16 autocast runs on CUDA only (--device cuda)")
+    if args.batch:
+        table = [c[:4] + (args.batch,) for c in table]
     cases = [c for c in table if args.cases == "all" or c[0] in args.cases.split(",")]
     for kind in args.sources.split(","):
         rows = []
         print(f"{kind}: {'model':<10}{'size':>6}{'batch':>7}{'pipeline img/s':>16}{'hard img/s':>12}{'fkd img/s':>11}"
               f"{'resident img/s':>16}{'x fkd':>7}{'overhead':>10}  batch source")
         for case in cases:
-            r = bench_case(*case, device=args.device, n_images=args.images, kind=kind, loader=args.loader)
+            r = bench_case(*case, device=args.device, n_images=args.images, kind=kind, loader=args.loader, amp=args.amp)
             rows.append(r)
             print(f"{kind}: {r['model']:<10}{r['size']:>6}{r['batch']:>7}{r['pipeline_img_per_s']:>16.1f}"
                   f"{r['pipeline_hard_img_per_s']:>12.1f}{r['fkd_img_per_s']:>11.1f}{r['resident_img_per_s']:>16.1f}"
@@ -203,7 +216,8 @@ def main(argv=None):
         what = "one soft-phase training step" + (", images from a JPEG folder of mixed sizes" if kind == "folder" else "")
         payload = {"benchmark": what, "machine": machine(), "build": hald_ext.build_info(), "small": args.small,
                    "rows": rows}
-        name = f"train_{'folder_' if kind == 'folder' else ''}{'small_' if args.small else ''}{device_tag(args.device)}"
+        name = (f"train_{'folder_' if kind == 'folder' else ''}{'small_' if args.small else ''}"
+                f"{f'b{args.batch}_' if args.batch else ''}{'bf16_' if args.amp else ''}{device_tag(args.device)}")
         print("wrote", write_results(name + ".json", payload))
     return 0
 

@@ -43,7 +43,7 @@ def parse_only(monkeypatch, run):
         run()
 
 
-@pytest.mark.parametrize("var", ["LOSS_CMD", "CROP_CMD", "STEP_CMD"])
+@pytest.mark.parametrize("var", ["LOSS_CMD", "CROP_CMD", "STEP_CMD", "PROFILE_CMD"])
 def test_benchmark_command_lines_are_accepted(var, tmp_path, monkeypatch):
     script, *args = commands(tmp_path)[var].split()
     script = os.path.join(ROOT, script)
@@ -75,6 +75,7 @@ def test_test_selections_name_existing_files_and_tests(tmp_path):
 FAKES = {  # a stand-in GPU machine: every call is logged, nothing runs
     "nvidia-smi": 'echo "NVIDIA H200, 580.0, 143771 MiB"',
     "compute-sanitizer": 'echo "sanitizer $*" >>"$CALLS"; while [[ "$1" == --* && $# -gt 1 ]]; do shift 2; done; "$@"',
+    "ncu": 'echo "ncu $*" >>"$CALLS"; while [[ "$1" == -* && $# -gt 1 ]]; do shift 2; done; "$@"',
     "python": """echo "python $* [arch=$TORCH_CUDA_ARCH_LIST jobs=$MAX_JOBS${CXX:+ cxx=$CXX cc=$CC}]" >>"$CALLS"
 [[ "$*" == *build_ext* ]] && echo "${CXX:-default}" >"$CALLS.cxx"
 case "$1" in
@@ -90,7 +91,7 @@ exit 0""",
 
 def test_gpu_paths_run_every_stage_in_order(tmp_path):
     """The script's GPU branches (build, the two test processes, the benchmarks, hald train, both
-    sanitizers) on a stand-in machine whose python and tools only log their calls."""
+    sanitizers, Nsight Compute) on a stand-in machine whose python and tools only log their calls."""
     import json
 
     bin_ = tmp_path / "bin"
@@ -110,15 +111,17 @@ def test_gpu_paths_run_every_stage_in_order(tmp_path):
     assert [(s["stage"], s["status"]) for s in stages["A"]] == [
         ("tools", "ok"), ("build", "ok"), ("toolchain_probe", "ok"), ("cuda_tests", "ok"), ("loss_benchmark", "ok")]
     assert [(s["stage"], s["status"]) for s in stages["B"]] == [
-        ("crop_benchmark", "ok"), ("resnet18_step", "ok"), ("hald_train", "ok"), ("memcheck", "ok"), ("racecheck", "ok")]
+        ("crop_benchmark", "ok"), ("resnet18_step", "ok"), ("hald_train", "ok"), ("memcheck", "ok"), ("racecheck", "ok"),
+        ("ncu", "ok")]
     log = calls.read_text()
     assert "python setup.py build_ext --inplace [arch=9.0 jobs=16]" in log
     cmds = commands(tmp_path)
-    for var in ("LOSS_CMD", "STEP_CMD"):  # up to the output path, which names this run's $OUT
+    for var in ("LOSS_CMD", "STEP_CMD", "PROFILE_CMD"):  # up to the output path, which names this run's $OUT
         assert f"python {cmds[var].split(' --out ')[0]}" in log
     pytest_runs = [line for line in log.splitlines() if line.startswith("python -m pytest python_tests/")]
     assert len(pytest_runs) == 2 + 2  # the two test processes, memcheck, racecheck
     assert "sanitizer --tool memcheck" in log and "sanitizer --tool racecheck" in log
+    assert "ncu --clock-control none" in log and "-k regex:soft_hard_kernel|crop_kernel" in log
     assert "--device cuda" in log and "hald_ext.cli train" in log and "--device cpu" in log
 
 

@@ -6,7 +6,8 @@
 #   scripts/gpu_check.sh B   (~5 min, right after A on the warm machine; builds again if A's build is gone)
 #                            crop benchmark at S = 224, ResNet-18 step pipeline vs resident, `hald train` on
 #                            CUDA vs the CPU's epoch time, compute-sanitizer memcheck (every kernel variant once)
-#                            and racecheck (the kernel with shared memory)
+#                            and racecheck (the kernel with shared memory), Nsight Compute over the loss and
+#                            crop kernels (speed of light, occupancy, memory)
 #
 # Every stage runs under its own `timeout`; its log and a line of $OUT/<A|B>_stages.jsonl (stage, status,
 # seconds, exit code) are written as soon as it ends, so a command stopped at the device limit still
@@ -35,14 +36,19 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16
 LOSS_CMD="benchmarks/bench_loss.py --device cuda --suite sparse --shapes 8192x1000,8192x21843 --dtypes float32,bfloat16 --kernels staged,registers --out $OUT/loss_gpu.json"
 # Large batches at S = 224 on the device (the 3M crops/s target is bf16).
 CROP_CMD="benchmarks/bench_crop.py --sizes 224 --batches 256 1024 4096 --methods fused_cuda fused_cuda_bf16 --images 256 --source 256 --rounds 3 --seconds 0.5 --threads 16 --no-reference --out $OUT/crop_gpu.json"
-# UPDATE if bench_train gets batch / dtype flags: the issue's step is batch 256 in bf16; today's resnet18
-# case is batch 32, float32.
-STEP_CMD="benchmarks/bench_train.py --device cuda --cases resnet18 --sources array --images 512"
+# The issue's step: ResNet-18 at 224, batch 256, bf16 (autocast, crops made in bf16), pipeline against
+# resident tensors.
+STEP_CMD="benchmarks/bench_train.py --device cuda --cases resnet18 --sources array --images 512 --batch 256 --amp"
 # `hald train` on CUDA against the CPU: synthetic colour blobs (8 classes) written to $WORK first.
 TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-625}      # 5,000 images of 32 x 32
 TRAIN_ARGS="--model convnet3 --img-size 32 --batch-size 256 --schedule soft-only --eval-every 1000 --no-progress"
 TRAIN_CUDA_EPOCHS=3
 TRAIN_CPU_EPOCHS=1
+# Nsight Compute over one profiled call each of the loss kernel (staged, then registers: B 8192, C 21843,
+# bf16) and the crop kernel (S 224, batch 1024, bf16): speed of light, occupancy, launch statistics and
+# memory workload, as text in B_benchmarks.log (the counters the next tuning step needs).
+PROFILE_CMD="benchmarks/profile_kernels.py --loss-shape 8192x21843 --kernels staged,registers --crop-batch 1024"
+NCU_ARGS="--clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis --launch-skip 0 --launch-count 6"
 # The CUDA test files, split over two parallel pytest processes.
 TESTS_1="python_tests/test_soft_hard_loss_cuda.py"
 TESTS_2="python_tests/test_crop_cuda.py python_tests/test_label_codec_cuda.py python_tests/test_train_cuda.py"
@@ -134,10 +140,10 @@ PROBE_TESTS=(
 SYSTEM_CXX=${SYSTEM_CXX:-/usr/bin/g++}
 # Per-stage limits in seconds (A: about 6 minutes in all, B: about 5; the device allows 10 per command).
 T_TOOLS=60 T_BUILD=210 T_TESTS=200 T_LOSS=130
-T_CROP=60 T_STEP=75 T_TRAIN=75 T_MEMCHECK=110 T_RACECHECK=50
+T_CROP=60 T_STEP=75 T_TRAIN=75 T_MEMCHECK=110 T_RACECHECK=50 T_NCU=60
 # ========================================================================================================
 if [[ "$PART" == commands ]]; then  # the stage command lines, one NAME=VALUE a line (tests read them)
-  for v in LOSS_CMD CROP_CMD STEP_CMD TRAIN_ARGS TESTS_1 TESTS_2; do echo "$v=${!v}"; done
+  for v in LOSS_CMD CROP_CMD STEP_CMD PROFILE_CMD TRAIN_ARGS TESTS_1 TESTS_2; do echo "$v=${!v}"; done
   echo "MEMCHECK_TESTS=${MEMCHECK_TESTS[*]}"
   echo "PROBE_TESTS=${PROBE_TESTS[*]}"
   echo "RACECHECK_TESTS=${RACECHECK_TESTS[*]}"
@@ -210,6 +216,7 @@ if nvidia-smi -L >/dev/null 2>&1 && "$PY" -c "import torch, sys; sys.exit(0 if t
 fi
 say "gpu_check $PART: $(date -u +%FT%TZ), OUT=$OUT, python $PY, GPU: $([[ $GPU == 1 ]] && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1 || echo 'none: a rehearsal, CUDA stages check their command lines only')"
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1 || true)
 CUDA_BIN=$(dirname "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")
 export PATH="$PATH:$CUDA_BIN"
 
@@ -344,7 +351,7 @@ else
   # ------------------------------------------------------------------------------------ B2 ResNet-18 step
   if [[ $cuda_ok == 1 ]]; then
     run_stage resnet18_step "$T_STEP" "$OUT/B_benchmarks.log" "$PY" $STEP_CMD
-    cp benchmarks/results/train_"$(gpu_tag)".json \
+    cp benchmarks/results/train_b256_bf16_"$(gpu_tag)".json \
       "$OUT/" 2>/dev/null || say "no train-step JSON to copy (see B_benchmarks.log)"
   else
     run_stage resnet18_step_args 60 "$LOG" dry_parse $STEP_CMD \
@@ -422,6 +429,17 @@ PYEOF
     run_stage sanitizer_selection "$T_MEMCHECK" "$LOG" collect "${MEMCHECK_TESTS[@]}" "${RACECHECK_TESTS[@]}" \
       && record memcheck "$([[ $cuda_ok == 1 ]] && echo failed || echo skipped)" 0 0 "$why: the reduced set collected only" \
       && record racecheck "$([[ $cuda_ok == 1 ]] && echo failed || echo skipped)" 0 0 "$why"
+  fi
+
+  # ------------------------------------------------------------------------------------ B5 Nsight Compute
+  if [[ $cuda_ok == 1 && -n "$NCU" ]]; then
+    # shellcheck disable=SC2086
+    run_stage ncu "$T_NCU" "$OUT/B_benchmarks.log" "$NCU" $NCU_ARGS -k "regex:soft_hard_kernel|crop_kernel" \
+      "$PY" $PROFILE_CMD
+  else
+    why="no GPU"; [[ $cuda_ok == 1 ]] && why="ncu not found"
+    run_stage profile_args 60 "$LOG" dry_parse $PROFILE_CMD \
+      && record ncu "$([[ $cuda_ok == 1 ]] && echo failed || echo skipped)" 0 0 "$why: command line checked only"
   fi
 fi
 
