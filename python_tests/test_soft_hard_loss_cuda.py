@@ -318,6 +318,20 @@ def test_cuda_launch_shapes(B, C, dtype):
     check_cuda_case(inputs, dtype, temperature=4.0, hard_weight=0.5, label_smoothing=0.1)
 
 
+@pytest.mark.parametrize("case", [(torch.float32, 11821, True), (torch.bfloat16, 24400, False),
+                                  (torch.float32, 390001, True)], ids=["fp32-11821-topk", "bf16-24400-hard", "fp32-390001-topk"])
+def test_cuda_dynamic_shared_memory_just_under_48k(case):
+    """Widths whose dynamic shared memory falls just under 48 KB, so that static + dynamic crosses it (the
+    staged rows of timm's ImageNet-12k head at fp32; a bf16 row with hard targets only; the registers
+    kernel's duplicate-id bitmap): the launch must opt in to more than 48 KB."""
+    dtype, C, topk = case
+    logits, ids, values, target, codebook, extra = make_case(3, C, 5, seed=C, value_kind="code8", pair=True)
+    if topk:
+        check_cuda_case((logits, ids, values, target, codebook, extra), dtype, temperature=4.0, hard_weight=0.5)
+    else:
+        check_cuda_case((logits, None, None, target, None, extra), dtype, soft_weight=0.0, hard_weight=1.0)
+
+
 @pytest.mark.parametrize("decode", ["marginal", "renorm", "truncate"])
 @pytest.mark.parametrize("C", [100, 21843])
 def test_cuda_empty_stored_label_k0(decode, C):

@@ -252,12 +252,12 @@ __device__ __forceinline__ void stage_wait() {
 }
 
 // Starts the copy of one logits row into shared memory and returns where it will be: srow[i] is
-// class i, placed so that srow + head is 16-byte aligned as row + head is (head_of(srow) == head_of(row),
-// so both passes peel the staged row exactly as they would the global one).
+// class i, placed so that srow + head is 16-byte aligned as row + head is (head = head_of(row, C): both
+// passes peel the staged row with the global row's head, exactly as they would the global row).
 template <typename scalar_t, int TPR>
-__device__ __forceinline__ const scalar_t* stage_row(const scalar_t* row, int64_t C, scalar_t* sbase, int lane) {
+__device__ __forceinline__ const scalar_t* stage_row(const scalar_t* row, int64_t C, int64_t head, scalar_t* sbase,
+                                                     int lane) {
   constexpr int VEC = 16 / sizeof(scalar_t);
-  const int64_t head = head_of<scalar_t>(row, C);
   const int64_t nvec = (C - head) / VEC, tail0 = head + nvec * VEC;
   scalar_t* srow = sbase + (VEC - head % VEC) % VEC;
   for (int64_t v = lane; v < nvec; v += TPR) copy16_async(srow + head + v * VEC, row + head + v * VEC);
@@ -393,9 +393,10 @@ __global__ void __launch_bounds__(BLOCK, MINB) soft_hard_kernel(KernelArgs ka) {
 
   const int64_t C = P.C, k = P.k;
   const scalar_t* row = static_cast<const scalar_t*>(ka.logits) + b * ka.lstride;
+  const int64_t head = head_of<scalar_t>(row, C);  // of the global row (a staged row keeps its alignment)
   if constexpr (STAGED) {  // in flight while the hard target is read below
     scalar_t* sbase = reinterpret_cast<scalar_t*>(dyn_smem + ka.stage_offset) + int64_t(rib) * ka.srow_elems;
-    row = stage_row<scalar_t, TPR>(row, P.C, sbase, lane);
+    row = stage_row<scalar_t, TPR>(row, C, head, sbase, lane);
   }
   const acc_t invT = acc_t(1) / acc_t(P.temperature);
   const acc_t invTt = acc_t(1) / acc_t(P.teacher_temperature);
@@ -429,7 +430,6 @@ __global__ void __launch_bounds__(BLOCK, MINB) soft_hard_kernel(KernelArgs ka) {
   }
 
   // ---- pass 1 ----
-  const int64_t head = head_of<scalar_t>(row, C);
   const int64_t nvec = (C - head) / VEC;
   const int64_t tail0 = head + nvec * VEC;
   const int64_t voff = b * C;  // dense target row offset (contiguous [B, C])
@@ -574,6 +574,7 @@ struct DeviceInfo {
   int sms = 0;              // multiprocessors
   int smem_per_sm = 0;      // shared memory per multiprocessor (bytes)
   int smem_per_block = 0;   // the most one block may opt in to (bytes)
+  int smem_reserved = 0;    // shared memory the driver reserves per block (bytes)
 };
 
 const DeviceInfo& device_info(int device) {
@@ -582,6 +583,7 @@ const DeviceInfo& device_info(int device) {
   if (d.sms == 0) {
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_reserved, cudaDevAttrReservedSharedMemoryPerBlock, device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device));
   }
   return d;
@@ -608,14 +610,26 @@ size_t block_smem(const KernelArgs& ka, int rows, bool staged) {
   return (bitmaps + 15) / 16 * 16 + size_t(rows) * size_t(ka.srow_elems) * sizeof(scalar_t);
 }
 
+// Static shared memory of the staged variants is below this (ptxas, sm_90: 320-592 bytes); the staging
+// test counts it with the driver's reservation per block.
+constexpr size_t kStaticSmemBound = 1024;
+
 template <typename scalar_t, typename acc_t, int TPR, int BLOCK, int NV, bool STAGED, int MINB>
-void launch(KernelArgs ka, cudaStream_t stream) {
+void launch(KernelArgs ka, cudaStream_t stream, int device) {
   constexpr int ROWS = BLOCK / TPR;
   const size_t smem = block_smem<scalar_t>(ka, ROWS, STAGED);
   ka.stage_offset = STAGED ? int32_t((size_t(ROWS) * size_t(ka.bitmap_words) * sizeof(uint32_t) + 15) / 16 * 16) : 0;
   auto kernel = soft_hard_kernel<scalar_t, acc_t, TPR, BLOCK, NV, STAGED, MINB>;
-  if (smem > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  // Without an opt-in, static + dynamic shared memory must stay under 48 KB. Opt in once per device, to
+  // the most the device allows beside the kernel's static memory: never lowered afterwards, so calls
+  // of different sizes from several host threads cannot undo each other's setting.
+  static bool opted[64] = {false};
+  if (!opted[device % 64]) {
+    cudaFuncAttributes fa;
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
+    const int most = device_info(device).smem_per_block - int(fa.sharedSizeBytes);
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
+    opted[device % 64] = true;
   }
   const dim3 grid(unsigned((ka.B + ROWS - 1) / ROWS));
   kernel<<<grid, BLOCK, smem, stream>>>(ka);
@@ -649,18 +663,20 @@ void launch_for_shape(KernelArgs ka, cudaStream_t stream, int device) {
   const DeviceInfo& dev = device_info(device);
   const int64_t C = ka.P.C, nvec = C / VEC + 1;
   const int64_t busy = int64_t(dev.sms) * 2048;
+  const LossKernel want = requested_kernel();  // read (and checked) on every path
   if constexpr (!std::is_same_v<scalar_t, double>) {
-    if (!(ka.P.has_soft && dense_soft(ka.P)) && requested_kernel() != LossKernel::Registers) {
+    if (!(ka.P.has_soft && dense_soft(ka.P)) && want != LossKernel::Registers) {
       ka.srow_elems = (C + 2 * VEC - 1) / VEC * VEC;  // C plus up to VEC - 1 of alignment shift
       const int tpr = threads_per_row(nvec, 8, C, VEC, ka.B, busy);
-      const size_t smem = block_smem<scalar_t>(ka, 256 / tpr, true);
-      if (smem <= size_t(dev.smem_per_block) && 2 * smem <= size_t(dev.smem_per_sm)) {
+      const size_t dyn = block_smem<scalar_t>(ka, 256 / tpr, true);
+      const size_t per_block = dyn + kStaticSmemBound + size_t(dev.smem_reserved);  // what a block takes of an SM
+      if (dyn + kStaticSmemBound <= size_t(dev.smem_per_block) && 2 * per_block <= size_t(dev.smem_per_sm)) {
         if (tpr == 32) {
-          launch<scalar_t, acc_t, 32, 256, 0, true, 3>(ka, stream);
+          launch<scalar_t, acc_t, 32, 256, 0, true, 3>(ka, stream, device);
         } else if (tpr == 128) {
-          launch<scalar_t, acc_t, 128, 256, 0, true, 3>(ka, stream);
+          launch<scalar_t, acc_t, 128, 256, 0, true, 3>(ka, stream, device);
         } else {
-          launch<scalar_t, acc_t, 256, 256, 0, true, 3>(ka, stream);
+          launch<scalar_t, acc_t, 256, 256, 0, true, 3>(ka, stream, device);
         }
         return;
       }
@@ -669,11 +685,11 @@ void launch_for_shape(KernelArgs ka, cudaStream_t stream, int device) {
   ka.srow_elems = 0;
   const int tpr = threads_per_row(nvec, NVS, C, VEC, ka.B, busy);
   if (tpr == 32) {
-    launch<scalar_t, acc_t, 32, 256, NVS, false, 1>(ka, stream);
+    launch<scalar_t, acc_t, 32, 256, NVS, false, 1>(ka, stream, device);
   } else if (tpr == 128) {
-    launch<scalar_t, acc_t, 128, 512, NVS, false, 1>(ka, stream);
+    launch<scalar_t, acc_t, 128, 512, NVS, false, 1>(ka, stream, device);
   } else {
-    launch<scalar_t, acc_t, 256, 256, NVB, false, 2>(ka, stream);
+    launch<scalar_t, acc_t, 256, 256, NVB, false, 2>(ka, stream, device);
   }
 }
 
