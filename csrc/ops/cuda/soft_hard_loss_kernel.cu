@@ -652,7 +652,7 @@ int threads_per_row(int64_t nvec, int64_t per_thread, int64_t C, int vec, int64_
 // room for two blocks per multiprocessor.
 // Registers kernel otherwise: 32 / 128 threads per row hold NVS vectors each (blocks of 256 / 512:
 // several rows per block); 256 threads (one row per block) hold NVB each and re-read the rest of a
-// longer row from L2. ptxas (-Xptxas -v, sm_90, CUDA 13.0): the staged variants 78-80 registers and no
+// longer row from L2. ptxas (-Xptxas -v, sm_90, CUDA 13.0): the staged variants 74-80 registers and no
 // spills; the registers kernel 114-129, with 4-8 bytes of spill stores at 256 threads per row (capped
 // at 128 registers: two blocks per SM).
 template <typename scalar_t, typename acc_t>
