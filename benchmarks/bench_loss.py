@@ -416,8 +416,8 @@ def main(argv=None):
         configs = args.configs.split(",")
         cases = [(cfg, B, C, dt) for cfg in configs for (B, C) in shapes for dt in dtypes
                  if cfg == "soft" or args.shapes or (B, C) == (1024, 1000)]
+        kernels = [k for k in args.kernels.split(",") if k] if device == "cuda" else []
         for cfg, B, C, dt in cases:
-            kernels = [k for k in args.kernels.split(",") if k] if device == "cuda" else []
             row = bench_one(B, C, dt, device, cfg, compile_ref=not args.no_compile, rounds=rounds,
                             min_time=0.1 if args.quick else 0.2, kernels=kernels)
             floor_ms = row["floor_bytes"] / (bw * 1e9) * 1e3

@@ -164,7 +164,8 @@ def bench_case(model_name, src, size, num_classes, batch, device, n_images=512, 
 
         mem = cache.memory()
         row = {"model": model_name, "source": described, "size": size, "classes": num_classes, "batch": batch,
-               "amp_bf16": amp, "device": device, "batch_source": source_cls.__name__, "images": n_images, "source_kind": kind,
+               "amp_bf16": amp, "device": device, "batch_source": source_cls.__name__, "images": n_images,
+               "source_kind": kind,
                "loader": loader_backend(loader) if kind == "folder" else None,
                "read_into_cache_s": round(read_s, 3), "cache": mem["kind"], "cache_bytes": mem["bytes"],
                "padding_fraction": mem.get("padding_fraction")}

@@ -319,7 +319,8 @@ def test_cuda_launch_shapes(B, C, dtype):
 
 
 @pytest.mark.parametrize("case", [(torch.float32, 11821, True), (torch.bfloat16, 24400, False),
-                                  (torch.float32, 390001, True)], ids=["fp32-11821-topk", "bf16-24400-hard", "fp32-390001-topk"])
+                                  (torch.float32, 390001, True)],
+                         ids=["fp32-11821-topk", "bf16-24400-hard", "fp32-390001-topk"])
 def test_cuda_dynamic_shared_memory_just_under_48k(case):
     """Widths whose dynamic shared memory falls just under 48 KB, so that static + dynamic crosses it (the
     staged rows of timm's ImageNet-12k head at fp32; a bf16 row with hard targets only; the registers

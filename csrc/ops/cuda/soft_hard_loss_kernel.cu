@@ -6,13 +6,13 @@
 //             only, where the block's rows fit in shared memory with room for two blocks per
 //             multiprocessor: on an H100 / H200, C up to about 28k in fp32 and 56k in 16-bit types):
 //             the row is copied into shared memory with cp.async, all of it in flight at once, and
-//             both passes read it there. One DRAM read of the logits whatever C, and 80 registers a
-//             thread (3 blocks of 256 per SM where shared memory allows; no spills).
-//   registers (float64, dense targets and teacher logits, rows too long to stage): each thread keeps its first NV 16-byte vectors
-//             of the row in registers for pass 2 and re-reads the rest (from L2 when it is still
-//             there). The host picks the smallest TPR whose threads hold the whole row, then a larger
-//             one while the batch alone would leave the GPU idle (B = 1024, C = 1000 runs 128 threads
-//             per row).
+//             both passes read it there. One DRAM read of the logits whatever C, and at most 80 registers
+//             a thread (3 blocks of 256 per SM where shared memory allows; no spills).
+//   registers (float64, dense targets and teacher logits, rows too long to stage): each thread keeps
+//             its first NV 16-byte vectors of the row in registers for pass 2 and re-reads the rest
+//             (from L2 when it is still there). The host picks the smallest TPR whose threads hold
+//             the whole row, then a larger one while the batch alone would leave the GPU idle
+//             (B = 1024, C = 1000 runs 128 threads per row).
 // Per row:
 //   pass 1: one streaming read of the logits (and of a dense target / the teacher's logits beside
 //           them), peeled to 16-byte alignment (scalar head, vector body, scalar tail: every C and
@@ -602,12 +602,16 @@ LossKernel requested_kernel() {
   TORCH_CHECK(false, "HALD_LOSS_KERNEL=", v, ": expected auto, staged or registers");
 }
 
-// Dynamic shared memory of one block: the rows' duplicate-id bitmaps, then (staged) the rows.
+// Dynamic shared memory of one block: the rows' duplicate-id bitmaps, then (staged) the rows, from
+// the first 16-byte boundary after the bitmaps (stage_offset).
+size_t stage_offset(const KernelArgs& ka, int rows) {
+  return (size_t(rows) * size_t(ka.bitmap_words) * sizeof(uint32_t) + 15) / 16 * 16;
+}
+
 template <typename scalar_t>
 size_t block_smem(const KernelArgs& ka, int rows, bool staged) {
-  const size_t bitmaps = size_t(rows) * size_t(ka.bitmap_words) * sizeof(uint32_t);
-  if (!staged) return bitmaps;
-  return (bitmaps + 15) / 16 * 16 + size_t(rows) * size_t(ka.srow_elems) * sizeof(scalar_t);
+  if (!staged) return size_t(rows) * size_t(ka.bitmap_words) * sizeof(uint32_t);
+  return stage_offset(ka, rows) + size_t(rows) * size_t(ka.srow_elems) * sizeof(scalar_t);
 }
 
 // Static shared memory of the staged variants is below this (ptxas, sm_90: 320-592 bytes); the staging
@@ -618,7 +622,7 @@ template <typename scalar_t, typename acc_t, int TPR, int BLOCK, int NV, bool ST
 void launch(KernelArgs ka, cudaStream_t stream, int device) {
   constexpr int ROWS = BLOCK / TPR;
   const size_t smem = block_smem<scalar_t>(ka, ROWS, STAGED);
-  ka.stage_offset = STAGED ? int32_t((size_t(ROWS) * size_t(ka.bitmap_words) * sizeof(uint32_t) + 15) / 16 * 16) : 0;
+  ka.stage_offset = STAGED ? int32_t(stage_offset(ka, ROWS)) : 0;
   auto kernel = soft_hard_kernel<scalar_t, acc_t, TPR, BLOCK, NV, STAGED, MINB>;
   // Without an opt-in, static + dynamic shared memory must stay under 48 KB. Opt in once per device, to
   // the most the device allows beside the kernel's static memory: never lowered afterwards, so calls
